@@ -1,1 +1,120 @@
-fn main() {}
+//! The `flotilla` binary: node daemon, local cluster launcher and CLI.
+
+mod cli;
+mod node;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "flotilla",
+    version,
+    about = "A Kubernetes-compatible container orchestrator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run one node of a cluster.
+    Node(Box<node::NodeArgs>),
+    /// Start a local cluster of N node processes on loopback and stay in the foreground.
+    Up(up::UpArgs),
+    /// Inspect or change the cluster.
+    Cluster {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        command: cli::ClusterCommand,
+    },
+    /// Print the kubeconfig of the local cluster.
+    Kubeconfig {
+        #[arg(long, default_value = ".flotilla")]
+        data_dir: PathBuf,
+    },
+    /// Manage the cluster CA and node certificates for nodes started by hand.
+    Ca {
+        #[command(subcommand)]
+        command: cli::CaCommand,
+    },
+    /// Fault injection on nodes started with --chaos.
+    Chaos {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        command: cli::ChaosCommand,
+    },
+    /// Benchmarks that print figures.
+    Bench {
+        #[command(subcommand)]
+        command: cli::BenchCommand,
+    },
+}
+
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Commands::Node(args) => {
+                init_logging(
+                    args.log_format,
+                    "info,openraft=warn,chitchat=warn,quinn=warn",
+                );
+                node::run(*args).await
+            }
+            Commands::Up(args) => {
+                init_logging(LogFormat::Text, "info");
+                up::run(args).await
+            }
+            Commands::Cluster { target, command } => cli::cluster(target, command).await,
+            Commands::Kubeconfig { data_dir } => cli::print_kubeconfig(&data_dir),
+            Commands::Ca { command } => cli::ca(command),
+            Commands::Chaos { target, command } => cli::chaos(target, command).await,
+            Commands::Bench { command } => {
+                init_logging(LogFormat::Text, "warn");
+                cli::bench(command).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

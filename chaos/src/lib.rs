@@ -1,1 +1,14 @@
-//! placeholder
+//! Cluster launcher, fault injection, workloads and benchmarks: everything that drives a
+//! Flotilla cluster from outside, shared by `flotilla up`, `flotilla bench` and the tests.
+
+pub mod bench;
+pub mod etcd;
+pub mod http;
+pub mod kubeconfig;
+pub mod launcher;
+pub mod status;
+
+pub use launcher::{
+    ClusterLayout, LocalCluster, LocalClusterConfig, NodeSpec, find_binary, free_base_port,
+};
+pub use status::NodeStatus;

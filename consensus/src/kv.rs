@@ -63,11 +63,27 @@ impl CmpOp {
 /// A condition of a transaction. A missing key has mod_revision, create_revision and version 0.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Compare {
-    ModRevision { key: String, op: CmpOp, revision: u64 },
-    CreateRevision { key: String, op: CmpOp, revision: u64 },
-    Version { key: String, op: CmpOp, version: u64 },
-    Exists { key: String },
-    Missing { key: String },
+    ModRevision {
+        key: String,
+        op: CmpOp,
+        revision: u64,
+    },
+    CreateRevision {
+        key: String,
+        op: CmpOp,
+        revision: u64,
+    },
+    Version {
+        key: String,
+        op: CmpOp,
+        version: u64,
+    },
+    Exists {
+        key: String,
+    },
+    Missing {
+        key: String,
+    },
 }
 
 impl Compare {
@@ -131,10 +147,16 @@ impl Op {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResult {
     /// The value the key had before the put, if any.
-    Put { prev: Option<KeyValue> },
+    Put {
+        prev: Option<KeyValue>,
+    },
     /// The values removed.
-    Delete { deleted: Vec<KeyValue> },
-    Get { kv: Option<KeyValue> },
+    Delete {
+        deleted: Vec<KeyValue>,
+    },
+    Get {
+        kv: Option<KeyValue>,
+    },
 }
 
 /// `if all(compare) { success } else { failure }`, applied atomically at one revision.
@@ -186,7 +208,9 @@ pub struct TxnResponse {
 pub enum Command {
     Txn(TxnRequest),
     /// Forget watch history at and below `revision`.
-    Compact { revision: u64 },
+    Compact {
+        revision: u64,
+    },
 }
 
 impl std::fmt::Display for Command {

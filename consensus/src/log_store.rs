@@ -217,7 +217,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let mut meta = txn.open_table(META).map_err(io_err)?;
                 meta.insert(KEY_PURGED, purged.as_slice()).map_err(io_err)?;
                 let mut table = txn.open_table(LOG).map_err(io_err)?;
-                table.retain_in(..=log_id.index, |_, _| false).map_err(io_err)?;
+                table
+                    .retain_in(..=log_id.index, |_, _| false)
+                    .map_err(io_err)?;
             }
             txn.commit().map_err(io_err)
         })

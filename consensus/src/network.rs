@@ -116,7 +116,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.request(&RaftRequest::Vote(rpc), option.hard_ttl()).await
+        self.request(&RaftRequest::Vote(rpc), option.hard_ttl())
+            .await
     }
 
     async fn pre_vote(
@@ -158,16 +159,27 @@ fn reply<T: Serialize>(v: &T) -> Result<Reply, RemoteError> {
 }
 
 impl Service for RaftService {
-    fn call(&self, _ctx: CallContext, body: Bytes) -> BoxFuture<'static, Result<Reply, RemoteError>> {
+    fn call(
+        &self,
+        _ctx: CallContext,
+        body: Bytes,
+    ) -> BoxFuture<'static, Result<Reply, RemoteError>> {
         let raft = self.raft.clone();
         async move {
             let req: RaftRequest = flotilla_mesh::decode(&body)?;
             match req {
-                RaftRequest::Append(r) => reply(&raft.append_entries(r).await.map_err(|e| e.to_string())),
+                RaftRequest::Append(r) => {
+                    reply(&raft.append_entries(r).await.map_err(|e| e.to_string()))
+                }
                 RaftRequest::Vote(r) => reply(&raft.vote(r).await.map_err(|e| e.to_string())),
-                RaftRequest::PreVote(r) => reply(&raft.pre_vote(r).await.map_err(|e| e.to_string())),
+                RaftRequest::PreVote(r) => {
+                    reply(&raft.pre_vote(r).await.map_err(|e| e.to_string()))
+                }
                 RaftRequest::Snapshot { vote, meta, data } => {
-                    let snapshot = Snapshot { meta, snapshot: data };
+                    let snapshot = Snapshot {
+                        meta,
+                        snapshot: data,
+                    };
                     reply(
                         &raft
                             .install_full_snapshot(vote, snapshot)

@@ -16,26 +16,46 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::kv::{Command, CommandResult, Event, TxnRequest, TxnResponse};
-use crate::store::{GetResult, RangeResult, RaftStatus, Read, Store};
+use crate::store::{GetResult, RaftStatus, RangeResult, Read, Store};
 
 pub(crate) const KV_SERVICE: &str = "kv";
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum KvRequest {
-    Get { key: String, read: Read },
-    Range { prefix: String, limit: usize, read: Read },
-    Txn { req: TxnRequest },
-    Compact { revision: u64 },
-    Watch { prefix: String, from_revision: u64 },
+    Get {
+        key: String,
+        read: Read,
+    },
+    Range {
+        prefix: String,
+        limit: usize,
+        read: Read,
+    },
+    Txn {
+        req: TxnRequest,
+    },
+    Compact {
+        revision: u64,
+    },
+    Watch {
+        prefix: String,
+        from_revision: u64,
+    },
     /// This node's own view.
     Status,
     /// The leader's view, forwarded if needed.
     LeaderStatus,
-    RemoveNode { name: String },
+    RemoveNode {
+        name: String,
+    },
     // Leader-only requests, sent by followers.
-    Write { cmd: Command },
+    Write {
+        cmd: Command,
+    },
     ReadIndex,
-    RemoveNodeOnLeader { name: String },
+    RemoveNodeOnLeader {
+        name: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -68,7 +88,9 @@ impl KvService {
                 read,
             } => KvResponse::Range(store.range(&prefix, limit, read).await?),
             KvRequest::Txn { req } => KvResponse::Txn(store.txn(req).await?),
-            KvRequest::Compact { revision } => KvResponse::Compacted(store.compact(revision).await?),
+            KvRequest::Compact { revision } => {
+                KvResponse::Compacted(store.compact(revision).await?)
+            }
             KvRequest::Status => KvResponse::Status(store.status()),
             KvRequest::LeaderStatus => KvResponse::Status(store.leader_status().await?),
             KvRequest::RemoveNode { name } => {
@@ -89,7 +111,11 @@ impl KvService {
 }
 
 impl Service for KvService {
-    fn call(&self, _ctx: CallContext, body: Bytes) -> BoxFuture<'static, Result<Reply, RemoteError>> {
+    fn call(
+        &self,
+        _ctx: CallContext,
+        body: Bytes,
+    ) -> BoxFuture<'static, Result<Reply, RemoteError>> {
         let store = self.store.clone();
         async move {
             let req: KvRequest = flotilla_mesh::decode(&body)?;
@@ -103,9 +129,8 @@ impl Service for KvService {
                     // The first frame carries the error so the caller sees why.
                     Err(e) => futures::stream::iter([Err(e)]).boxed(),
                 };
-                let frames = stream.map(|item: Result<Vec<Event>, StoreError>| {
-                    flotilla_mesh::encode(&item)
-                });
+                let frames =
+                    stream.map(|item: Result<Vec<Event>, StoreError>| flotilla_mesh::encode(&item));
                 return Ok(Reply::Stream(frames.boxed()));
             }
             unary(KvService::handle(store, req).await)
@@ -171,7 +196,12 @@ impl StoreClient {
         }
     }
 
-    pub async fn range(&self, prefix: &str, limit: usize, read: Read) -> Result<RangeResult, StoreError> {
+    pub async fn range(
+        &self,
+        prefix: &str,
+        limit: usize,
+        read: Read,
+    ) -> Result<RangeResult, StoreError> {
         match self
             .call(KvRequest::Range {
                 prefix: prefix.to_owned(),
@@ -192,7 +222,11 @@ impl StoreClient {
         }
     }
 
-    pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<TxnResponse, StoreError> {
+    pub async fn put(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<TxnResponse, StoreError> {
         self.txn(TxnRequest::put(key, value)).await
     }
 

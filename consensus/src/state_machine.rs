@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -85,7 +87,11 @@ impl WatchHub {
     }
 
     fn compact(&mut self, revision: u64) {
-        while self.history.front().is_some_and(|e| e.revision() <= revision) {
+        while self
+            .history
+            .front()
+            .is_some_and(|e| e.revision() <= revision)
+        {
             self.history.pop_front();
         }
         self.floor = self.floor.max(revision.min(self.revision));
@@ -203,7 +209,11 @@ fn apply_txn(
             break;
         }
     }
-    let ops = if succeeded { &req.success } else { &req.failure };
+    let ops = if succeeded {
+        &req.success
+    } else {
+        &req.failure
+    };
     let rev = *revision + 1;
     let first_event = events.len();
     let mut results = Vec::with_capacity(ops.len());
@@ -359,7 +369,11 @@ impl StateMachine {
     }
 
     /// Registers a watcher from `from_revision` (inclusive; 0 = from the next change).
-    pub(crate) fn watch_start(&self, prefix: &str, from_revision: u64) -> Result<WatchStart, StoreError> {
+    pub(crate) fn watch_start(
+        &self,
+        prefix: &str,
+        from_revision: u64,
+    ) -> Result<WatchStart, StoreError> {
         let hub = self.hub();
         let from = if from_revision == 0 {
             hub.revision + 1
@@ -475,7 +489,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let txn = shared.db.begin_read().map_err(io_err)?;
             let meta_table = txn.open_table(META).map_err(io_err)?;
             let kv = txn.open_table(KV).map_err(io_err)?;
-            let applied: Option<LogId> = read_meta::<Option<LogId>>(&meta_table, KEY_APPLIED)?.flatten();
+            let applied: Option<LogId> =
+                read_meta::<Option<LogId>>(&meta_table, KEY_APPLIED)?.flatten();
             let membership: StoredMembership =
                 read_meta(&meta_table, KEY_MEMBERSHIP)?.unwrap_or_default();
             let payload = SnapshotPayload {
@@ -577,13 +592,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let mut kv = txn.open_table(KV).map_err(io_err)?;
                 kv.retain(|_, _| false).map_err(io_err)?;
                 for (k, v) in &payload.kvs {
-                    kv.insert(k.as_str(), encode(v)?.as_slice()).map_err(io_err)?;
+                    kv.insert(k.as_str(), encode(v)?.as_slice())
+                        .map_err(io_err)?;
                 }
                 let mut m = txn.open_table(META).map_err(io_err)?;
                 m.insert(KEY_APPLIED, encode(&file.meta.last_log_id)?.as_slice())
                     .map_err(io_err)?;
-                m.insert(KEY_MEMBERSHIP, encode(&file.meta.last_membership)?.as_slice())
-                    .map_err(io_err)?;
+                m.insert(
+                    KEY_MEMBERSHIP,
+                    encode(&file.meta.last_membership)?.as_slice(),
+                )
+                .map_err(io_err)?;
                 m.insert(KEY_REVISION, encode(&payload.revision)?.as_slice())
                     .map_err(io_err)?;
                 m.insert(KEY_COMPACTED, encode(&payload.compacted)?.as_slice())

@@ -202,7 +202,12 @@ impl Store {
                 config,
             }),
         };
-        rpc.register(KV_SERVICE, Arc::new(KvService { store: store.clone() }));
+        rpc.register(
+            KV_SERVICE,
+            Arc::new(KvService {
+                store: store.clone(),
+            }),
+        );
 
         let initialized = store
             .inner
@@ -270,14 +275,24 @@ impl Store {
 
     /// Sends `req` to the leader's `kv` service. `Ok(None)` means "not sent or refused as
     /// not-leader: safe to retry".
+    ///
+    /// If this node learns of a new leader while the call is in flight, the call is abandoned
+    /// with `Unknown`: the old leader is probably dead, and waiting for the RPC timeout would
+    /// stretch every failover to that timeout.
     async fn call_leader(
         &self,
         addr: SocketAddr,
         req: &KvRequest,
         timeout: Duration,
     ) -> Result<Option<KvResponse>, StoreError> {
-        let res: Result<Result<KvResponse, StoreError>, RpcError> =
-            self.inner.rpc.call(addr, KV_SERVICE, req, timeout).await;
+        let leader_before = self.inner.raft.metrics().borrow_watched().current_leader;
+        let call = self.inner.rpc.call(addr, KV_SERVICE, req, timeout);
+        let res: Result<Result<KvResponse, StoreError>, RpcError> = tokio::select! {
+            res = call => res,
+            _ = self.leader_changed(leader_before) => {
+                return Err(StoreError::Unknown("the leader changed while the request was in flight".into()));
+            }
+        };
         match res {
             Ok(Ok(resp)) => Ok(Some(resp)),
             Ok(Err(StoreError::NotLeader)) | Ok(Err(StoreError::NoLeader(_))) => Ok(None),
@@ -285,6 +300,20 @@ impl Store {
             Err(RpcError::Unreachable(_)) => Ok(None),
             Err(RpcError::Timeout(m)) | Err(RpcError::Network(m)) => Err(StoreError::Unknown(m)),
             Err(RpcError::Remote(r)) => Err(StoreError::Unavailable(r.message)),
+        }
+    }
+
+    /// Resolves once the known leader differs from `from`.
+    async fn leader_changed(&self, from: Option<u64>) {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            if metrics.borrow_watched().current_leader != from {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                // Raft stopped: nothing will change any more.
+                std::future::pending::<()>().await;
+            }
         }
     }
 
@@ -341,7 +370,12 @@ impl Store {
     /// On the leader: confirms leadership with a quorum and returns the index a linearizable
     /// read must wait for.
     pub(crate) async fn read_index_local(&self) -> Result<u64, StoreError> {
-        match self.inner.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+        match self
+            .inner
+            .raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+        {
             Ok(read) => Ok(read.log_id().index),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
                 Err(StoreError::NotLeader)
@@ -400,7 +434,12 @@ impl Store {
     }
 
     /// Every key under `prefix`, in key order, at most `limit` of them.
-    pub async fn range(&self, prefix: &str, limit: usize, read: Read) -> Result<RangeResult, StoreError> {
+    pub async fn range(
+        &self,
+        prefix: &str,
+        limit: usize,
+        read: Read,
+    ) -> Result<RangeResult, StoreError> {
         if read == Read::Linearizable {
             self.read_barrier().await?;
         }
@@ -421,9 +460,8 @@ impl Store {
         let prefix = prefix.to_owned();
         // Later messages may repeat backlog events; skip anything at or below what was sent.
         let sent_up_to = start.backlog.last().map(|e| e.revision()).unwrap_or(0);
-        let backlog = futures::stream::iter(
-            (!start.backlog.is_empty()).then_some(Ok(start.backlog)),
-        );
+        let backlog =
+            futures::stream::iter((!start.backlog.is_empty()).then_some(Ok(start.backlog)));
         let live = futures::stream::unfold(
             (start.rx, prefix, sent_up_to, false, sm),
             |(mut rx, prefix, mut sent, done, sm)| async move {
@@ -471,7 +509,12 @@ impl Store {
                 name: node.name.clone(),
                 id: *id,
                 rpc_addr: node.rpc_addr.clone(),
-                role: if voters.contains(id) { "voter" } else { "learner" }.to_owned(),
+                role: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .to_owned(),
                 matched_index: m
                     .replication
                     .as_ref()
@@ -507,7 +550,10 @@ impl Store {
             match self.leader_target() {
                 LeaderTarget::Me => return Ok(self.status()),
                 LeaderTarget::Remote(addr) => {
-                    match self.call_leader(addr, &KvRequest::Status, retry.remaining()).await {
+                    match self
+                        .call_leader(addr, &KvRequest::Status, retry.remaining())
+                        .await
+                    {
                         Ok(Some(KvResponse::Status(s))) => return Ok(s),
                         Ok(Some(other)) => {
                             return Err(StoreError::Storage(format!("unexpected {other:?}")));

@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use flotilla_mesh::{Gossip, MemberInfo};
-use openraft::async_runtime::WatchReceiver;
 use openraft::ChangeMembers;
 use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -104,15 +104,22 @@ async fn reconcile(
         .into_iter()
         .map(|kv| kv.key[REMOVED_PREFIX.len()..].to_owned())
         .collect();
-    let gossip_members: BTreeMap<String, MemberInfo> =
-        gossip.members().into_iter().map(|m| (m.name.clone(), m)).collect();
+    let gossip_members: BTreeMap<String, MemberInfo> = gossip
+        .members()
+        .into_iter()
+        .map(|m| (m.name.clone(), m))
+        .collect();
     let alive = |name: &str| gossip_members.get(name).is_some_and(|m| m.alive);
 
     // 1. New nodes become learners.
     let known: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
     for m in gossip_members.values() {
         let id = node_id_of(&m.name);
-        if m.alive && m.roles.iter().any(|r| r == ROLE_RAFT) && !known.contains(&id) && !removed.contains(&m.name) {
+        if m.alive
+            && m.roles.iter().any(|r| r == ROLE_RAFT)
+            && !known.contains(&id)
+            && !removed.contains(&m.name)
+        {
             let node = NodeMeta {
                 name: m.name.clone(),
                 rpc_addr: m.rpc_addr.to_string(),
@@ -127,7 +134,12 @@ async fn reconcile(
     // 2 and 3. Keep `target` healthy voters.
     let now = Instant::now();
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
-    let name_of = |id: &u64| membership.get_node(id).map(|n| n.name.clone()).unwrap_or_default();
+    let name_of = |id: &u64| {
+        membership
+            .get_node(id)
+            .map(|n| n.name.clone())
+            .unwrap_or_default()
+    };
     dead_since.retain(|id, _| voters.contains(id));
     for id in &voters {
         if alive(&name_of(id)) {
@@ -210,13 +222,23 @@ impl Store {
             return Err(StoreError::NotLeader);
         }
         let id = node_id_of(name);
-        let membership = self.raft().metrics().borrow_watched().membership_config.membership().clone();
+        let membership = self
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .clone();
         if membership.get_node(&id).is_none() {
-            return Err(StoreError::Invalid(format!("{name} is not a member of the cluster")));
+            return Err(StoreError::Invalid(format!(
+                "{name} is not a member of the cluster"
+            )));
         }
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         if voters.len() == 1 && voters.contains(&id) {
-            return Err(StoreError::Invalid(format!("{name} is the last voter; it cannot be removed")));
+            return Err(StoreError::Invalid(format!(
+                "{name} is the last voter; it cannot be removed"
+            )));
         }
         // Record first, so automation does not add the node back while gossip still sees it.
         self.write_local(crate::kv::Command::Txn(TxnRequest {

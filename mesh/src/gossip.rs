@@ -255,14 +255,18 @@ impl Gossip {
         let watcher = chitchat.lock().await.live_nodes_watcher();
 
         let table = Arc::new(RwLock::new(Table::default()));
-        table.write().unwrap_or_else(|e| e.into_inner()).members.insert(
-            me.name.clone(),
-            Entry {
-                info: me.clone(),
-                left: false,
-                since: Instant::now(),
-            },
-        );
+        table
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .members
+            .insert(
+                me.name.clone(),
+                Entry {
+                    info: me.clone(),
+                    left: false,
+                    since: Instant::now(),
+                },
+            );
         let (events, _) = broadcast::channel(1024);
         tokio::spawn(watch_members(
             watcher,

@@ -29,7 +29,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tracing::debug;
 
 use crate::error::{MeshError, RemoteError, RpcError};
-use crate::faults::FaultPlane;
+use crate::faults::{FaultPlane, Outbound};
 use crate::tls::{CLUSTER_SERVER_NAME, Identity, peer_common_name};
 
 const T_OK: u8 = 0;
@@ -89,7 +89,8 @@ pub enum Reply {
 
 /// A named RPC service. Bodies are msgpack (see [`encode`]/[`decode`]).
 pub trait Service: Send + Sync + 'static {
-    fn call(&self, ctx: CallContext, body: Bytes) -> BoxFuture<'static, Result<Reply, RemoteError>>;
+    fn call(&self, ctx: CallContext, body: Bytes)
+    -> BoxFuture<'static, Result<Reply, RemoteError>>;
 }
 
 /// Closures are services, which keeps small handlers and tests terse.
@@ -100,7 +101,11 @@ where
         + Sync
         + 'static,
 {
-    fn call(&self, ctx: CallContext, body: Bytes) -> BoxFuture<'static, Result<Reply, RemoteError>> {
+    fn call(
+        &self,
+        ctx: CallContext,
+        body: Bytes,
+    ) -> BoxFuture<'static, Result<Reply, RemoteError>> {
         self(ctx, body)
     }
 }
@@ -141,7 +146,8 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         // Stops the accept loop and releases the UDP port once the last handle goes.
-        self.endpoint.close(VarInt::from_u32(CODE_OK), b"endpoint dropped");
+        self.endpoint
+            .close(VarInt::from_u32(CODE_OK), b"endpoint dropped");
     }
 }
 
@@ -216,7 +222,10 @@ impl RpcEndpoint {
     }
 
     /// A client-only endpoint on `bind` (use 0.0.0.0:0 to reach other hosts).
-    pub async fn client_on(bind: SocketAddr, identity: &Identity) -> Result<RpcEndpoint, MeshError> {
+    pub async fn client_on(
+        bind: SocketAddr,
+        identity: &Identity,
+    ) -> Result<RpcEndpoint, MeshError> {
         let limits = RpcLimits::default();
         let (_, client_config) = configs(identity, &limits)?;
         let mut endpoint = quinn::Endpoint::client(bind)
@@ -295,17 +304,7 @@ impl RpcEndpoint {
     ) -> Result<Bytes, RpcError> {
         let deadline = Instant::now() + timeout;
         self.check_request_size(&body)?;
-        let faults = self.inner.shared.faults.outbound(peer);
-        if faults.drop {
-            return Err(RpcError::Unreachable(format!(
-                "{peer}: dropped by fault plane"
-            )));
-        }
-        if let Some(delay) = faults.delay {
-            if timeout_at(deadline, tokio::time::sleep(delay)).await.is_err() {
-                return Err(RpcError::Timeout(format!("{peer}: fault-plane delay")));
-            }
-        }
+        let faults = self.outbound_faults(peer, deadline).await?;
         let max = self.inner.shared.limits.max_frame_bytes;
         let mut redialed = false;
         loop {
@@ -352,26 +351,14 @@ impl RpcEndpoint {
         let deadline = Instant::now() + connect_timeout;
         let body = encode(req).map_err(RpcError::Remote)?;
         self.check_request_size(&body)?;
-        let faults = self.inner.shared.faults.outbound(peer);
-        if faults.drop {
-            return Err(RpcError::Unreachable(format!(
-                "{peer}: dropped by fault plane"
-            )));
-        }
-        if let Some(delay) = faults.delay {
-            if timeout_at(deadline, tokio::time::sleep(delay)).await.is_err() {
-                return Err(RpcError::Timeout(format!("{peer}: fault-plane delay")));
-            }
-        }
+        self.outbound_faults(peer, deadline).await?;
         let max = self.inner.shared.limits.max_frame_bytes;
         let mut redialed = false;
         let (recv, first) = loop {
             let conn = self.connect_by(peer, deadline).await?;
             let attempt = async {
                 let mut recv = send_request(&conn, service, &body).await?;
-                let first = read_response(&mut recv, max)
-                    .await
-                    .map_err(Attempt::Sent)?;
+                let first = read_response(&mut recv, max).await.map_err(Attempt::Sent)?;
                 Ok::<_, Attempt>((recv, first))
             };
             match timeout_at(deadline, attempt).await {
@@ -387,7 +374,8 @@ impl RpcEndpoint {
         match first {
             Response::StreamStart => Ok(item_stream::<Resp>(recv, max)),
             Response::Ok(b) => {
-                let item = decode(&b).map_err(|e| RpcError::Network(format!("reply: {}", e.message)));
+                let item =
+                    decode(&b).map_err(|e| RpcError::Network(format!("reply: {}", e.message)));
                 Ok(futures::stream::once(async move { item }).boxed())
             }
             Response::Err(e) => Err(RpcError::Remote(e)),
@@ -417,7 +405,33 @@ impl RpcEndpoint {
         Ok(())
     }
 
-    async fn connect_by(&self, peer: SocketAddr, deadline: Instant) -> Result<Connection, RpcError> {
+    /// Applies drop/delay rules for a message to `peer`; returns the decision for the rest.
+    async fn outbound_faults(
+        &self,
+        peer: SocketAddr,
+        deadline: Instant,
+    ) -> Result<Outbound, RpcError> {
+        let faults = self.inner.shared.faults.outbound(peer);
+        if faults.drop {
+            return Err(RpcError::Unreachable(format!(
+                "{peer}: dropped by fault plane"
+            )));
+        }
+        if let Some(delay) = faults.delay
+            && timeout_at(deadline, tokio::time::sleep(delay))
+                .await
+                .is_err()
+        {
+            return Err(RpcError::Timeout(format!("{peer}: fault-plane delay")));
+        }
+        Ok(faults)
+    }
+
+    async fn connect_by(
+        &self,
+        peer: SocketAddr,
+        deadline: Instant,
+    ) -> Result<Connection, RpcError> {
         match timeout_at(deadline, self.connection(peer)).await {
             Err(_) => Err(RpcError::Unreachable(format!("{peer}: connect timed out"))),
             Ok(r) => r,
@@ -431,10 +445,10 @@ impl RpcEndpoint {
             pool.entry(peer).or_default().clone()
         };
         let mut guard = slot.lock().await;
-        if let Some(conn) = guard.as_ref() {
-            if conn.close_reason().is_none() {
-                return Ok(conn.clone());
-            }
+        if let Some(conn) = guard.as_ref()
+            && conn.close_reason().is_none()
+        {
+            return Ok(conn.clone());
         }
         *guard = None;
         let connecting = self
@@ -475,7 +489,11 @@ async fn unary_attempt(
     }
 }
 
-async fn send_request(conn: &Connection, service: &str, body: &[u8]) -> Result<RecvStream, Attempt> {
+async fn send_request(
+    conn: &Connection,
+    service: &str,
+    body: &[u8],
+) -> Result<RecvStream, Attempt> {
     let (mut send, recv) = conn
         .open_bi()
         .await
@@ -483,7 +501,11 @@ async fn send_request(conn: &Connection, service: &str, body: &[u8]) -> Result<R
     let header = rmp_serde::to_vec_named(&RequestHeader {
         service: service.to_string(),
     })
-    .map_err(|e| Attempt::NotSent(RpcError::Remote(RemoteError::new(format!("encode header: {e}")))))?;
+    .map_err(|e| {
+        Attempt::NotSent(RpcError::Remote(RemoteError::new(format!(
+            "encode header: {e}"
+        ))))
+    })?;
     // Streams are opened lazily, so a dead connection surfaces on the first write.
     write_frame(&mut send, None, &header)
         .await
@@ -714,8 +736,7 @@ async fn handle_stream(
     shared: Arc<Shared>,
 ) {
     let max = shared.limits.max_frame_bytes;
-    let (service, body) = match timeout(REQUEST_READ_TIMEOUT, read_request(&mut recv, max)).await
-    {
+    let (service, body) = match timeout(REQUEST_READ_TIMEOUT, read_request(&mut recv, max)).await {
         Err(_) => {
             let _ = send.reset(VarInt::from_u32(CODE_BAD_REQUEST));
             return;
@@ -801,7 +822,10 @@ async fn serve_stream(
                 return;
             }
             Some(Ok(b)) if b.len() > max => {
-                let e = RemoteError::new(format!("stream item of {} bytes exceeds max frame", b.len()));
+                let e = RemoteError::new(format!(
+                    "stream item of {} bytes exceeds max frame",
+                    b.len()
+                ));
                 reply_error(send, T_STREAM_ERR, &e).await;
                 return;
             }

@@ -182,7 +182,11 @@ async fn error_kinds_are_distinguished() {
         Err(RpcError::Remote(e)) => assert_eq!(e.message, "nope"),
         other => panic!("expected Remote, got {other:?}"),
     }
-    match f.client.call::<_, u64>(f.server_addr, "nosuch", &(), T).await {
+    match f
+        .client
+        .call::<_, u64>(f.server_addr, "nosuch", &(), T)
+        .await
+    {
         Err(RpcError::Remote(e)) => assert!(e.message.contains("unknown service")),
         other => panic!("expected Remote, got {other:?}"),
     }
@@ -207,7 +211,11 @@ async fn error_kinds_are_distinguished() {
         Err(RpcError::Unreachable(_)) => {}
         other => panic!("expected Unreachable, got {other:?}"),
     }
-    match f.client.call_stream::<_, u64>(f.server_addr, "fail", &(), T).await {
+    match f
+        .client
+        .call_stream::<_, u64>(f.server_addr, "fail", &(), T)
+        .await
+    {
         Err(RpcError::Remote(_)) => {}
         other => panic!("expected Remote, got {:?}", other.map(|_| ())),
     }
@@ -324,7 +332,10 @@ async fn malformed_input_does_not_hurt_server() {
     // Well-framed header that is not msgpack.
     let mut bad = 5u32.to_be_bytes().to_vec();
     bad.extend_from_slice(b"\xc1\xc1\xc1\xc1\xc1");
-    assert!(matches!(raw_exchange(&f, &bad).await, Some(Response::Err(_))));
+    assert!(matches!(
+        raw_exchange(&f, &bad).await,
+        Some(Response::Err(_))
+    ));
     // Truncated body.
     let mut header = rmp_serde::to_vec_named(&RequestHeader {
         service: "echo".into(),
@@ -334,7 +345,10 @@ async fn malformed_input_does_not_hurt_server() {
     trunc.append(&mut header);
     trunc.extend_from_slice(&100u32.to_be_bytes());
     trunc.extend_from_slice(b"short");
-    assert!(matches!(raw_exchange(&f, &trunc).await, Some(Response::Err(_))));
+    assert!(matches!(
+        raw_exchange(&f, &trunc).await,
+        Some(Response::Err(_))
+    ));
     // Garbage datagrams straight at the UDP port.
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     for len in [1usize, 20, 1200, 1500] {

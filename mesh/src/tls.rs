@@ -147,7 +147,8 @@ impl ClusterCa {
 
     /// Writes `ca.pem` and `ca.key` (mode 0600) into `dir`, creating it if needed.
     pub fn write_files(&self, dir: &Path) -> Result<(), MeshError> {
-        fs::create_dir_all(dir).map_err(|e| MeshError::io(format!("create {}", dir.display()), e))?;
+        fs::create_dir_all(dir)
+            .map_err(|e| MeshError::io(format!("create {}", dir.display()), e))?;
         write_file(&dir.join("ca.pem"), &self.cert_pem, 0o644)?;
         write_file(&dir.join("ca.key"), &self.key_pem, 0o600)
     }
@@ -190,7 +191,8 @@ impl Identity {
 
     /// Writes `{stem}.pem`, `{stem}.key` (mode 0600) and `ca.pem` into `dir`.
     pub fn write(&self, dir: &Path, stem: &str) -> Result<(), MeshError> {
-        fs::create_dir_all(dir).map_err(|e| MeshError::io(format!("create {}", dir.display()), e))?;
+        fs::create_dir_all(dir)
+            .map_err(|e| MeshError::io(format!("create {}", dir.display()), e))?;
         write_file(&dir.join(format!("{stem}.pem")), &self.cert_pem, 0o644)?;
         write_file(&dir.join(format!("{stem}.key")), &self.key_pem, 0o600)?;
         write_file(&dir.join("ca.pem"), &self.ca_pem, 0o644)
@@ -302,7 +304,9 @@ mod tests {
         let ca = ClusterCa::generate("test").unwrap();
         let dir = tempfile::tempdir().unwrap();
         ca.write_files(dir.path()).unwrap();
-        let mode = fs::metadata(dir.path().join("ca.key")).unwrap().permissions();
+        let mode = fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.mode() & 0o777, 0o600);
         let ca2 = ClusterCa::load_files(dir.path()).unwrap();

@@ -1,0 +1,411 @@
+//! `flotilla node`: wires one node together: RPC endpoint, Raft store, gossip, voter
+//! automation and the HTTP port.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use flotilla_chaos::status::{FAULTS_PATH, NodeStatus, REMOVE_PATH, STATUS_PATH};
+use flotilla_consensus::{ROLE_RAFT, ROLE_VOTER, Store, StoreConfig, StoreError, VoterPolicy};
+use flotilla_mesh::{
+    FaultPlane, FaultRules, Gossip, GossipConfig, Identity, MemberInfo, RpcEndpoint, RpcLimits,
+};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::LogFormat;
+
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    /// Node name, unique in the cluster (also its Raft identity).
+    #[arg(long)]
+    name: String,
+    /// Where this node keeps its Raft log, state and certificates.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Gossip addresses (host:port) of nodes already in the cluster, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<String>,
+    /// Initialise a new cluster with this node as its first voter, if the data dir has none.
+    #[arg(long)]
+    bootstrap: bool,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_addr: IpAddr,
+    /// Address other nodes use to reach this one (default: the bind address).
+    #[arg(long)]
+    advertise_addr: Option<IpAddr>,
+    /// HTTP port: health, status and (later) the Kubernetes API.
+    #[arg(long, default_value_t = 6443)]
+    api_port: u16,
+    /// UDP port of the QUIC RPC endpoint.
+    #[arg(long, default_value_t = 7001)]
+    rpc_port: u16,
+    /// UDP port of gossip.
+    #[arg(long, default_value_t = 7946)]
+    gossip_port: u16,
+    /// Target number of Raft voters (1, 3, 5 or 7); the leader keeps the voter set at this size.
+    #[arg(long, default_value_t = 3)]
+    voters: usize,
+    /// Never promote this node to voter (it still replicates as a learner).
+    #[arg(long)]
+    no_voter: bool,
+    /// A voter that gossip reports dead for this long is replaced by a healthy node.
+    #[arg(long, default_value_t = 15.0)]
+    dead_voter_grace_secs: f64,
+    /// Cluster CA certificate (default: DATA_DIR/tls/ca.pem).
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// This node's certificate (default: DATA_DIR/tls/node.pem).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// This node's private key (default: DATA_DIR/tls/node.key).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Enable the fault-injection admin API (drop, delay, duplicate, partition).
+    #[arg(long)]
+    chaos: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Gossip interval.
+    #[arg(long, default_value_t = 200)]
+    gossip_interval_ms: u64,
+    /// Failure-detector threshold: a node is dead after about this many gossip intervals of
+    /// silence.
+    #[arg(long, default_value_t = 8.0)]
+    phi_threshold: f64,
+    #[arg(long, default_value_t = 100)]
+    heartbeat_ms: u64,
+    #[arg(long, default_value_t = 500)]
+    election_timeout_min_ms: u64,
+    #[arg(long, default_value_t = 1000)]
+    election_timeout_max_ms: u64,
+    /// Build a snapshot and purge the log every this many entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every: u64,
+    /// Cluster id: nodes gossip only with nodes of the same id.
+    #[arg(long, default_value = "flotilla")]
+    cluster_id: String,
+}
+
+struct AppState {
+    store: Store,
+    gossip: Gossip,
+    faults: FaultPlane,
+    chaos: bool,
+    me: MemberInfo,
+}
+
+fn tls_path(flag: &Option<PathBuf>, data_dir: &Path, file: &str) -> PathBuf {
+    flag.clone()
+        .unwrap_or_else(|| data_dir.join("tls").join(file))
+}
+
+/// Total memory in bytes, from /proc/meminfo (advisory capacity for gossip).
+fn total_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    if ![1, 3, 5, 7].contains(&args.voters) {
+        bail!("--voters must be 1, 3, 5 or 7 (got {})", args.voters);
+    }
+    if args.election_timeout_min_ms <= args.heartbeat_ms
+        || args.election_timeout_max_ms <= args.election_timeout_min_ms
+    {
+        bail!("need heartbeat < election timeout min < election timeout max");
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let pid_file = args.data_dir.join("node.pid");
+    std::fs::write(&pid_file, format!("{}\n", std::process::id())).context("writing node.pid")?;
+
+    let identity = Identity::load(
+        &tls_path(&args.ca_cert, &args.data_dir, "ca.pem"),
+        &tls_path(&args.cert, &args.data_dir, "node.pem"),
+        &tls_path(&args.key, &args.data_dir, "node.key"),
+    )
+    .context("loading the node certificate (create one with `flotilla ca issue`)")?;
+    let cn = identity.common_name()?;
+    if cn != args.name {
+        bail!(
+            "the certificate is for {cn:?}, but this node is named {:?}",
+            args.name
+        );
+    }
+
+    let advertise = args.advertise_addr.unwrap_or(args.bind_addr);
+    let rpc_addr = SocketAddr::new(advertise, args.rpc_port);
+    let api_addr = SocketAddr::new(advertise, args.api_port);
+    let gossip_addr = SocketAddr::new(advertise, args.gossip_port);
+
+    let faults = FaultPlane::new();
+    let limits = RpcLimits {
+        // Raft snapshots travel as one frame.
+        max_frame_bytes: 64 * 1024 * 1024,
+        ..RpcLimits::default()
+    };
+    let rpc = RpcEndpoint::bind(
+        SocketAddr::new(args.bind_addr, args.rpc_port),
+        &identity,
+        faults.clone(),
+        limits,
+    )
+    .await
+    .context("binding the RPC port")?;
+
+    let mut store_config = StoreConfig::new(&args.name, args.data_dir.join("raft"), rpc_addr);
+    store_config.bootstrap = args.bootstrap;
+    store_config.heartbeat = Duration::from_millis(args.heartbeat_ms);
+    store_config.election_timeout_min = Duration::from_millis(args.election_timeout_min_ms);
+    store_config.election_timeout_max = Duration::from_millis(args.election_timeout_max_ms);
+    store_config.snapshot_every = args.snapshot_every;
+    let store = Store::start(store_config, rpc.clone())
+        .await
+        .context("starting the store")?;
+
+    let generation_id = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    let mut roles = vec![ROLE_RAFT.to_owned()];
+    if !args.no_voter {
+        roles.push(ROLE_VOTER.to_owned());
+    }
+    let mut capacity = BTreeMap::new();
+    capacity.insert(
+        "cpu".to_owned(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .to_string(),
+    );
+    if let Some(mem) = total_memory() {
+        capacity.insert("memory".to_owned(), mem.to_string());
+    }
+    let me = MemberInfo {
+        name: args.name.clone(),
+        generation_id,
+        gossip_addr,
+        rpc_addr,
+        api_addr,
+        roles,
+        ready: false,
+        capacity,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        alive: true,
+    };
+    let mut gossip_config = GossipConfig::lan_defaults(
+        &args.name,
+        &args.cluster_id,
+        SocketAddr::new(args.bind_addr, args.gossip_port),
+    );
+    gossip_config.advertise_addr = gossip_addr;
+    gossip_config.seeds = args.join.clone();
+    gossip_config.gossip_interval = Duration::from_millis(args.gossip_interval_ms);
+    gossip_config.phi_threshold = args.phi_threshold;
+    let gossip = Gossip::start(gossip_config, me.clone(), faults.clone())
+        .await
+        .context("starting gossip")?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let automation = flotilla_consensus::spawn_voter_automation(
+        store.clone(),
+        gossip.clone(),
+        VoterPolicy {
+            target: args.voters,
+            dead_grace: Duration::from_secs_f64(args.dead_voter_grace_secs),
+            ..VoterPolicy::default()
+        },
+        shutdown_rx.clone(),
+    );
+    let readiness = tokio::spawn(publish_readiness(
+        store.clone(),
+        gossip.clone(),
+        shutdown_rx.clone(),
+    ));
+
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        gossip: gossip.clone(),
+        faults,
+        chaos: args.chaos,
+        me,
+    });
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.bind_addr, args.api_port))
+        .await
+        .context("binding the API port")?;
+    tracing::info!(
+        node = %args.name, api = %api_addr, rpc = %rpc_addr, gossip = %gossip_addr,
+        bootstrap = args.bootstrap, chaos = args.chaos, "node started"
+    );
+    let mut http_shutdown = shutdown_rx.clone();
+    let http = tokio::spawn(async move {
+        let served = axum::serve(listener, router(state))
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    // Announce departure first so peers report `Left`, not `Dead`.
+    gossip.leave().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    let _ = automation.await;
+    let _ = readiness.await;
+    store.shutdown().await;
+    rpc.close().await;
+    let _ = std::fs::remove_file(&pid_file);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers the node can still be stopped with Ctrl-C.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Ready = a leader is known. Published over gossip and served at /readyz.
+async fn publish_readiness(store: Store, gossip: Gossip, mut shutdown: watch::Receiver<bool>) {
+    let mut ready = false;
+    loop {
+        let now_ready = store.leader_name().is_some();
+        if now_ready != ready {
+            ready = now_ready;
+            gossip.set_ready(ready).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn router(state: Arc<AppState>) -> axum::Router {
+    let mut router = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route(STATUS_PATH, get(status))
+        .route(REMOVE_PATH, post(remove_node));
+    if state.chaos {
+        // Without --chaos these routes do not exist: a request gets 404.
+        router = router.route(
+            FAULTS_PATH,
+            get(get_faults).put(put_faults).delete(clear_faults),
+        );
+    }
+    router.with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.store.leader_name().is_some() {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no raft leader known").into_response()
+    }
+}
+
+#[derive(Deserialize)]
+struct StatusQuery {
+    #[serde(default)]
+    leader: bool,
+}
+
+fn store_error(e: StoreError) -> Response {
+    let code = match e {
+        StoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        StoreError::NoLeader(_) | StoreError::NotLeader | StoreError::Unavailable(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (code, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
+}
+
+async fn status(State(state): State<Arc<AppState>>, Query(q): Query<StatusQuery>) -> Response {
+    let raft = if q.leader {
+        match state.store.leader_status().await {
+            Ok(s) => s,
+            Err(e) => return store_error(e),
+        }
+    } else {
+        state.store.status()
+    };
+    let me = &state.me;
+    Json(NodeStatus {
+        name: me.name.clone(),
+        generation_id: me.generation_id,
+        version: me.version.clone(),
+        api_addr: me.api_addr.to_string(),
+        rpc_addr: me.rpc_addr.to_string(),
+        gossip_addr: me.gossip_addr.to_string(),
+        ready: state.store.leader_name().is_some(),
+        chaos: state.chaos,
+        members: state.gossip.members(),
+        raft,
+    })
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct RemoveQuery {
+    node: String,
+}
+
+async fn remove_node(State(state): State<Arc<AppState>>, Query(q): Query<RemoveQuery>) -> Response {
+    match state.store.remove_node(&q.node).await {
+        Ok(()) => Json(serde_json::json!({ "removed": q.node })).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn get_faults(State(state): State<Arc<AppState>>) -> Json<FaultRules> {
+    Json(state.faults.rules())
+}
+
+async fn put_faults(
+    State(state): State<Arc<AppState>>,
+    Json(rules): Json<FaultRules>,
+) -> Json<FaultRules> {
+    tracing::warn!(?rules, "fault rules set");
+    state.faults.set(rules);
+    Json(state.faults.rules())
+}
+
+async fn clear_faults(State(state): State<Arc<AppState>>) -> Json<FaultRules> {
+    tracing::warn!("fault rules cleared");
+    state.faults.clear();
+    Json(state.faults.rules())
+}
