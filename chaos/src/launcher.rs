@@ -10,7 +10,7 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -467,25 +467,44 @@ fn port_free(port: u16) -> bool {
         && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// Path of the `flotilla` binary next to the running test or benchmark executable.
+/// Path of the `flotilla` binary for tests and benchmarks.
+///
+/// `FLOTILLA_BIN` wins. Otherwise, when running under cargo (tests), the binary is built once
+/// with `cargo build -p flotilla` in the profile of the running executable, so `cargo test`
+/// alone is enough on a fresh checkout. Outside cargo, the binary next to the executable is used.
 pub fn find_binary() -> anyhow::Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     if let Ok(p) = std::env::var("FLOTILLA_BIN") {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
-    let mut dir: Option<&Path> = exe.parent();
-    while let Some(d) = dir {
-        let candidate = d.join("flotilla");
-        if candidate.is_file() {
-            return Ok(candidate);
+    // target/<profile>/deps/<test-binary>
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) })
+        .context("locating the target directory")?
+        .to_owned();
+    let binary = profile_dir.join("flotilla");
+    if std::env::var_os("CARGO").is_none() {
+        if binary.is_file() {
+            return Ok(binary);
         }
-        dir = d.parent();
-        if d.file_name().is_some_and(|n| n == "target") {
-            break;
-        }
+        bail!("flotilla binary not found at {}; build it or set FLOTILLA_BIN", binary.display());
     }
-    bail!(
-        "flotilla binary not found near {}; build it or set FLOTILLA_BIN",
-        exe.display()
-    )
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = std::process::Command::new(cargo);
+            cmd.args(["build", "-p", "flotilla", "--bin", "flotilla"]);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            match cmd.status() {
+                Ok(s) if s.success() && binary.is_file() => Ok(binary.clone()),
+                Ok(s) => Err(format!("cargo build -p flotilla failed ({s})")),
+                Err(e) => Err(format!("running cargo: {e}")),
+            }
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
 }
