@@ -70,8 +70,10 @@ pub(crate) enum KvResponse {
     ReadIndex(u64),
 }
 
+/// Holds the store weakly: the store owns the RPC endpoint that owns this service, and a
+/// strong reference would keep the database open forever.
 pub(crate) struct KvService {
-    pub store: Store,
+    pub store: std::sync::Weak<crate::store::StoreInner>,
 }
 
 fn unary(v: Result<KvResponse, StoreError>) -> Result<Reply, RemoteError> {
@@ -116,8 +118,11 @@ impl Service for KvService {
         _ctx: CallContext,
         body: Bytes,
     ) -> BoxFuture<'static, Result<Reply, RemoteError>> {
-        let store = self.store.clone();
+        let store = self.store.upgrade().map(|inner| Store { inner });
         async move {
+            let Some(store) = store else {
+                return unary(Err(StoreError::Unavailable("the node is shutting down".into())));
+            };
             let req: KvRequest = flotilla_mesh::decode(&body)?;
             if let KvRequest::Watch {
                 prefix,

@@ -107,6 +107,8 @@ impl WatchHub {
 
 /// The start of a watch: the backlog it must replay and the live channel after it.
 pub(crate) struct WatchStart {
+    /// The first revision the watcher asked for (resolved from 0 = "next").
+    pub from: u64,
     pub backlog: Vec<Event>,
     pub rx: broadcast::Receiver<HubMessage>,
 }
@@ -394,7 +396,7 @@ impl StateMachine {
             .collect();
         // Subscribing under the same lock as the backlog copy leaves no gap between them.
         let rx = hub.tx.subscribe();
-        Ok(WatchStart { backlog, rx })
+        Ok(WatchStart { from, backlog, rx })
     }
 
     fn apply_batch(shared: &Shared, entries: &[crate::types::Entry]) -> io::Result<Applied> {

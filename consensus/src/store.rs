@@ -205,7 +205,7 @@ impl Store {
         rpc.register(
             KV_SERVICE,
             Arc::new(KvService {
-                store: store.clone(),
+                store: Arc::downgrade(&store.inner),
             }),
         );
 
@@ -459,7 +459,11 @@ impl Store {
         let sm = self.inner.sm.clone();
         let prefix = prefix.to_owned();
         // Later messages may repeat backlog events; skip anything at or below what was sent.
-        let sent_up_to = start.backlog.last().map(|e| e.revision()).unwrap_or(0);
+        let sent_up_to = start
+            .backlog
+            .last()
+            .map(|e| e.revision())
+            .unwrap_or(start.from.saturating_sub(1));
         let backlog =
             futures::stream::iter((!start.backlog.is_empty()).then_some(Ok(start.backlog)));
         let live = futures::stream::unfold(
