@@ -16,7 +16,8 @@ use axum::routing::{get, post};
 use flotilla_chaos::status::{FAULTS_PATH, NodeStatus, REMOVE_PATH, STATUS_PATH};
 use flotilla_consensus::{ROLE_RAFT, ROLE_VOTER, Store, StoreConfig, StoreError, VoterPolicy};
 use flotilla_mesh::{
-    FaultPlane, FaultRules, Gossip, GossipConfig, Identity, MemberInfo, RpcEndpoint, RpcLimits,
+    FaultPlane, FaultRules, Gossip, GossipConfig, Identity, MemberEvent, MemberInfo, RpcEndpoint,
+    RpcLimits,
 };
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -82,11 +83,15 @@ pub struct NodeArgs {
     /// silence.
     #[arg(long, default_value_t = 8.0)]
     phi_threshold: f64,
-    #[arg(long, default_value_t = 100)]
+    /// Raft heartbeat interval.
+    #[arg(long, default_value_t = 60)]
     heartbeat_ms: u64,
-    #[arg(long, default_value_t = 500)]
+    /// Raft election timeout range. A follower also refuses to vote for
+    /// `election_timeout_max` after its last heartbeat (leader lease), so failover takes
+    /// between one and two election timeouts.
+    #[arg(long, default_value_t = 300)]
     election_timeout_min_ms: u64,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 600)]
     election_timeout_max_ms: u64,
     /// Build a snapshot and purge the log every this many entries.
     #[arg(long, default_value_t = 10_000)]
@@ -235,6 +240,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         gossip.clone(),
         shutdown_rx.clone(),
     ));
+    let connections = tokio::spawn(drop_stale_connections(
+        gossip.clone(),
+        rpc.clone(),
+        shutdown_rx.clone(),
+    ));
 
     let state = Arc::new(AppState {
         store: store.clone(),
@@ -270,6 +280,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     let _ = automation.await;
     let _ = readiness.await;
+    let _ = connections.await;
     store.shutdown().await;
     rpc.close().await;
     let _ = std::fs::remove_file(&pid_file);
@@ -292,6 +303,32 @@ async fn wait_for_signal() {
         _ => {
             // Without signal handlers the node can still be stopped with Ctrl-C.
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// A peer that gossip reports restarted (new generation), dead or gone leaves a pooled QUIC
+/// connection behind that would only fail after the idle timeout; close it now.
+async fn drop_stale_connections(
+    gossip: Gossip,
+    rpc: RpcEndpoint,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut events = gossip.subscribe();
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => e,
+            _ = shutdown.changed() => return,
+        };
+        match event {
+            Ok(MemberEvent::Joined(m) | MemberEvent::Dead(m) | MemberEvent::Left(m)) => {
+                if m.name != gossip.node_name() {
+                    rpc.disconnect(m.rpc_addr);
+                }
+            }
+            Ok(MemberEvent::Updated(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
 }

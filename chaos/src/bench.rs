@@ -298,6 +298,10 @@ async fn failover_once(
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     *killed_at.lock().await = Some(Instant::now());
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    tracing::info!(node = %leader, unix_ms = wall.as_millis() as u64, "killing the leader");
     cluster.kill(li).await?;
     let measured = tokio::time::timeout(Duration::from_secs(30), writer).await;
     stop.store(true, Ordering::Relaxed);

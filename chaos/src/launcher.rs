@@ -481,7 +481,13 @@ pub fn find_binary() -> anyhow::Result<PathBuf> {
     // target/<profile>/deps/<test-binary>
     let profile_dir = exe
         .parent()
-        .and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) })
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
         .context("locating the target directory")?
         .to_owned();
     let binary = profile_dir.join("flotilla");
@@ -489,13 +495,36 @@ pub fn find_binary() -> anyhow::Result<PathBuf> {
         if binary.is_file() {
             return Ok(binary);
         }
-        bail!("flotilla binary not found at {}; build it or set FLOTILLA_BIN", binary.display());
+        bail!(
+            "flotilla binary not found at {}; build it or set FLOTILLA_BIN",
+            binary.display()
+        );
     }
     BUILT
         .get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut cmd = std::process::Command::new(cargo);
             cmd.args(["build", "-p", "flotilla", "--bin", "flotilla"]);
+            // `cargo test` runs tests with the test package's CARGO_PKG_*, CARGO_MANIFEST_DIR,
+            // ... set. Build scripts (ring's) declare rerun-if-env-changed on those, so passing
+            // them on would rebuild ring and everything above it on every test binary, and
+            // again on the next plain `cargo build`.
+            for (key, _) in std::env::vars_os() {
+                let Some(key) = key.to_str() else { continue };
+                if key.starts_with("CARGO_PKG_")
+                    || key.starts_with("CARGO_MANIFEST_")
+                    || key.starts_with("CARGO_BIN_")
+                    || matches!(
+                        key,
+                        "CARGO_CRATE_NAME"
+                            | "CARGO_PRIMARY_PACKAGE"
+                            | "CARGO_TARGET_TMPDIR"
+                            | "OUT_DIR"
+                    )
+                {
+                    cmd.env_remove(key);
+                }
+            }
             if profile_dir.file_name().is_some_and(|n| n == "release") {
                 cmd.arg("--release");
             }

@@ -121,7 +121,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let table = txn.open_table(LOG).map_err(io_err)?;
             let last = match table.last().map_err(io_err)? {
                 Some((_, v)) => Some(decode::<Entry>(v.value())?.log_id),
-                None => purged.clone(),
+                None => purged,
             };
             Ok(LogState {
                 last_purged_log_id: purged,
@@ -137,7 +137,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let db = self.db.clone();
-        let vote = vote.clone();
+        let vote = *vote;
         blocking(move || LogStore::write_meta(&db, KEY_VOTE, &vote)).await
     }
 

@@ -121,7 +121,9 @@ impl Service for KvService {
         let store = self.store.upgrade().map(|inner| Store { inner });
         async move {
             let Some(store) = store else {
-                return unary(Err(StoreError::Unavailable("the node is shutting down".into())));
+                return unary(Err(StoreError::Unavailable(
+                    "the node is shutting down".into(),
+                )));
             };
             let req: KvRequest = flotilla_mesh::decode(&body)?;
             if let KvRequest::Watch {
@@ -188,9 +190,24 @@ impl StoreClient {
         res
     }
 
+    /// For reads: a connection that broke mid-call (e.g. the node restarted) is retried on a
+    /// fresh connection, since repeating a read is harmless.
+    async fn call_idempotent(&self, req: impl Fn() -> KvRequest) -> Result<KvResponse, StoreError> {
+        let mut attempts = 0;
+        loop {
+            match self.call(req()).await {
+                Err(StoreError::Unknown(m)) if attempts < 2 => {
+                    tracing::debug!(addr = %self.addr, error = %m, "retrying a read");
+                    attempts += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub async fn get(&self, key: &str, read: Read) -> Result<GetResult, StoreError> {
         match self
-            .call(KvRequest::Get {
+            .call_idempotent(|| KvRequest::Get {
                 key: key.to_owned(),
                 read,
             })
@@ -208,7 +225,7 @@ impl StoreClient {
         read: Read,
     ) -> Result<RangeResult, StoreError> {
         match self
-            .call(KvRequest::Range {
+            .call_idempotent(|| KvRequest::Range {
                 prefix: prefix.to_owned(),
                 limit,
                 read,
@@ -244,7 +261,7 @@ impl StoreClient {
 
     /// The answering node's own view of Raft.
     pub async fn status(&self) -> Result<RaftStatus, StoreError> {
-        match self.call(KvRequest::Status).await? {
+        match self.call_idempotent(|| KvRequest::Status).await? {
             KvResponse::Status(s) => Ok(s),
             other => Err(unexpected(other)),
         }
@@ -252,7 +269,7 @@ impl StoreClient {
 
     /// The leader's view of Raft, with replication progress.
     pub async fn leader_status(&self) -> Result<RaftStatus, StoreError> {
-        match self.call(KvRequest::LeaderStatus).await? {
+        match self.call_idempotent(|| KvRequest::LeaderStatus).await? {
             KvResponse::Status(s) => Ok(s),
             other => Err(unexpected(other)),
         }

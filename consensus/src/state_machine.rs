@@ -422,11 +422,11 @@ impl StateMachine {
                     CommandResult::Compacted { revision: r }
                 }
                 EntryPayload::Membership(m) => {
-                    membership = Some(StoredMembership::new(Some(entry.log_id.clone()), m.clone()));
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
                     CommandResult::None
                 }
             };
-            applied = Some(entry.log_id.clone());
+            applied = Some(entry.log_id);
             results.push(result);
         }
         {

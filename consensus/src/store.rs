@@ -164,7 +164,7 @@ impl Retry {
         // Jitter keeps many retrying clients from moving in lockstep.
         let jitter = rand::random::<u64>() % (self.backoff.as_millis() as u64 + 1);
         tokio::time::sleep(self.backoff + Duration::from_millis(jitter / 2)).await;
-        self.backoff = (self.backoff * 2).min(Duration::from_millis(300));
+        self.backoff = (self.backoff * 2).min(Duration::from_millis(100));
         Ok(())
     }
 }
@@ -208,6 +208,11 @@ impl Store {
                 store: Arc::downgrade(&store.inner),
             }),
         );
+
+        tokio::spawn(log_leadership(
+            store.inner.raft.clone(),
+            store.inner.config.node_name.clone(),
+        ));
 
         let initialized = store
             .inner
@@ -588,5 +593,33 @@ impl Store {
 
     pub(crate) fn config(&self) -> &StoreConfig {
         &self.inner.config
+    }
+}
+
+/// Logs every change of this node's Raft role or of the known leader (operators read these to
+/// reconstruct failovers). Ends when Raft stops.
+async fn log_leadership(raft: Raft, node: String) {
+    let mut metrics = raft.metrics();
+    let mut last: Option<(ServerState, Option<u64>, u64)> = None;
+    loop {
+        let now = {
+            let m = metrics.borrow_watched();
+            (m.state, m.current_leader, m.current_term)
+        };
+        if last.as_ref().map(|l| (l.0, l.1)) != Some((now.0, now.1)) {
+            let leader = now.1.and_then(|id| {
+                raft.metrics()
+                    .borrow_watched()
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| n.name.clone())
+            });
+            tracing::info!(node = %node, state = ?now.0, leader = ?leader, term = now.2, "raft role changed");
+            last = Some(now);
+        }
+        if now.0 == ServerState::Shutdown || metrics.changed().await.is_err() {
+            return;
+        }
     }
 }

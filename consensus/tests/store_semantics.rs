@@ -11,9 +11,14 @@ use futures::StreamExt;
 
 async fn start(dir: &std::path::Path, ca: &ClusterCa) -> (Store, RpcEndpoint) {
     let identity = ca.issue("solo").unwrap();
-    let rpc = RpcEndpoint::bind("127.0.0.1:0".parse().unwrap(), &identity, FaultPlane::new(), RpcLimits::default())
-        .await
-        .unwrap();
+    let rpc = RpcEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &identity,
+        FaultPlane::new(),
+        RpcLimits::default(),
+    )
+    .await
+    .unwrap();
     let mut config = StoreConfig::new("solo", dir.to_owned(), rpc.local_addr());
     config.bootstrap = true;
     // After a restart in the same process the previous instance's tasks may still be letting go
@@ -30,7 +35,10 @@ async fn start(dir: &std::path::Path, ca: &ClusterCa) -> (Store, RpcEndpoint) {
         }
     };
     while !store.is_leader() {
-        assert!(tokio::time::Instant::now() < deadline, "single node never became leader");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "single node never became leader"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     (store, rpc)
@@ -43,9 +51,15 @@ async fn revisions_transactions_and_watches_behave_like_etcd() {
     let (store, rpc) = start(dir.path(), &ca).await;
 
     // Create: create_revision = mod_revision, version 1; a second put bumps both revision and version.
-    let r1 = store.txn(TxnRequest::put("/a/x", b"1".to_vec())).await.unwrap();
+    let r1 = store
+        .txn(TxnRequest::put("/a/x", b"1".to_vec()))
+        .await
+        .unwrap();
     assert!(r1.succeeded);
-    let r2 = store.txn(TxnRequest::put("/a/x", b"2".to_vec())).await.unwrap();
+    let r2 = store
+        .txn(TxnRequest::put("/a/x", b"2".to_vec()))
+        .await
+        .unwrap();
     assert_eq!(r2.revision, r1.revision + 1);
     let got = store.get("/a/x", Read::Linearizable).await.unwrap();
     let kv = got.kv.unwrap();
@@ -56,13 +70,24 @@ async fn revisions_transactions_and_watches_behave_like_etcd() {
 
     // CAS on a stale revision fails and changes nothing; on the current one it succeeds.
     let stale = store
-        .txn(TxnRequest::compare_and_put("/a/x", r1.revision, b"stale".to_vec()))
+        .txn(TxnRequest::compare_and_put(
+            "/a/x",
+            r1.revision,
+            b"stale".to_vec(),
+        ))
         .await
         .unwrap();
     assert!(!stale.succeeded);
-    assert_eq!(stale.revision, r2.revision, "a failed compare must not bump the revision");
+    assert_eq!(
+        stale.revision, r2.revision,
+        "a failed compare must not bump the revision"
+    );
     let fresh = store
-        .txn(TxnRequest::compare_and_put("/a/x", r2.revision, b"3".to_vec()))
+        .txn(TxnRequest::compare_and_put(
+            "/a/x",
+            r2.revision,
+            b"3".to_vec(),
+        ))
         .await
         .unwrap();
     assert!(fresh.succeeded);
@@ -71,7 +96,10 @@ async fn revisions_transactions_and_watches_behave_like_etcd() {
     let multi = store
         .txn(TxnRequest {
             compare: vec![Compare::Missing { key: "/a/y".into() }],
-            success: vec![Op::put("/a/y", b"y".to_vec()), Op::put("/a/z", b"z".to_vec())],
+            success: vec![
+                Op::put("/a/y", b"y".to_vec()),
+                Op::put("/a/z", b"z".to_vec()),
+            ],
             failure: vec![],
         })
         .await
@@ -80,7 +108,11 @@ async fn revisions_transactions_and_watches_behave_like_etcd() {
     let range = store.range("/a/", 100, Read::Linearizable).await.unwrap();
     let keys: Vec<&str> = range.kvs.iter().map(|kv| kv.key.as_str()).collect();
     assert_eq!(keys, ["/a/x", "/a/y", "/a/z"]);
-    assert!(range.kvs[1..].iter().all(|kv| kv.mod_revision == multi.revision));
+    assert!(
+        range.kvs[1..]
+            .iter()
+            .all(|kv| kv.mod_revision == multi.revision)
+    );
     let else_branch = store
         .txn(TxnRequest {
             compare: vec![Compare::Version {
@@ -108,11 +140,16 @@ async fn revisions_transactions_and_watches_behave_like_etcd() {
         seen.extend(batch);
     }
     let revs: Vec<u64> = seen.iter().map(|e| e.revision()).collect();
-    assert!(revs.windows(2).all(|w| w[0] <= w[1]), "events out of order: {revs:?}");
+    assert!(
+        revs.windows(2).all(|w| w[0] <= w[1]),
+        "events out of order: {revs:?}"
+    );
     assert_eq!(seen[0].kv.value, b"1");
     let del = store
         .txn(TxnRequest {
-            success: vec![Op::DeletePrefix { prefix: "/a/y".into() }],
+            success: vec![Op::DeletePrefix {
+                prefix: "/a/y".into(),
+            }],
             ..Default::default()
         })
         .await

@@ -57,9 +57,9 @@ pub struct RpcLimits {
     /// Concurrent requests (streams) a peer may have open on one connection; further calls
     /// wait for a free slot. Default 256.
     pub max_concurrent_streams: u32,
-    /// A connection with no traffic for this long is closed. Default 10 s.
+    /// A connection with no traffic for this long is closed. Default 4 s.
     pub idle_timeout: Duration,
-    /// Keep-alive ping interval (must be below `idle_timeout`; zero disables). Default 2 s.
+    /// Keep-alive ping interval (must be below `idle_timeout`; zero disables). Default 1 s.
     pub keep_alive: Duration,
 }
 
@@ -68,8 +68,10 @@ impl Default for RpcLimits {
         RpcLimits {
             max_frame_bytes: 16 * 1024 * 1024,
             max_concurrent_streams: 256,
-            idle_timeout: Duration::from_secs(10),
-            keep_alive: Duration::from_secs(2),
+            // A silent peer (killed, paused, partitioned) is given up after 4 s, so pooled
+            // connections to a dead process do not linger; keep-alives keep idle links open.
+            idle_timeout: Duration::from_secs(4),
+            keep_alive: Duration::from_secs(1),
         }
     }
 }
@@ -435,6 +437,23 @@ impl RpcEndpoint {
         match timeout_at(deadline, self.connection(peer)).await {
             Err(_) => Err(RpcError::Unreachable(format!("{peer}: connect timed out"))),
             Ok(r) => r,
+        }
+    }
+
+    /// Closes and forgets the pooled connection to `peer` (e.g. gossip saw it restart or die),
+    /// so the next call dials afresh instead of waiting for the old one to time out.
+    pub fn disconnect(&self, peer: SocketAddr) {
+        let slot = self
+            .inner
+            .pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&peer);
+        if let Some(slot) = slot
+            && let Ok(guard) = slot.try_lock()
+            && let Some(conn) = guard.as_ref()
+        {
+            conn.close(VarInt::from_u32(0), b"peer restarted or died");
         }
     }
 

@@ -111,7 +111,17 @@ impl TestCluster {
                 extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             })?;
             cluster.start_all()?;
-            match wait_for_leader_or_exit(&mut cluster, CONVERGE).await {
+            let formed = async {
+                wait_for_leader_or_exit(&mut cluster, CONVERGE).await?;
+                // The first node bootstraps alone; the others join as learners and are then
+                // promoted. Until that is done the cluster cannot survive losing node 1.
+                let want = (voters.min(nodes), nodes.saturating_sub(voters));
+                cluster
+                    .wait_for_status(CONVERGE, "the full voter set", |s| roles(s) == want)
+                    .await?;
+                wait_for_leader_or_exit(&mut cluster, CONVERGE).await
+            };
+            match formed.await {
                 Ok(_) => {
                     let rpc = RpcEndpoint::client(&cluster.client_identity("test")?).await?;
                     return Ok(TestCluster {
@@ -233,7 +243,9 @@ where
             Ok(v) => return Ok(v),
             Err(e) => {
                 if Instant::now() > deadline {
-                    return Err(e.context(format!("timed out after {timeout:?} waiting for {what}")));
+                    return Err(
+                        e.context(format!("timed out after {timeout:?} waiting for {what}"))
+                    );
                 }
             }
         }

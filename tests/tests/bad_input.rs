@@ -56,7 +56,9 @@ async fn tcp_garbage(addr: &str) {
     }
     // A truncated request and a huge header.
     if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-        let _ = s.write_all(b"GET /flotilla/status HTTP/1.1\r\nHost: x\r\nContent-Le").await;
+        let _ = s
+            .write_all(b"GET /flotilla/status HTTP/1.1\r\nHost: x\r\nContent-Le")
+            .await;
     }
     if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
         let mut req = b"POST /flotilla/cluster/remove?node=x HTTP/1.1\r\nX-Big: ".to_vec();
@@ -114,9 +116,15 @@ async fn garbage_and_foreign_certificates_are_refused_without_harm() {
         for i in 0..cluster.len() {
             let c = client_as(&cluster, identity, i).await;
             let put = c.put("bad/evil", "pwned").await;
-            assert!(put.is_err(), "{label}: put through node {i} succeeded: {put:?}");
+            assert!(
+                put.is_err(),
+                "{label}: put through node {i} succeeded: {put:?}"
+            );
             let get = c.get("bad/before", Read::Local).await;
-            assert!(get.is_err(), "{label}: get through node {i} succeeded: {get:?}");
+            assert!(
+                get.is_err(),
+                "{label}: get through node {i} succeeded: {get:?}"
+            );
             let status = c.status().await;
             assert!(status.is_err(), "{label}: status through node {i} answered");
         }
@@ -143,7 +151,12 @@ async fn garbage_and_foreign_certificates_are_refused_without_harm() {
     }
     let res = cluster
         .rpc
-        .call_raw(addr, "no-such-service", Bytes::new(), Duration::from_secs(5))
+        .call_raw(
+            addr,
+            "no-such-service",
+            Bytes::new(),
+            Duration::from_secs(5),
+        )
         .await;
     assert!(matches!(res, Err(RpcError::Remote(_))), "{res:?}");
 

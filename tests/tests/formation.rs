@@ -82,18 +82,26 @@ async fn three_node_cluster_forms_and_reads_are_linearizable_through_every_node(
     }
 
     // Distinct keys written through each node, all read through each node.
-    for w in 0..3 {
-        clients[w]
+    for (w, client) in clients.iter().enumerate() {
+        client
             .put(&format!("lin/by-{w}"), format!("from-{w}"))
             .await
             .unwrap();
     }
     for (r, client) in clients.iter().enumerate() {
-        let range = client.range("lin/by-", 100, Read::Linearizable).await.unwrap();
+        let range = client
+            .range("lin/by-", 100, Read::Linearizable)
+            .await
+            .unwrap();
         let got: Vec<(String, String)> = range
             .kvs
             .iter()
-            .map(|kv| (kv.key.clone(), String::from_utf8_lossy(&kv.value).into_owned()))
+            .map(|kv| {
+                (
+                    kv.key.clone(),
+                    String::from_utf8_lossy(&kv.value).into_owned(),
+                )
+            })
             .collect();
         let want: Vec<(String, String)> = (0..3)
             .map(|w| (format!("lin/by-{w}"), format!("from-{w}")))
@@ -112,7 +120,12 @@ async fn five_nodes_with_three_voters_have_two_learners() {
         .await
         .unwrap();
     let leader = status.raft.leader.clone().expect("a leader");
-    let members: Vec<&str> = status.raft.members.iter().map(|m| m.name.as_str()).collect();
+    let members: Vec<&str> = status
+        .raft
+        .members
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
     for i in 0..cluster.len() {
         assert!(
             members.contains(&cluster.name(i)),
@@ -149,7 +162,11 @@ async fn five_nodes_with_three_voters_have_two_learners() {
             .get("five/k", Read::Linearizable)
             .await
             .unwrap();
-        assert_eq!(got.kv.map(|kv| kv.mod_revision), Some(resp.revision), "node {i}");
+        assert_eq!(
+            got.kv.map(|kv| kv.mod_revision),
+            Some(resp.revision),
+            "node {i}"
+        );
     }
 
     cluster.stop().await.unwrap();

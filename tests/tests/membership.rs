@@ -82,12 +82,7 @@ async fn dead_voter_is_replaced_and_removed_nodes_stay_out() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        resp.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&resp.body)
-    );
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
     // A node that is not a member cannot be removed.
     let resp = http
         .request(

@@ -45,7 +45,7 @@ async fn minority_cannot_commit_and_replicas_agree_after_heal() {
 
     // The minority does not: nothing sent through it is acknowledged (it may fail fast or
     // time out), and its linearizable reads are never stale.
-    let isolated = cluster.client_with_timeout(minority, Duration::from_secs(4));
+    let isolated = cluster.client_with_timeout(minority, Duration::from_secs(3));
     for attempt in 0..3 {
         let res = isolated
             .put("part/key", format!("minority-{attempt}"))
@@ -59,7 +59,9 @@ async fn minority_cannot_commit_and_replicas_agree_after_heal() {
             .await;
         assert!(res.is_err(), "acknowledged through the minority: {res:?}");
         if let Ok(got) = isolated.get("part/key", Read::Linearizable).await {
-            let value = got.kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+            let value = got
+                .kv
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
             assert_eq!(
                 value.as_deref(),
                 Some(latest.as_str()),
@@ -88,7 +90,9 @@ async fn minority_cannot_commit_and_replicas_agree_after_heal() {
         for i in 0..3 {
             let c = cluster.client_with_timeout(i, Duration::from_secs(5));
             let got = c.get("part/key", Read::Local).await?;
-            let kv = got.kv.ok_or_else(|| anyhow::anyhow!("node {i}: key missing"))?;
+            let kv = got
+                .kv
+                .ok_or_else(|| anyhow::anyhow!("node {i}: key missing"))?;
             let status = c.status().await?;
             views.push((
                 String::from_utf8_lossy(&kv.value).into_owned(),

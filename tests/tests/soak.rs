@@ -46,9 +46,18 @@ async fn idle_five_node_cluster_never_reports_a_member_dead() {
             let s = cluster.status(i, false).await.unwrap();
             assert_eq!(s.members.len(), 5, "{}: {:?}", s.name, s.members);
             for m in &s.members {
-                assert!(m.alive, "{} reports {} dead after {polls} polls", s.name, m.name);
+                assert!(
+                    m.alive,
+                    "{} reports {} dead after {polls} polls",
+                    s.name, m.name
+                );
             }
-            assert_eq!(s.raft.leader.as_deref(), Some(leader.as_str()), "{}", s.name);
+            assert_eq!(
+                s.raft.leader.as_deref(),
+                Some(leader.as_str()),
+                "{}",
+                s.name
+            );
         }
         let s = cluster
             .wait_for_status(CONVERGE, "a leader view", |_| true)

@@ -12,7 +12,6 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
 
 use flotilla_chaos::{ClusterLayout, find_binary, free_base_port};
 use flotilla_consensus::{Read, StoreClient};
@@ -45,28 +44,32 @@ fn spawn_up(dir: &Path, base_port: u16, log_name: &str) -> Child {
 /// Waits until `cluster status -o json` shows a leader and 3 voters; returns the status JSON.
 async fn wait_for_cluster(dir: &Path) -> serde_json::Value {
     let kubeconfig = dir.join("kubeconfig");
-    eventually(CONVERGE, "cluster status to show a leader and 3 voters", || async {
-        anyhow::ensure!(kubeconfig.exists(), "no kubeconfig yet");
-        let (ok, stdout, stderr) = run_cli(&[
-            "cluster",
-            "status",
-            "-o",
-            "json",
-            "--kubeconfig",
-            &kubeconfig.display().to_string(),
-        ])
-        .await?;
-        anyhow::ensure!(ok, "cluster status failed: {stderr}");
-        let status: serde_json::Value = serde_json::from_str(&stdout)?;
-        let raft = &status["raft"];
-        anyhow::ensure!(raft["leader"].is_string(), "no leader: {raft}");
-        let voters = raft["members"]
-            .as_array()
-            .map(|m| m.iter().filter(|m| m["role"] == "voter").count())
-            .unwrap_or(0);
-        anyhow::ensure!(voters == 3, "{voters} voters: {raft}");
-        Ok(status)
-    })
+    eventually(
+        CONVERGE,
+        "cluster status to show a leader and 3 voters",
+        || async {
+            anyhow::ensure!(kubeconfig.exists(), "no kubeconfig yet");
+            let (ok, stdout, stderr) = run_cli(&[
+                "cluster",
+                "status",
+                "-o",
+                "json",
+                "--kubeconfig",
+                &kubeconfig.display().to_string(),
+            ])
+            .await?;
+            anyhow::ensure!(ok, "cluster status failed: {stderr}");
+            let status: serde_json::Value = serde_json::from_str(&stdout)?;
+            let raft = &status["raft"];
+            anyhow::ensure!(raft["leader"].is_string(), "no leader: {raft}");
+            let voters = raft["members"]
+                .as_array()
+                .map(|m| m.iter().filter(|m| m["role"] == "voter").count())
+                .unwrap_or(0);
+            anyhow::ensure!(voters == 3, "{voters} voters: {raft}");
+            Ok(status)
+        },
+    )
     .await
     .unwrap()
 }
@@ -116,7 +119,9 @@ async fn up_starts_stops_on_sigint_and_restarts_with_the_same_data() {
 
     // A client certificate from the CA `up` created.
     let ca = ClusterCa::load_files(&dir).unwrap();
-    let rpc = RpcEndpoint::client(&ca.issue("test").unwrap()).await.unwrap();
+    let rpc = RpcEndpoint::client(&ca.issue("test").unwrap())
+        .await
+        .unwrap();
     let client = |i: usize| StoreClient::new(rpc.clone(), layout.rpc_addr(i).unwrap());
     let written = client(1).put("up/key", "survives restarts").await.unwrap();
 
@@ -139,9 +144,11 @@ async fn up_starts_stops_on_sigint_and_restarts_with_the_same_data() {
         "the layout changed"
     );
     for i in 0..3 {
-        let got = eventually(CONVERGE, "a linearizable read after the restart", || async {
-            Ok(client(i).get("up/key", Read::Linearizable).await?)
-        })
+        let got = eventually(
+            CONVERGE,
+            "a linearizable read after the restart",
+            || async { Ok(client(i).get("up/key", Read::Linearizable).await?) },
+        )
         .await
         .unwrap();
         let kv = got.kv.expect("data written before the restart is gone");

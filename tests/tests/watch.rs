@@ -24,7 +24,10 @@ async fn next_events(stream: &mut WatchStream, n: usize, timeout: Duration) -> V
     let deadline = tokio::time::Instant::now() + timeout;
     while out.len() < n {
         match tokio::time::timeout_at(deadline, stream.next()).await {
-            Err(_) => panic!("only {} of {n} events after {timeout:?}: {out:#?}", out.len()),
+            Err(_) => panic!(
+                "only {} of {n} events after {timeout:?}: {out:#?}",
+                out.len()
+            ),
             Ok(None) => panic!("watch ended after {} of {n} events", out.len()),
             Ok(Some(Err(e))) => panic!("watch failed after {} events: {e}", out.len()),
             Ok(Some(Ok(batch))) => {
@@ -87,7 +90,10 @@ async fn watch_replays_history_in_order_and_compaction_expires_old_revisions() {
         assert_eq!(e.revision(), *rev);
         assert_eq!(e.kv.create_revision, *rev);
         assert_eq!(e.kv.version, 1);
-        assert!(e.prev.is_none(), "first write of {key} has no previous value");
+        assert!(
+            e.prev.is_none(),
+            "first write of {key} has no previous value"
+        );
     }
 
     // Live: an overwrite then a delete.
@@ -136,7 +142,11 @@ async fn watch_replays_history_in_order_and_compaction_expires_old_revisions() {
             .await
             .unwrap();
             assert_eq!(err.0, from);
-            assert!(err.1 > compact_at, "oldest available {} after compaction", err.1);
+            assert!(
+                err.1 > compact_at,
+                "oldest available {} after compaction",
+                err.1
+            );
         }
     }
 
