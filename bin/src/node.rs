@@ -93,9 +93,14 @@ pub struct NodeArgs {
     election_timeout_min_ms: u64,
     #[arg(long, default_value_t = 600)]
     election_timeout_max_ms: u64,
-    /// Build a snapshot and purge the log every this many entries.
-    #[arg(long, default_value_t = 10_000)]
+    /// Build a snapshot and purge the log every this many entries (etcd's default too: a
+    /// snapshot copies the whole key space, so taking one often costs more than it saves).
+    #[arg(long, default_value_t = 100_000)]
     snapshot_every: u64,
+    /// Log entries kept behind the latest snapshot, so a briefly lagging follower catches up
+    /// from the log rather than needing a whole snapshot.
+    #[arg(long, default_value_t = 5_000)]
+    log_keep_behind_snapshot: u64,
     /// Cluster id: nodes gossip only with nodes of the same id.
     #[arg(long, default_value = "flotilla")]
     cluster_id: String,
@@ -176,6 +181,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     store_config.election_timeout_min = Duration::from_millis(args.election_timeout_min_ms);
     store_config.election_timeout_max = Duration::from_millis(args.election_timeout_max_ms);
     store_config.snapshot_every = args.snapshot_every;
+    store_config.keep_behind_snapshot = args.log_keep_behind_snapshot;
     let store = Store::start(store_config, rpc.clone())
         .await
         .context("starting the store")?;

@@ -109,8 +109,8 @@ impl StoreConfig {
             heartbeat: Duration::from_millis(100),
             election_timeout_min: Duration::from_millis(500),
             election_timeout_max: Duration::from_millis(1000),
-            snapshot_every: 10_000,
-            keep_behind_snapshot: 1_000,
+            snapshot_every: 100_000,
+            keep_behind_snapshot: 5_000,
             watch_history: 50_000,
             op_timeout: Duration::from_secs(10),
         }
