@@ -36,6 +36,10 @@ pub struct StoreBenchArgs {
     /// Leader failover measurements (SIGKILL of the leader to the first acknowledged write).
     #[arg(long, default_value_t = 5)]
     pub failover_runs: usize,
+    /// Send every Flotilla write to the leader instead of spreading clients over all nodes
+    /// (shows what forwarding from followers costs).
+    #[arg(long)]
+    pub leader_only: bool,
     /// Keep the data here instead of a temporary directory.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -167,9 +171,15 @@ pub async fn store(args: StoreBenchArgs) -> anyhow::Result<()> {
         "{:>8} | {:>12} {:>8} {:>8} | {:>12} {:>8} {:>8} | {:>7}",
         "clients", "flotilla w/s", "p50 ms", "p99 ms", "etcd w/s", "p50 ms", "p99 ms", "ratio"
     );
+    let leader_index = (0..cluster.len()).find(|i| cluster.name(*i) == leader).unwrap_or(0);
+    let targets: Vec<StoreClient> = if args.leader_only {
+        vec![clients[leader_index].clone()]
+    } else {
+        clients.clone()
+    };
     for &n in &args.clients {
         let f = {
-            let clients = clients.clone();
+            let clients = targets.clone();
             let value = value.clone();
             run_load(n, duration, move |c, seq| {
                 // Clients spread over the nodes, as etcd clients spread over endpoints.
