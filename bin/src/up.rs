@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use flotilla_chaos::{LocalCluster, LocalClusterConfig};
+use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
@@ -60,12 +61,24 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     })?;
     cluster.start_all()?;
 
+    // Handlers installed once, before waiting, so no Ctrl-C or SIGTERM is missed.
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    // "Up" means the full voter set: until the joiners are promoted, the cluster could not
+    // survive losing the first node.
+    let formed = async {
+        let leader = cluster.wait_for_leader(Duration::from_secs(60)).await?;
+        cluster
+            .wait_for_status(Duration::from_secs(60), "the full voter set", |s| {
+                s.raft.members.iter().filter(|m| m.role == "voter").count() == voters
+            })
+            .await?;
+        anyhow::Ok(leader)
+    };
     let leader = tokio::select! {
-        leader = cluster.wait_for_leader(Duration::from_secs(60)) => leader,
-        _ = tokio::signal::ctrl_c() => {
-            cluster.stop_all(Duration::from_secs(10)).await?;
-            return Ok(());
-        }
+        leader = formed => leader,
+        _ = interrupt.recv() => None.context("interrupted"),
+        _ = term.recv() => None.context("terminated"),
     };
     let leader = match leader {
         Ok(l) => l,
@@ -79,7 +92,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 );
             }
             cluster.stop_all(Duration::from_secs(10)).await?;
-            return Err(e.context("the cluster did not elect a leader"));
+            return Err(e.context("the cluster did not form"));
         }
     };
 
@@ -103,12 +116,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("  flotilla cluster status");
     println!("Press Ctrl-C to stop the cluster.");
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
     let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
             _ = term.recv() => break,
             _ = check.tick() => {
                 for (name, status) in cluster.reap_exited() {

@@ -171,7 +171,9 @@ pub async fn store(args: StoreBenchArgs) -> anyhow::Result<()> {
         "{:>8} | {:>12} {:>8} {:>8} | {:>12} {:>8} {:>8} | {:>7}",
         "clients", "flotilla w/s", "p50 ms", "p99 ms", "etcd w/s", "p50 ms", "p99 ms", "ratio"
     );
-    let leader_index = (0..cluster.len()).find(|i| cluster.name(*i) == leader).unwrap_or(0);
+    let leader_index = (0..cluster.len())
+        .find(|i| cluster.name(*i) == leader)
+        .unwrap_or(0);
     let targets: Vec<StoreClient> = if args.leader_only {
         vec![clients[leader_index].clone()]
     } else {
