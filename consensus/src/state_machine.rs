@@ -340,17 +340,28 @@ impl StateMachine {
         .await
     }
 
-    pub(crate) async fn get(&self, key: &str) -> Result<(Option<KeyValue>, u64), StoreError> {
+    /// Runs `f` on one consistent read snapshot of the key table; returns its result and the
+    /// revision of that snapshot.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::ReadOnlyTable<&'static str, &'static [u8]>) -> io::Result<T>
+        + Send
+        + 'static,
+    ) -> Result<(T, u64), StoreError> {
         let shared = self.shared.clone();
-        let key = key.to_owned();
         Ok(blocking(move || {
             let txn = shared.db.begin_read().map_err(io_err)?;
             let kv = txn.open_table(KV).map_err(io_err)?;
             let meta = txn.open_table(META).map_err(io_err)?;
             let revision = read_meta::<u64>(&meta, KEY_REVISION)?.unwrap_or(0);
-            Ok((get_kv(&kv, &key)?, revision))
+            Ok((f(&kv)?, revision))
         })
         .await?)
+    }
+
+    pub(crate) async fn get(&self, key: &str) -> Result<(Option<KeyValue>, u64), StoreError> {
+        let key = key.to_owned();
+        self.read(move |kv| get_kv(kv, &key)).await
     }
 
     pub(crate) async fn range(
@@ -358,16 +369,8 @@ impl StateMachine {
         prefix: &str,
         limit: usize,
     ) -> Result<(Vec<KeyValue>, u64), StoreError> {
-        let shared = self.shared.clone();
         let prefix = prefix.to_owned();
-        Ok(blocking(move || {
-            let txn = shared.db.begin_read().map_err(io_err)?;
-            let kv = txn.open_table(KV).map_err(io_err)?;
-            let meta = txn.open_table(META).map_err(io_err)?;
-            let revision = read_meta::<u64>(&meta, KEY_REVISION)?.unwrap_or(0);
-            Ok((range_kv(&kv, &prefix, limit)?, revision))
-        })
-        .await?)
+        self.read(move |kv| range_kv(kv, &prefix, limit)).await
     }
 
     /// Registers a watcher from `from_revision` (inclusive; 0 = from the next change).
