@@ -175,8 +175,8 @@ fn print_status(s: &NodeStatus) {
         .collect();
     println!();
     println!(
-        "{:<12} {:<8} {:<6} {:<9} {:<8} {:<22} {:<22} {:<20}",
-        "NAME", "GOSSIP", "READY", "RAFT", "MATCHED", "RPC", "API", "GENERATION"
+        "{:<12} {:<8} {:<6} {:<9} {:<8} {:<11} {:<22} {:<22} {:<20}",
+        "NAME", "GOSSIP", "READY", "RAFT", "MATCHED", "ROLES", "RPC", "API", "GENERATION"
     );
     let mut names: Vec<&str> = s.members.iter().map(|m| m.name.as_str()).collect();
     for m in &raft.members {
@@ -194,7 +194,7 @@ fn print_status(s: &NodeStatus) {
             role
         };
         println!(
-            "{:<12} {:<8} {:<6} {:<9} {:<8} {:<22} {:<22} {:<20}",
+            "{:<12} {:<8} {:<6} {:<9} {:<8} {:<11} {:<22} {:<22} {:<20}",
             name,
             member
                 .map(|m| if m.alive { "alive" } else { "dead" })
@@ -202,6 +202,7 @@ fn print_status(s: &NodeStatus) {
             member.map(|m| m.ready.to_string()).unwrap_or("-".into()),
             role,
             matched.map(|i| i.to_string()).unwrap_or("-".into()),
+            member.map(|m| m.roles.join(",")).unwrap_or("-".into()),
             member.map(|m| m.rpc_addr.to_string()).unwrap_or("-".into()),
             member.map(|m| m.api_addr.to_string()).unwrap_or("-".into()),
             member
