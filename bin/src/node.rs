@@ -101,6 +101,12 @@ pub struct NodeArgs {
     /// from the log rather than needing a whole snapshot.
     #[arg(long, default_value_t = 5_000)]
     log_keep_behind_snapshot: u64,
+    /// Page cache of the on-disk state machine, in MiB (the Raft log gets a quarter of it).
+    #[arg(long, default_value_t = 64)]
+    cache_mib: usize,
+    /// Memory for watch history (events a watch may resume from), in MiB.
+    #[arg(long, default_value_t = 64)]
+    watch_history_mib: usize,
     /// Cluster id: nodes gossip only with nodes of the same id.
     #[arg(long, default_value = "flotilla")]
     cluster_id: String,
@@ -182,6 +188,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     store_config.election_timeout_max = Duration::from_millis(args.election_timeout_max_ms);
     store_config.snapshot_every = args.snapshot_every;
     store_config.keep_behind_snapshot = args.log_keep_behind_snapshot;
+    store_config.cache_bytes = args.cache_mib << 20;
+    store_config.watch_history.max_bytes = args.watch_history_mib << 20;
     let store = Store::start(store_config, rpc.clone())
         .await
         .context("starting the store")?;

@@ -19,6 +19,7 @@ pub use kv::{
     TxnResponse, prefix_end,
 };
 pub use service::StoreClient;
+pub use state_machine::HistoryLimits;
 pub use store::{GetResult, MemberStatus, RaftStatus, RangeResult, Read, Store, StoreConfig};
 pub use types::{NodeMeta, node_id_of};
 pub use voters::{REMOVED_PREFIX, ROLE_RAFT, ROLE_VOTER, VoterPolicy, spawn_voter_automation};

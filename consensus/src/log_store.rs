@@ -49,8 +49,11 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl LogStore {
-    pub fn open(path: &Path) -> io::Result<LogStore> {
-        let db = Database::create(path).map_err(io_err)?;
+    pub fn open(path: &Path, cache_bytes: usize) -> io::Result<LogStore> {
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(io_err)?;
         // Create the tables up front so readers never see "table does not exist".
         let txn = db.begin_write().map_err(io_err)?;
         txn.open_table(LOG).map_err(io_err)?;

@@ -49,10 +49,24 @@ pub(crate) enum HubMessage {
     Reset,
 }
 
-/// Recent events, bounded, plus the fan-out channel to live watchers.
+/// How much watch history a replica keeps in memory.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryLimits {
+    pub max_events: usize,
+    pub max_bytes: usize,
+}
+
+/// Rough memory footprint of an event in the history.
+fn event_bytes(e: &Event) -> usize {
+    let value = |kv: &KeyValue| kv.key.len() + kv.value.len() + 48;
+    value(&e.kv) + e.prev.as_ref().map(value).unwrap_or(0) + 32
+}
+
+/// Recent events, bounded in count and bytes, plus the fan-out channel to live watchers.
 pub(crate) struct WatchHub {
     history: VecDeque<Event>,
-    capacity: usize,
+    limits: HistoryLimits,
+    bytes: usize,
     /// Events at or below this revision are no longer available.
     floor: u64,
     /// The revision the hub has seen applied.
@@ -61,11 +75,15 @@ pub(crate) struct WatchHub {
 }
 
 impl WatchHub {
-    fn new(capacity: usize, revision: u64) -> WatchHub {
+    fn new(limits: HistoryLimits, revision: u64) -> WatchHub {
         let (tx, _) = broadcast::channel(1024);
         WatchHub {
             history: VecDeque::new(),
-            capacity: capacity.max(1),
+            limits: HistoryLimits {
+                max_events: limits.max_events.max(1),
+                max_bytes: limits.max_bytes,
+            },
+            bytes: 0,
             floor: revision,
             revision,
             tx,
@@ -78,11 +96,16 @@ impl WatchHub {
             return;
         }
         for e in &events {
+            self.bytes += event_bytes(e);
             self.history.push_back(e.clone());
         }
-        while self.history.len() > self.capacity {
-            if let Some(old) = self.history.pop_front() {
-                self.floor = self.floor.max(old.revision());
+        while self.history.len() > self.limits.max_events || self.bytes > self.limits.max_bytes {
+            match self.history.pop_front() {
+                Some(old) => {
+                    self.bytes = self.bytes.saturating_sub(event_bytes(&old));
+                    self.floor = self.floor.max(old.revision());
+                }
+                None => break,
             }
         }
         // No receivers is fine: nobody is watching.
@@ -95,13 +118,16 @@ impl WatchHub {
             .front()
             .is_some_and(|e| e.revision() <= revision)
         {
-            self.history.pop_front();
+            if let Some(old) = self.history.pop_front() {
+                self.bytes = self.bytes.saturating_sub(event_bytes(&old));
+            }
         }
         self.floor = self.floor.max(revision.min(self.revision));
     }
 
     fn reset(&mut self, revision: u64) {
         self.history.clear();
+        self.bytes = 0;
         self.floor = revision;
         self.revision = revision;
         let _ = self.tx.send(HubMessage::Reset);
@@ -294,8 +320,15 @@ struct Applied {
 }
 
 impl StateMachine {
-    pub fn open(dir: &Path, history_capacity: usize) -> io::Result<StateMachine> {
-        let db = Database::create(dir.join("state.redb")).map_err(io_err)?;
+    pub fn open(
+        dir: &Path,
+        history: HistoryLimits,
+        cache_bytes: usize,
+    ) -> io::Result<StateMachine> {
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(dir.join("state.redb"))
+            .map_err(io_err)?;
         let txn = db.begin_write().map_err(io_err)?;
         txn.open_table(KV).map_err(io_err)?;
         txn.open_table(META).map_err(io_err)?;
@@ -309,7 +342,7 @@ impl StateMachine {
             shared: Arc::new(Shared {
                 db,
                 snapshot_path: dir.join("snapshot.bin"),
-                hub: Mutex::new(WatchHub::new(history_capacity, revision)),
+                hub: Mutex::new(WatchHub::new(history, revision)),
             }),
         })
     }

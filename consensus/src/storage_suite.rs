@@ -4,7 +4,7 @@ use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
 
 use crate::log_store::LogStore;
-use crate::state_machine::StateMachine;
+use crate::state_machine::{HistoryLimits, StateMachine};
 use crate::types::TypeConfig;
 
 struct RedbBuilder;
@@ -15,8 +15,16 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Red
     ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         // Test scaffolding: a failure to create a temp dir is a broken test machine.
         let dir = tempfile::tempdir().expect("temp dir");
-        let log = LogStore::open(&dir.path().join("raft-log.redb")).expect("open");
-        let sm = StateMachine::open(dir.path(), 1000).expect("open");
+        let log = LogStore::open(&dir.path().join("raft-log.redb"), 1 << 20).expect("open");
+        let sm = StateMachine::open(
+            dir.path(),
+            HistoryLimits {
+                max_events: 1000,
+                max_bytes: 1 << 20,
+            },
+            1 << 20,
+        )
+        .expect("open");
         Ok((dir, log, sm))
     }
 }

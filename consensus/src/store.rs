@@ -22,7 +22,7 @@ use crate::kv::{Command, CommandResult, Event, KeyValue, TxnRequest, TxnResponse
 use crate::log_store::LogStore;
 use crate::network::{Network, RAFT_SERVICE, RaftService};
 use crate::service::{KV_SERVICE, KvRequest, KvResponse, KvService};
-use crate::state_machine::{HubMessage, StateMachine};
+use crate::state_machine::{HistoryLimits, HubMessage, StateMachine};
 use crate::types::{NodeMeta, Raft, node_id_of};
 
 /// How a read is served.
@@ -93,8 +93,10 @@ pub struct StoreConfig {
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot so briefly lagging followers avoid a snapshot.
     pub keep_behind_snapshot: u64,
-    /// Events kept in memory for watches that resume from an older revision.
-    pub watch_history: usize,
+    /// Watch history kept in memory for watches that resume from an older revision.
+    pub watch_history: HistoryLimits,
+    /// redb page cache of the state machine (the log gets a quarter of it).
+    pub cache_bytes: usize,
     /// How long one store operation may take, including leader changes.
     pub op_timeout: Duration,
 }
@@ -111,7 +113,11 @@ impl StoreConfig {
             election_timeout_max: Duration::from_millis(1000),
             snapshot_every: 100_000,
             keep_behind_snapshot: 5_000,
-            watch_history: 50_000,
+            watch_history: HistoryLimits {
+                max_events: 50_000,
+                max_bytes: 64 << 20,
+            },
+            cache_bytes: 64 << 20,
             op_timeout: Duration::from_secs(10),
         }
     }
@@ -173,8 +179,12 @@ impl Store {
     /// Opens the on-disk state, starts Raft and registers the `raft` and `kv` RPC services.
     pub async fn start(config: StoreConfig, rpc: RpcEndpoint) -> Result<Store, StoreError> {
         std::fs::create_dir_all(&config.data_dir)?;
-        let log = LogStore::open(&config.data_dir.join("raft-log.redb"))?;
-        let sm = StateMachine::open(&config.data_dir, config.watch_history)?;
+        // redb's default cache is 1 GiB per file; a node holds two and should stay small.
+        let log = LogStore::open(
+            &config.data_dir.join("raft-log.redb"),
+            config.cache_bytes / 4,
+        )?;
+        let sm = StateMachine::open(&config.data_dir, config.watch_history, config.cache_bytes)?;
         let raft_config = openraft::Config {
             cluster_name: "flotilla".into(),
             heartbeat_interval: config.heartbeat.as_millis() as u64,
