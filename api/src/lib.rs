@@ -1,6 +1,17 @@
-//! The Kubernetes object model and REST server.
+//! The Kubernetes API of a node: resource table, `Status` errors, discovery and the generic
+//! object endpoints over `flotilla_consensus::Store`.
 //!
-//! Not built yet: it arrives with the API issue (k8s-openapi types, defaulting, validation,
-//! discovery, CRUD, patch, watch, tables) and sits on `flotilla_consensus::Store`.
+//! First slice of the API issue: objects are stored as JSON under
+//! `/registry/<group>/<plural>/[<namespace>/]<name>` with `resourceVersion` = the key's
+//! mod_revision. Not here yet: typed validation and defaulting (k8s-openapi), PATCH, watch,
+//! protobuf bodies, OpenAPI, subresources.
 
-pub use flotilla_consensus as store;
+mod meta;
+mod resources;
+mod server;
+mod status;
+mod table;
+
+pub use resources::{RESOURCES, Resource};
+pub use server::{MAX_OBJECT_BYTES, MAX_REQUEST_BYTES, ensure_default_namespaces, router};
+pub use status::ApiError;

@@ -260,6 +260,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
 
+    tokio::spawn(create_default_namespaces(
+        store.clone(),
+        shutdown_rx.clone(),
+    ));
+
     let state = Arc::new(AppState {
         store: store.clone(),
         gossip: gossip.clone(),
@@ -347,6 +352,23 @@ async fn drop_stale_connections(
     }
 }
 
+/// Every node makes sure the standard namespaces exist once a leader is known; the create is
+/// conditional, so the first one wins and the rest change nothing.
+async fn create_default_namespaces(store: Store, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if store.leader_name().is_some() {
+            match flotilla_api::ensure_default_namespaces(&store).await {
+                Ok(()) => return,
+                Err(e) => tracing::debug!(error = ?e, "default namespaces not created yet"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 /// Ready = a leader is known. Published over gossip and served at /readyz.
 async fn publish_readiness(store: Store, gossip: Gossip, mut shutdown: watch::Receiver<bool>) {
     let mut ready = false;
@@ -377,7 +399,8 @@ fn router(state: Arc<AppState>) -> axum::Router {
             get(get_faults).put(put_faults).delete(clear_faults),
         );
     }
-    router.with_state(state)
+    let store = state.store.clone();
+    router.with_state(state).merge(flotilla_api::router(store))
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {

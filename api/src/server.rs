@@ -1,0 +1,781 @@
+//! The Kubernetes REST endpoints: version, discovery (aggregated and legacy) and the generic
+//! create/get/list/update/delete of stored objects, with `Table` responses for kubectl.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use flotilla_consensus::{Compare, KeyValue, Op, OpResult, Read, Store, TxnRequest};
+use serde_json::{Value, json};
+
+use crate::meta::{self, LabelSelector};
+use crate::resources::{self, RESOURCES, Resource};
+use crate::status::{ApiError, StatusCause};
+
+/// Requests larger than this are refused before parsing.
+pub const MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024;
+/// Objects larger than this are refused (they would bloat every replica and watch).
+pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+
+/// The Kubernetes version the API answers as (the k8s-openapi and kubectl line it targets).
+const KUBE_MINOR: &str = "33";
+
+const AGGREGATED_CONTENT_TYPE: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+struct Api {
+    store: Store,
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// The API routes, to be merged into a node's HTTP router.
+pub fn router(store: Store) -> Router {
+    let state = Arc::new(Api { store });
+    Router::new()
+        .route("/version", get(version))
+        .route("/version/", get(version))
+        .route("/api", get(core_discovery))
+        .route("/api/", get(core_discovery))
+        .route("/apis", get(group_discovery))
+        .route("/apis/", get(group_discovery))
+        .route("/api/{*rest}", any(core_dispatch))
+        .route("/apis/{*rest}", any(group_dispatch))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .with_state(state)
+}
+
+fn json_response(code: StatusCode, body: &Value) -> Response {
+    let mut bytes = serde_json::to_vec(body).unwrap_or_default();
+    bytes.push(b'\n');
+    let mut resp = (code, bytes).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+async fn version() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "major": "1",
+            "minor": KUBE_MINOR,
+            "emulationMajor": "1",
+            "emulationMinor": KUBE_MINOR,
+            "minCompatibilityMajor": "1",
+            "minCompatibilityMinor": "32",
+            "gitVersion": format!("v1.{KUBE_MINOR}.0-flotilla.{}", env!("CARGO_PKG_VERSION")),
+            "gitCommit": "",
+            "gitTreeState": "clean",
+            "buildDate": "",
+            "goVersion": "",
+            "compiler": "rustc",
+            "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+        }),
+    )
+}
+
+/// Whether the client asked for aggregated discovery v2 (kubectl 1.33 always does).
+fn wants_aggregated(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.contains("g=apidiscovery.k8s.io") && t.contains("v=v2") && !t.contains("v=v2beta1")
+        })
+}
+
+fn discovery_resource(r: &Resource) -> Value {
+    json!({
+        "resource": r.plural,
+        "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": r.singular,
+        "verbs": resources::VERBS,
+        "shortNames": r.short_names,
+        "categories": r.categories,
+    })
+}
+
+fn aggregated(groups: &[(&'static str, Vec<&'static str>)]) -> Response {
+    let items: Vec<Value> = groups
+        .iter()
+        .map(|(group, versions)| {
+            json!({
+                "metadata": {"name": group, "creationTimestamp": null},
+                "versions": versions.iter().map(|v| json!({
+                    "version": v,
+                    "freshness": "Current",
+                    "resources": resources::of_group_version(group, v).into_iter().map(discovery_resource).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let mut resp = json_response(
+        StatusCode::OK,
+        &json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items}),
+    );
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(AGGREGATED_CONTENT_TYPE),
+    );
+    resp.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept"));
+    resp
+}
+
+async fn core_discovery(headers: HeaderMap) -> Response {
+    if wants_aggregated(&headers) {
+        let core: Vec<_> = resources::groups()
+            .into_iter()
+            .filter(|(g, _)| g.is_empty())
+            .collect();
+        return aggregated(&core);
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
+    )
+}
+
+async fn group_discovery(headers: HeaderMap) -> Response {
+    let groups: Vec<_> = resources::groups()
+        .into_iter()
+        .filter(|(g, _)| !g.is_empty())
+        .collect();
+    if wants_aggregated(&headers) {
+        return aggregated(&groups);
+    }
+    let list: Vec<Value> = groups
+        .iter()
+        .map(|(g, versions)| {
+            let gvs: Vec<Value> = versions
+                .iter()
+                .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+                .collect();
+            json!({"name": g, "versions": gvs, "preferredVersion": gvs[0]})
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": list}),
+    )
+}
+
+fn resource_list(group: &str, version: &str) -> ApiResult {
+    let rs = resources::of_group_version(group, version);
+    if rs.is_empty() {
+        return Err(ApiError::path_not_found());
+    }
+    let group_version = rs[0].api_version();
+    let list: Vec<Value> = rs
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.plural,
+                "singularName": r.singular,
+                "namespaced": r.namespaced,
+                "kind": r.kind,
+                "verbs": resources::VERBS,
+                "shortNames": r.short_names,
+                "categories": r.categories,
+            })
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": list}),
+    ))
+}
+
+/// What a request path names below `/api/v1` or `/apis/<g>/<v>`.
+struct Target {
+    resource: &'static Resource,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+fn parse_target(group: &str, version: &str, segs: &[&str]) -> Result<Target, ApiError> {
+    let find =
+        |plural: &str| resources::find(group, version, plural).ok_or_else(ApiError::path_not_found);
+    match segs {
+        ["namespaces", ns, plural, rest @ ..]
+            if resources::find(group, version, plural).is_some_and(|r| r.namespaced) =>
+        {
+            let resource = find(plural)?;
+            match rest {
+                [] => Ok(Target {
+                    resource,
+                    namespace: Some((*ns).to_owned()),
+                    name: None,
+                }),
+                [name] => Ok(Target {
+                    resource,
+                    namespace: Some((*ns).to_owned()),
+                    name: Some((*name).to_owned()),
+                }),
+                _ => Err(ApiError::method_not_allowed(&format!(
+                    "the subresource {:?}",
+                    rest[1..].join("/")
+                ))),
+            }
+        }
+        [plural] => Ok(Target {
+            resource: find(plural)?,
+            namespace: None,
+            name: None,
+        }),
+        [plural, name] => {
+            let resource = find(plural)?;
+            if resource.namespaced {
+                return Err(ApiError::path_not_found());
+            }
+            Ok(Target {
+                resource,
+                namespace: None,
+                name: Some((*name).to_owned()),
+            })
+        }
+        [_, _, sub, ..] => Err(ApiError::method_not_allowed(&format!(
+            "the subresource {sub:?}"
+        ))),
+        [] => Err(ApiError::path_not_found()),
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+struct ListQuery {
+    #[serde(rename = "labelSelector")]
+    label_selector: Option<String>,
+    #[serde(rename = "fieldSelector")]
+    field_selector: Option<String>,
+    watch: Option<String>,
+}
+
+fn is_true(v: &Option<String>) -> bool {
+    matches!(v.as_deref(), Some("true" | "True" | "1"))
+}
+
+async fn core_dispatch(
+    State(api): State<Arc<Api>>,
+    method: Method,
+    headers: HeaderMap,
+    Path(rest): Path<String>,
+    Query(q): Query<ListQuery>,
+    body: Bytes,
+) -> Response {
+    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let result = match segs.as_slice() {
+        ["v1"] => resource_list("", "v1"),
+        ["v1", tail @ ..] => dispatch(&api, "", "v1", tail, method, &headers, &q, body).await,
+        _ => Err(ApiError::path_not_found()),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn group_dispatch(
+    State(api): State<Arc<Api>>,
+    method: Method,
+    headers: HeaderMap,
+    Path(rest): Path<String>,
+    Query(q): Query<ListQuery>,
+    body: Bytes,
+) -> Response {
+    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let result = match segs.as_slice() {
+        [group] => {
+            let versions = resources::groups().into_iter().find(|(g, _)| g == group);
+            match versions {
+                Some((g, vs)) => {
+                    let gvs: Vec<Value> = vs
+                        .iter()
+                        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+                        .collect();
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &json!({"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": gvs, "preferredVersion": gvs[0]}),
+                    ))
+                }
+                None => Err(ApiError::path_not_found()),
+            }
+        }
+        [group, version] => resource_list(group, version),
+        [group, version, tail @ ..] => {
+            dispatch(&api, group, version, tail, method, &headers, &q, body).await
+        }
+        _ => Err(ApiError::path_not_found()),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn dispatch(
+    api: &Api,
+    group: &str,
+    version: &str,
+    segs: &[&str],
+    method: Method,
+    headers: &HeaderMap,
+    q: &ListQuery,
+    body: Bytes,
+) -> ApiResult {
+    let target = parse_target(group, version, segs)?;
+    match (&method, &target.name) {
+        (&Method::GET, None) if is_true(&q.watch) => {
+            Err(ApiError::method_not_allowed("watch (not implemented yet)"))
+        }
+        (&Method::GET, None) => list(api, &target, q, headers).await,
+        (&Method::GET, Some(name)) => get_one(api, &target, name).await,
+        (&Method::POST, None) => create(api, &target, headers, &body).await,
+        (&Method::PUT, Some(name)) => update(api, &target, name, headers, &body).await,
+        (&Method::DELETE, Some(name)) => delete(api, &target, name).await,
+        _ => Err(ApiError::method_not_allowed(&format!(
+            "{method} on this path"
+        ))),
+    }
+}
+
+/// The object as served: the stored JSON with `resourceVersion` set from the store.
+fn served(r: &Resource, kv: &KeyValue) -> Result<Value, ApiError> {
+    let mut obj: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("stored object {} is not JSON: {e}", kv.key)))?;
+    obj["apiVersion"] = json!(r.api_version());
+    obj["kind"] = json!(r.kind);
+    obj["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+    Ok(obj)
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("as=Table"))
+}
+
+/// Filters `metadata.name` / `metadata.namespace` field selectors (`a=b`, `a==b`, `a!=b`).
+fn field_matches(obj: &Value, selector: &str) -> Result<bool, ApiError> {
+    for part in selector.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (field, want, negate) = if let Some((f, v)) = part.split_once("!=") {
+            (f, v, true)
+        } else if let Some((f, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+            (f, v, false)
+        } else {
+            return Err(ApiError::bad_request(format!(
+                "invalid field selector {part:?}"
+            )));
+        };
+        let actual = match field.trim() {
+            "metadata.name" => obj.pointer("/metadata/name"),
+            "metadata.namespace" => obj.pointer("/metadata/namespace"),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "field label not supported: {other}"
+                )));
+            }
+        }
+        .and_then(Value::as_str)
+        .unwrap_or("");
+        if (actual == want.trim()) == negate {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn list(api: &Api, t: &Target, q: &ListQuery, headers: &HeaderMap) -> ApiResult {
+    if let Some(ns) = &t.namespace
+        && t.resource.namespaced
+    {
+        let _ = ns; // listing in a missing namespace returns an empty list, as Kubernetes does
+    }
+    let selector = match &q.label_selector {
+        Some(s) => LabelSelector::parse(s).map_err(ApiError::bad_request)?,
+        None => LabelSelector::default(),
+    };
+    let prefix = t.resource.namespace_prefix(t.namespace.as_deref());
+    let range = api
+        .store
+        .range(&prefix, usize::MAX, Read::Linearizable)
+        .await?;
+    let mut items = Vec::new();
+    for kv in &range.kvs {
+        let obj = served(t.resource, kv)?;
+        if !selector.matches(&meta::labels_of(&obj)) {
+            continue;
+        }
+        if let Some(fs) = &q.field_selector
+            && !field_matches(&obj, fs)?
+        {
+            continue;
+        }
+        items.push(obj);
+    }
+    let revision = range.revision.to_string();
+    if wants_table(headers) {
+        return Ok(json_response(
+            StatusCode::OK,
+            &crate::table::table(t.resource, &items, &revision),
+        ));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": format!("{}List", t.resource.kind),
+            "apiVersion": t.resource.api_version(),
+            "metadata": {"resourceVersion": revision},
+            "items": items,
+        }),
+    ))
+}
+
+async fn get_one(api: &Api, t: &Target, name: &str) -> ApiResult {
+    let key = t.resource.key(t.namespace.as_deref(), name);
+    let got = api.store.get(&key, Read::Linearizable).await?;
+    let kv = got
+        .kv
+        .ok_or_else(|| ApiError::not_found(t.resource, name))?;
+    Ok(json_response(StatusCode::OK, &served(t.resource, &kv)?))
+}
+
+/// Parses a JSON request body; anything else (protobuf, YAML) is refused with 415.
+fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if !content_type.starts_with("application/json") {
+        return Err(ApiError::unsupported_media_type(content_type));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    Ok(value)
+}
+
+fn cause(field: &str, message: impl Into<String>) -> StatusCause {
+    StatusCause {
+        reason: "FieldValueInvalid".into(),
+        message: message.into(),
+        field: field.into(),
+    }
+}
+
+/// Checks what the generic layer can check for any kind: apiVersion/kind, name, namespace.
+fn validate_envelope(
+    r: &Resource,
+    obj: &Value,
+    path_ns: Option<&str>,
+    name: &str,
+) -> Result<(), ApiError> {
+    let mut causes = Vec::new();
+    if let Some(av) = obj.get("apiVersion").and_then(Value::as_str)
+        && av != r.api_version()
+        // Both autoscaling versions are stored together.
+        && !(r.group == "autoscaling" && av.starts_with("autoscaling/"))
+    {
+        causes.push(cause(
+            "apiVersion",
+            format!("must be {} for this endpoint, not {av}", r.api_version()),
+        ));
+    }
+    if let Some(kind) = obj.get("kind").and_then(Value::as_str)
+        && kind != r.kind
+    {
+        causes.push(cause("kind", format!("must be {}, not {kind}", r.kind)));
+    }
+    let name_error = if r.plural == "namespaces" {
+        meta::dns1123_label_errors(name)
+    } else {
+        meta::dns1123_subdomain_errors(name)
+    };
+    if let Some(e) = name_error {
+        causes.push(cause(
+            "metadata.name",
+            format!("Invalid value: {name:?}: {e}"),
+        ));
+    }
+    if r.namespaced
+        && let Some(ns) = obj.pointer("/metadata/namespace").and_then(Value::as_str)
+        && Some(ns) != path_ns
+    {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(r, name, causes))
+    }
+}
+
+async fn ensure_namespace(api: &Api, r: &Resource, ns: Option<&str>) -> Result<(), ApiError> {
+    if !r.namespaced {
+        return Ok(());
+    }
+    let ns = ns.ok_or_else(|| {
+        ApiError::bad_request(format!("{} must be created in a namespace", r.plural))
+    })?;
+    let key = resources::find("", "v1", "namespaces")
+        .map(|n| n.key(None, ns))
+        .unwrap_or_default();
+    if api.store.get(&key, Read::Linearizable).await?.kv.is_none() {
+        return Err(ApiError::namespace_not_found(ns));
+    }
+    Ok(())
+}
+
+fn encode_object(r: &Resource, name: &str, obj: &Value) -> Result<Vec<u8>, ApiError> {
+    let bytes = serde_json::to_vec(obj).map_err(|e| ApiError::internal(e.to_string()))?;
+    if bytes.len() > MAX_OBJECT_BYTES {
+        return Err(ApiError::too_large(format!(
+            "{} \"{name}\" is {} bytes; objects are limited to {MAX_OBJECT_BYTES} bytes",
+            r.qualified_plural(),
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+async fn create(api: &Api, t: &Target, headers: &HeaderMap, body: &Bytes) -> ApiResult {
+    let r = t.resource;
+    let mut obj = parse_body(headers, body)?;
+    let ns = t.namespace.clone();
+    let name = match obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    {
+        Some(n) => n.to_owned(),
+        None => match obj
+            .pointer("/metadata/generateName")
+            .and_then(Value::as_str)
+        {
+            Some(prefix) => {
+                const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+                let suffix: String = (0..5)
+                    .map(|_| CHARS[rand::random_range(0..CHARS.len())] as char)
+                    .collect();
+                format!("{prefix}{suffix}")
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    r,
+                    "",
+                    vec![cause(
+                        "metadata.name",
+                        "Required value: name or generateName is required",
+                    )],
+                ));
+            }
+        },
+    };
+    validate_envelope(r, &obj, ns.as_deref(), &name)?;
+    ensure_namespace(api, r, ns.as_deref()).await?;
+
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    let m = &mut obj["metadata"];
+    m["name"] = json!(name);
+    if let Some(ns) = &ns
+        && r.namespaced
+    {
+        m["namespace"] = json!(ns);
+    }
+    m["uid"] = json!(meta::new_uid());
+    m["creationTimestamp"] = json!(meta::rfc3339(meta::now_secs()));
+    m["generation"] = json!(1);
+    if let Some(map) = m.as_object_mut() {
+        map.remove("resourceVersion");
+        map.remove("deletionTimestamp");
+    }
+    obj["apiVersion"] = json!(r.api_version());
+    obj["kind"] = json!(r.kind);
+    if r.plural == "namespaces" {
+        obj["spec"] = json!({"finalizers": ["kubernetes"]});
+        obj["status"] = json!({"phase": "Active"});
+    }
+    let key = r.key(ns.as_deref(), &name);
+    let bytes = encode_object(r, &name, &obj)?;
+    let resp = api
+        .store
+        .txn(TxnRequest {
+            compare: vec![Compare::Missing { key: key.clone() }],
+            success: vec![Op::Put {
+                key: key.clone(),
+                value: bytes,
+            }],
+            failure: vec![],
+        })
+        .await?;
+    if !resp.succeeded {
+        return Err(ApiError::already_exists(r, &name));
+    }
+    obj["metadata"]["resourceVersion"] = json!(resp.revision.to_string());
+    Ok(json_response(StatusCode::CREATED, &obj))
+}
+
+async fn update(api: &Api, t: &Target, name: &str, headers: &HeaderMap, body: &Bytes) -> ApiResult {
+    let r = t.resource;
+    let mut obj = parse_body(headers, body)?;
+    let body_name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if body_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name:?}) does not match the name on the URL ({name:?})"
+        )));
+    }
+    validate_envelope(r, &obj, t.namespace.as_deref(), name)?;
+    let key = r.key(t.namespace.as_deref(), name);
+    let current = api
+        .store
+        .get(&key, Read::Linearizable)
+        .await?
+        .kv
+        .ok_or_else(|| ApiError::not_found(r, name))?;
+    let old = served(r, &current)?;
+    // An update that names a resourceVersion must be based on the current one.
+    if let Some(rv) = obj
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        && !rv.is_empty()
+        && rv != current.mod_revision.to_string()
+    {
+        return Err(ApiError::conflict(r, name));
+    }
+    // Server-owned metadata is kept from the stored object.
+    for field in ["uid", "creationTimestamp", "namespace"] {
+        if let Some(v) = old["metadata"].get(field) {
+            obj["metadata"][field] = v.clone();
+        }
+    }
+    let generation = old
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let spec_changed = obj.get("spec") != old.get("spec");
+    obj["metadata"]["generation"] = json!(if spec_changed {
+        generation + 1
+    } else {
+        generation
+    });
+    if let Some(map) = obj["metadata"].as_object_mut() {
+        map.remove("resourceVersion");
+    }
+    obj["apiVersion"] = json!(r.api_version());
+    obj["kind"] = json!(r.kind);
+    let bytes = encode_object(r, name, &obj)?;
+    let resp = api
+        .store
+        .txn(TxnRequest {
+            compare: vec![Compare::ModRevision {
+                key: key.clone(),
+                op: flotilla_consensus::CmpOp::Equal,
+                revision: current.mod_revision,
+            }],
+            success: vec![Op::Put { key, value: bytes }],
+            failure: vec![],
+        })
+        .await?;
+    if !resp.succeeded {
+        return Err(ApiError::conflict(r, name));
+    }
+    obj["metadata"]["resourceVersion"] = json!(resp.revision.to_string());
+    Ok(json_response(StatusCode::OK, &obj))
+}
+
+async fn delete(api: &Api, t: &Target, name: &str) -> ApiResult {
+    let r = t.resource;
+    let key = r.key(t.namespace.as_deref(), name);
+    let current = api
+        .store
+        .get(&key, Read::Linearizable)
+        .await?
+        .kv
+        .ok_or_else(|| ApiError::not_found(r, name))?;
+    let mut ops = vec![Op::Delete { key: key.clone() }];
+    if r.plural == "namespaces" {
+        // Everything in the namespace goes with it, in the same transaction.
+        // (Kubernetes marks the namespace Terminating and lets a controller empty it; that
+        // lifecycle arrives with the controllers.)
+        let mut prefixes: Vec<String> = RESOURCES
+            .iter()
+            .filter(|x| x.namespaced)
+            .map(|x| x.namespace_prefix(Some(name)))
+            .collect();
+        prefixes.dedup();
+        ops.extend(
+            prefixes
+                .into_iter()
+                .map(|prefix| Op::DeletePrefix { prefix }),
+        );
+    }
+    let resp = api
+        .store
+        .txn(TxnRequest {
+            compare: vec![Compare::ModRevision {
+                key: key.clone(),
+                op: flotilla_consensus::CmpOp::Equal,
+                revision: current.mod_revision,
+            }],
+            success: ops,
+            failure: vec![],
+        })
+        .await?;
+    if !resp.succeeded {
+        return Err(ApiError::conflict(r, name));
+    }
+    let deleted = resp.results.iter().find_map(|res| match res {
+        OpResult::Delete { deleted } => deleted.first().cloned(),
+        _ => None,
+    });
+    let obj = served(r, deleted.as_ref().unwrap_or(&current))?;
+    Ok(json_response(StatusCode::OK, &obj))
+}
+
+/// Creates the namespaces every cluster starts with, if they are missing. Idempotent, so every
+/// node may run it.
+pub async fn ensure_default_namespaces(store: &Store) -> Result<(), ApiError> {
+    let ns = resources::find("", "v1", "namespaces")
+        .ok_or_else(|| ApiError::internal("namespaces not served"))?;
+    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let key = ns.key(None, name);
+        let obj = json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": name,
+                "uid": meta::new_uid(),
+                "creationTimestamp": meta::rfc3339(meta::now_secs()),
+                "labels": {"kubernetes.io/metadata.name": name},
+            },
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        });
+        let bytes = encode_object(ns, name, &obj)?;
+        store
+            .txn(TxnRequest {
+                compare: vec![Compare::Missing { key: key.clone() }],
+                success: vec![Op::Put { key, value: bytes }],
+                failure: vec![],
+            })
+            .await?;
+    }
+    Ok(())
+}
