@@ -3,14 +3,15 @@
 //!
 //! First slice of the API issue: objects are stored as JSON under
 //! `/registry/<group>/<plural>/[<namespace>/]<name>` with `resourceVersion` = the key's
-//! mod_revision. Not here yet: typed validation and defaulting (k8s-openapi), PATCH, watch,
-//! protobuf bodies, OpenAPI, subresources.
+//! mod_revision; watches replay the store's history. Not here yet: typed validation and
+//! defaulting (k8s-openapi), PATCH, protobuf bodies, OpenAPI, subresources.
 
 mod meta;
 mod resources;
 mod server;
 mod status;
 mod table;
+mod watch;
 
 pub use resources::{RESOURCES, Resource};
 pub use server::{MAX_OBJECT_BYTES, MAX_REQUEST_BYTES, ensure_default_namespaces, router};

@@ -258,6 +258,14 @@ struct ListQuery {
     #[serde(rename = "fieldSelector")]
     field_selector: Option<String>,
     watch: Option<String>,
+    #[serde(rename = "resourceVersion")]
+    resource_version: Option<String>,
+    #[serde(rename = "timeoutSeconds")]
+    timeout_seconds: Option<u64>,
+    #[serde(rename = "allowWatchBookmarks")]
+    allow_watch_bookmarks: Option<String>,
+    #[serde(rename = "sendInitialEvents")]
+    send_initial_events: Option<String>,
 }
 
 fn is_true(v: &Option<String>) -> bool {
@@ -330,7 +338,27 @@ async fn dispatch(
     let target = parse_target(group, version, segs)?;
     match (&method, &target.name) {
         (&Method::GET, None) if is_true(&q.watch) => {
-            Err(ApiError::method_not_allowed("watch (not implemented yet)"))
+            let labels = match &q.label_selector {
+                Some(s) => LabelSelector::parse(s).map_err(ApiError::bad_request)?,
+                None => LabelSelector::default(),
+            };
+            crate::watch::watch(
+                &api.store,
+                crate::watch::WatchRequest {
+                    resource: target.resource,
+                    prefix: target
+                        .resource
+                        .namespace_prefix(target.namespace.as_deref()),
+                    resource_version: q.resource_version.clone(),
+                    labels,
+                    fields: q.field_selector.clone(),
+                    timeout: q.timeout_seconds.map(std::time::Duration::from_secs),
+                    bookmarks: is_true(&q.allow_watch_bookmarks),
+                    send_initial_events: is_true(&q.send_initial_events),
+                    table: wants_table(headers),
+                },
+            )
+            .await
         }
         (&Method::GET, None) => list(api, &target, q, headers).await,
         (&Method::GET, Some(name)) => get_one(api, &target, name).await,
@@ -344,7 +372,7 @@ async fn dispatch(
 }
 
 /// The object as served: the stored JSON with `resourceVersion` set from the store.
-fn served(r: &Resource, kv: &KeyValue) -> Result<Value, ApiError> {
+pub(crate) fn served(r: &Resource, kv: &KeyValue) -> Result<Value, ApiError> {
     let mut obj: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| ApiError::internal(format!("stored object {} is not JSON: {e}", kv.key)))?;
     obj["apiVersion"] = json!(r.api_version());
@@ -362,7 +390,7 @@ fn wants_table(headers: &HeaderMap) -> bool {
 }
 
 /// Filters `metadata.name` / `metadata.namespace` field selectors (`a=b`, `a==b`, `a!=b`).
-fn field_matches(obj: &Value, selector: &str) -> Result<bool, ApiError> {
+pub(crate) fn field_matches(obj: &Value, selector: &str) -> Result<bool, ApiError> {
     for part in selector.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (field, want, negate) = if let Some((f, v)) = part.split_once("!=") {
             (f, v, true)

@@ -125,6 +125,26 @@ impl ApiError {
         e
     }
 
+    /// 422 for invalid query options (`ListOptions`), worded as the apiserver words it.
+    pub fn invalid_options(field: &str, message: &str) -> ApiError {
+        let mut e = ApiError::new(
+            422,
+            "Invalid",
+            format!("ListOptions.meta.k8s.io \"\" is invalid: {field}: {message}"),
+        );
+        e.0.details = Some(StatusDetails {
+            name: None,
+            group: Some("meta.k8s.io".into()),
+            kind: Some("ListOptions".into()),
+            causes: vec![StatusCause {
+                reason: "FieldValueForbidden".into(),
+                message: message.into(),
+                field: field.into(),
+            }],
+        });
+        e
+    }
+
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(400, "BadRequest", message.into())
     }

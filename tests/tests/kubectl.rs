@@ -3,8 +3,9 @@
 //! Proves the first slice of the Kubernetes API: `/version`, aggregated discovery
 //! (`api-resources`, short names), the standard namespaces, and create / get / list (label
 //! selectors, `-A`, tables) / replace / delete of stored objects, with kubectl's own error
-//! messages for AlreadyExists, NotFound and Invalid. Writes go through one node and are read
-//! back through the others.
+//! messages for AlreadyExists, NotFound and Invalid; `kubectl get -w` and a watch resumed from
+//! an old resourceVersion see ADDED, MODIFIED, DELETED in order; WatchList is refused with 422.
+//! Writes go through one node and are read back through the others.
 //!
 //! kubectl comes from `../shared/tools/fetch-kubectl.sh` (run on first use, into
 //! `.tools/bin`), or from `$KUBECTL`.
@@ -270,6 +271,97 @@ async fn kubectl_drives_discovery_and_object_crud_through_every_node() {
     assert!(deleted.contains("configmap \"demo\" deleted"), "{deleted}");
     let gone = k.fails(0, &["get", "cm", "demo"], None).await;
     assert!(gone.contains("NotFound"), "{gone}");
+
+    // Watch: `kubectl get -w` sees a create, a change and a delete made through other nodes.
+    let mut watcher = tokio::process::Command::new(&k.binary)
+        .args(["--kubeconfig"])
+        .arg(&k.kubeconfig)
+        .args([
+            "get",
+            "cm",
+            "-w",
+            "--output-watch-events",
+            "-o",
+            "jsonpath={.type} {.object.metadata.name} {.object.data.v}{\"\\n\"}",
+        ])
+        .env("HOME", k.kubeconfig.parent().unwrap())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let start_rv: u64 = k
+        .ok(
+            1,
+            &[
+                "get",
+                "ns",
+                "default",
+                "-o",
+                "jsonpath={.metadata.resourceVersion}",
+            ],
+            None,
+        )
+        .await
+        .parse()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let watched =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: watched\ndata:\n  v: \"1\"\n";
+    k.ok(1, &["create", "--validate=false", "-f", "-"], Some(watched))
+        .await;
+    k.ok(
+        2,
+        &["replace", "--validate=false", "-f", "-"],
+        Some(&watched.replace("v: \"1\"", "v: \"2\"")),
+    )
+    .await;
+    k.ok(1, &["delete", "cm", "watched"], None).await;
+    let mut stdout = watcher.stdout.take().unwrap();
+    let lines = tokio::time::timeout(CONVERGE, async {
+        use tokio::io::AsyncReadExt;
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        while !text.contains("DELETED watched") {
+            let n = stdout.read(&mut buf).await.unwrap();
+            assert!(n > 0, "kubectl get -w ended early: {text}");
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        text
+    })
+    .await
+    .expect("watch events within the deadline");
+    let events: Vec<&str> = lines.lines().filter(|l| l.contains("watched")).collect();
+    assert_eq!(
+        events,
+        ["ADDED watched 1", "MODIFIED watched 2", "DELETED watched 2"],
+        "{lines}"
+    );
+    watcher.kill().await.unwrap();
+
+    // Resuming from an old resourceVersion replays the same history, in order.
+    let replay = k
+        .ok(
+            2,
+            &["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={start_rv}&timeoutSeconds=2")],
+            None,
+        )
+        .await;
+    let kinds: Vec<String> = replay
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["object"]["metadata"]["name"] == "watched")
+        .map(|e| e["type"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(kinds, ["ADDED", "MODIFIED", "DELETED"], "{replay}");
+    // WatchList is refused, not ignored (so clients fall back to LIST + WATCH).
+    let refused = k
+        .fails(
+            0,
+            &["get", "--raw", "/api/v1/configmaps?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"],
+            None,
+        )
+        .await;
+    assert!(refused.contains("sendInitialEvents"), "{refused}");
 
     cluster.stop().await.unwrap();
 }
