@@ -4,9 +4,10 @@
 //! First slice of the API issue: objects are stored as JSON under
 //! `/registry/<group>/<plural>/[<namespace>/]<name>` with `resourceVersion` = the key's
 //! mod_revision; watches replay the store's history. Not here yet: typed validation and
-//! defaulting (k8s-openapi), PATCH, protobuf bodies, OpenAPI, subresources.
+//! defaulting (k8s-openapi), server-side apply, protobuf bodies, OpenAPI, subresources.
 
 mod meta;
+mod patch;
 mod resources;
 mod server;
 mod status;

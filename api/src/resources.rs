@@ -371,7 +371,9 @@ pub fn of_group_version(group: &str, version: &str) -> Vec<&'static Resource> {
 }
 
 /// Verbs every stored resource supports through the generic handlers.
-pub const VERBS: &[&str] = &["create", "delete", "get", "list", "update"];
+pub const VERBS: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
 
 #[cfg(test)]
 mod tests {

@@ -364,6 +364,7 @@ async fn dispatch(
         (&Method::GET, Some(name)) => get_one(api, &target, name).await,
         (&Method::POST, None) => create(api, &target, headers, &body).await,
         (&Method::PUT, Some(name)) => update(api, &target, name, headers, &body).await,
+        (&Method::PATCH, Some(name)) => patch(api, &target, name, headers, &body).await,
         (&Method::DELETE, Some(name)) => delete(api, &target, name).await,
         _ => Err(ApiError::method_not_allowed(&format!(
             "{method} on this path"
@@ -659,7 +660,7 @@ async fn create(api: &Api, t: &Target, headers: &HeaderMap, body: &Bytes) -> Api
 
 async fn update(api: &Api, t: &Target, name: &str, headers: &HeaderMap, body: &Bytes) -> ApiResult {
     let r = t.resource;
-    let mut obj = parse_body(headers, body)?;
+    let obj = parse_body(headers, body)?;
     let body_name = obj
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -669,15 +670,40 @@ async fn update(api: &Api, t: &Target, name: &str, headers: &HeaderMap, body: &B
             "the name of the object ({body_name:?}) does not match the name on the URL ({name:?})"
         )));
     }
-    validate_envelope(r, &obj, t.namespace.as_deref(), name)?;
-    let key = r.key(t.namespace.as_deref(), name);
-    let current = api
-        .store
+    let current = read_current(api, t, name).await?;
+    match replace_object(api, t, name, obj, &current).await? {
+        Some(resp) => Ok(resp),
+        None => Err(ApiError::conflict(r, name)),
+    }
+}
+
+async fn read_current(api: &Api, t: &Target, name: &str) -> Result<KeyValue, ApiError> {
+    let key = t.resource.key(t.namespace.as_deref(), name);
+    api.store
         .get(&key, Read::Linearizable)
         .await?
         .kv
-        .ok_or_else(|| ApiError::not_found(r, name))?;
-    let old = served(r, &current)?;
+        .ok_or_else(|| ApiError::not_found(t.resource, name))
+}
+
+/// Writes `obj` over `current` if nobody changed it since; `None` if someone did.
+async fn replace_object(
+    api: &Api,
+    t: &Target,
+    name: &str,
+    mut obj: Value,
+    current: &KeyValue,
+) -> Result<Option<Response>, ApiError> {
+    let r = t.resource;
+    validate_envelope(r, &obj, t.namespace.as_deref(), name)?;
+    if obj.pointer("/metadata/name").and_then(Value::as_str) != Some(name) {
+        return Err(ApiError::invalid(
+            r,
+            name,
+            vec![cause("metadata.name", "field is immutable")],
+        ));
+    }
+    let old = served(r, current)?;
     // An update that names a resourceVersion must be based on the current one.
     if let Some(rv) = obj
         .pointer("/metadata/resourceVersion")
@@ -713,19 +739,69 @@ async fn update(api: &Api, t: &Target, name: &str, headers: &HeaderMap, body: &B
         .store
         .txn(TxnRequest {
             compare: vec![Compare::ModRevision {
-                key: key.clone(),
+                key: current.key.clone(),
                 op: flotilla_consensus::CmpOp::Equal,
                 revision: current.mod_revision,
             }],
-            success: vec![Op::Put { key, value: bytes }],
+            success: vec![Op::Put {
+                key: current.key.clone(),
+                value: bytes,
+            }],
             failure: vec![],
         })
         .await?;
     if !resp.succeeded {
-        return Err(ApiError::conflict(r, name));
+        return Ok(None);
     }
     obj["metadata"]["resourceVersion"] = json!(resp.revision.to_string());
-    Ok(json_response(StatusCode::OK, &obj))
+    Ok(Some(json_response(StatusCode::OK, &obj)))
+}
+
+/// PATCH: merge, JSON or strategic merge, applied to the current object and written back
+/// conditionally; retried when a concurrent writer wins, unless the patch pins a
+/// resourceVersion.
+async fn patch(api: &Api, t: &Target, name: &str, headers: &HeaderMap, body: &Bytes) -> ApiResult {
+    let r = t.resource;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let apply: fn(&mut Value, &Value) -> Result<(), String> = match content_type.as_str() {
+        "application/merge-patch+json" => |doc, p| {
+            crate::patch::merge_patch(doc, p);
+            Ok(())
+        },
+        "application/strategic-merge-patch+json" => |doc, p| {
+            crate::patch::strategic_merge(doc, p);
+            Ok(())
+        },
+        "application/json-patch+json" => crate::patch::json_patch,
+        other => return Err(ApiError::unsupported_media_type(other)),
+    };
+    let patch: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
+    let pinned = patch.pointer("/metadata/resourceVersion").is_some();
+    for _ in 0..8 {
+        let current = read_current(api, t, name).await?;
+        let mut obj = served(r, &current)?;
+        apply(&mut obj, &patch).map_err(|e| ApiError::invalid(r, name, vec![cause("", e)]))?;
+        if !pinned {
+            // The patch was made against whatever is current.
+            obj["metadata"]["resourceVersion"] = json!(current.mod_revision.to_string());
+        }
+        if let Some(resp) = replace_object(api, t, name, obj, &current).await? {
+            return Ok(resp);
+        }
+        if pinned {
+            break;
+        }
+    }
+    Err(ApiError::conflict(r, name))
 }
 
 async fn delete(api: &Api, t: &Target, name: &str) -> ApiResult {

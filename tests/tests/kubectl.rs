@@ -2,7 +2,8 @@
 //!
 //! Proves the first slice of the Kubernetes API: `/version`, aggregated discovery
 //! (`api-resources`, short names), the standard namespaces, and create / get / list (label
-//! selectors, `-A`, tables) / replace / delete of stored objects, with kubectl's own error
+//! selectors, `-A`, tables) / replace / apply / label / annotate / patch (merge, JSON) /
+//! delete of stored objects, with kubectl's own error
 //! messages for AlreadyExists, NotFound and Invalid; `kubectl get -w` and a watch resumed from
 //! an old resourceVersion see ADDED, MODIFIED, DELETED in order; WatchList is refused with 422.
 //! Writes go through one node and are read back through the others.
@@ -271,6 +272,82 @@ async fn kubectl_drives_discovery_and_object_crud_through_every_node() {
     assert!(deleted.contains("configmap \"demo\" deleted"), "{deleted}");
     let gone = k.fails(0, &["get", "cm", "demo"], None).await;
     assert!(gone.contains("NotFound"), "{gone}");
+
+    // Client-side apply: create, unchanged, configured (a strategic merge PATCH); label,
+    // annotate, merge and JSON patches, each through a different node.
+    let applied = CONFIGMAP.replace("name: demo", "name: applied");
+    assert!(
+        k.ok(0, &["apply", "--validate=false", "-f", "-"], Some(&applied))
+            .await
+            .contains("created")
+    );
+    assert!(
+        k.ok(1, &["apply", "--validate=false", "-f", "-"], Some(&applied))
+            .await
+            .contains("unchanged")
+    );
+    let reapplied = applied.replace("b: \"2\"", "b: \"5\"");
+    assert!(
+        k.ok(
+            2,
+            &["apply", "--validate=false", "-f", "-"],
+            Some(&reapplied)
+        )
+        .await
+        .contains("configured")
+    );
+    k.ok(0, &["label", "cm", "applied", "tier=fe"], None).await;
+    k.ok(1, &["annotate", "cm", "applied", "note=hi"], None)
+        .await;
+    k.ok(
+        2,
+        &[
+            "patch",
+            "cm",
+            "applied",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"data":{"c":"3"}}"#,
+        ],
+        None,
+    )
+    .await;
+    k.ok(
+        0,
+        &[
+            "patch",
+            "cm",
+            "applied",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"remove","path":"/data/a"}]"#,
+        ],
+        None,
+    )
+    .await;
+    let state = k
+        .ok(1, &["get", "cm", "applied", "-o", "jsonpath={.data.b},{.data.c},{.data.a},{.metadata.labels.tier},{.metadata.annotations.note}"], None)
+        .await;
+    assert_eq!(state, "5,3,,fe,hi");
+    let failed_test = k
+        .fails(
+            2,
+            &[
+                "patch",
+                "cm",
+                "applied",
+                "--type",
+                "json",
+                "-p",
+                r#"[{"op":"test","path":"/data/b","value":"nope"}]"#,
+            ],
+            None,
+        )
+        .await;
+    assert!(failed_test.contains("is invalid"), "{failed_test}");
+    k.ok(0, &["delete", "cm", "applied"], None).await;
 
     // Watch: `kubectl get -w` sees a create, a change and a delete made through other nodes.
     let mut watcher = tokio::process::Command::new(&k.binary)
