@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -268,6 +269,26 @@ struct ListQuery {
     send_initial_events: Option<String>,
 }
 
+/// Turns extractor failures into `Status` errors (axum's own are plain text).
+fn extract(
+    q: Result<Query<ListQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(ListQuery, Bytes), ApiError> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::bad_request(format!("invalid query parameters: {}", e.body_text()))
+    })?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(format!(
+                "the request is larger than the limit of {MAX_REQUEST_BYTES} bytes"
+            ))
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {}", e.body_text()))
+        }
+    })?;
+    Ok((q, body))
+}
+
 fn is_true(v: &Option<String>) -> bool {
     matches!(v.as_deref(), Some("true" | "True" | "1"))
 }
@@ -277,9 +298,13 @@ async fn core_dispatch(
     method: Method,
     headers: HeaderMap,
     Path(rest): Path<String>,
-    Query(q): Query<ListQuery>,
-    body: Bytes,
+    q: Result<Query<ListQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let (q, body) = match extract(q, body) {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let result = match segs.as_slice() {
         ["v1"] => resource_list("", "v1"),
@@ -294,9 +319,13 @@ async fn group_dispatch(
     method: Method,
     headers: HeaderMap,
     Path(rest): Path<String>,
-    Query(q): Query<ListQuery>,
-    body: Bytes,
+    q: Result<Query<ListQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let (q, body) = match extract(q, body) {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let result = match segs.as_slice() {
         [group] => {
@@ -365,7 +394,8 @@ async fn dispatch(
         (&Method::POST, None) => create(api, &target, headers, &body).await,
         (&Method::PUT, Some(name)) => update(api, &target, name, headers, &body).await,
         (&Method::PATCH, Some(name)) => patch(api, &target, name, headers, &body).await,
-        (&Method::DELETE, Some(name)) => delete(api, &target, name).await,
+        (&Method::DELETE, Some(name)) => delete(api, &target, name, &body).await,
+        (&Method::DELETE, None) => delete_collection(api, &target, q).await,
         _ => Err(ApiError::method_not_allowed(&format!(
             "{method} on this path"
         ))),
@@ -804,15 +834,48 @@ async fn patch(api: &Api, t: &Target, name: &str, headers: &HeaderMap, body: &By
     Err(ApiError::conflict(r, name))
 }
 
-async fn delete(api: &Api, t: &Target, name: &str) -> ApiResult {
+async fn delete(api: &Api, t: &Target, name: &str, body: &Bytes) -> ApiResult {
     let r = t.resource;
     let key = r.key(t.namespace.as_deref(), name);
-    let current = api
-        .store
-        .get(&key, Read::Linearizable)
-        .await?
-        .kv
-        .ok_or_else(|| ApiError::not_found(r, name))?;
+    let current = read_current(api, t, name).await?;
+    // DeleteOptions (JSON) may carry preconditions on uid and resourceVersion.
+    if !body.is_empty() {
+        let options: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("DeleteOptions are not valid JSON: {e}")))?;
+        let stored = served(r, &current)?;
+        if let Some(uid) = options
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+        {
+            let actual = stored
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if uid != actual {
+                return Err(ApiError::precondition_failed(
+                    r,
+                    name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"
+                    ),
+                ));
+            }
+        }
+        if let Some(rv) = options
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            && rv != current.mod_revision.to_string()
+        {
+            return Err(ApiError::precondition_failed(
+                r,
+                name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    current.mod_revision
+                ),
+            ));
+        }
+    }
     let mut ops = vec![Op::Delete { key: key.clone() }];
     if r.plural == "namespaces" {
         // Everything in the namespace goes with it, in the same transaction.
@@ -851,6 +914,73 @@ async fn delete(api: &Api, t: &Target, name: &str) -> ApiResult {
     });
     let obj = served(r, deleted.as_ref().unwrap_or(&current))?;
     Ok(json_response(StatusCode::OK, &obj))
+}
+
+/// DELETE on a collection: every object that matches the selectors, in one transaction.
+async fn delete_collection(api: &Api, t: &Target, q: &ListQuery) -> ApiResult {
+    let r = t.resource;
+    if r.plural == "namespaces" {
+        return Err(ApiError::method_not_allowed(
+            "deletecollection of namespaces",
+        ));
+    }
+    let selector = match &q.label_selector {
+        Some(s) => LabelSelector::parse(s).map_err(ApiError::bad_request)?,
+        None => LabelSelector::default(),
+    };
+    let range = api
+        .store
+        .range(
+            &r.namespace_prefix(t.namespace.as_deref()),
+            usize::MAX,
+            Read::Linearizable,
+        )
+        .await?;
+    let mut items = Vec::new();
+    let mut compare = Vec::new();
+    let mut ops = Vec::new();
+    for kv in &range.kvs {
+        let obj = served(r, kv)?;
+        if !selector.matches(&meta::labels_of(&obj)) {
+            continue;
+        }
+        if let Some(fs) = &q.field_selector
+            && !field_matches(&obj, fs)?
+        {
+            continue;
+        }
+        compare.push(Compare::ModRevision {
+            key: kv.key.clone(),
+            op: flotilla_consensus::CmpOp::Equal,
+            revision: kv.mod_revision,
+        });
+        ops.push(Op::Delete {
+            key: kv.key.clone(),
+        });
+        items.push(obj);
+    }
+    if !ops.is_empty() {
+        let resp = api
+            .store
+            .txn(TxnRequest {
+                compare,
+                success: ops,
+                failure: vec![],
+            })
+            .await?;
+        if !resp.succeeded {
+            return Err(ApiError::conflict(r, ""));
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": format!("{}List", r.kind),
+            "apiVersion": r.api_version(),
+            "metadata": {"resourceVersion": range.revision.to_string()},
+            "items": items,
+        }),
+    ))
 }
 
 /// Creates the namespaces every cluster starts with, if they are missing. Idempotent, so every

@@ -105,6 +105,11 @@ impl ApiError {
         .with_details(r, name)
     }
 
+    /// 409 for a DeleteOptions precondition that does not hold.
+    pub fn precondition_failed(r: &Resource, name: &str, message: &str) -> ApiError {
+        ApiError::new(409, "Conflict", message.to_owned()).with_details(r, name)
+    }
+
     /// 422 with one cause per invalid field.
     pub fn invalid(r: &Resource, name: &str, causes: Vec<StatusCause>) -> ApiError {
         let list: Vec<String> = causes
