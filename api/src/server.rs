@@ -294,31 +294,34 @@ fn is_true(v: &Option<String>) -> bool {
 }
 
 async fn core_dispatch(
-    State(api): State<Arc<Api>>,
+    state: State<Arc<Api>>,
     method: Method,
     headers: HeaderMap,
     Path(rest): Path<String>,
     q: Result<Query<ListQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (q, body) = match extract(q, body) {
-        Ok(x) => x,
-        Err(e) => return e.into_response(),
-    };
-    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let result = match segs.as_slice() {
-        ["v1"] => resource_list("", "v1"),
-        ["v1", tail @ ..] => dispatch(&api, "", "v1", tail, method, &headers, &q, body).await,
-        _ => Err(ApiError::path_not_found()),
-    };
-    result.unwrap_or_else(IntoResponse::into_response)
+    route(state, true, method, headers, &rest, q, body).await
 }
 
 async fn group_dispatch(
-    State(api): State<Arc<Api>>,
+    state: State<Arc<Api>>,
     method: Method,
     headers: HeaderMap,
     Path(rest): Path<String>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    route(state, false, method, headers, &rest, q, body).await
+}
+
+/// Routes a path below `/api/` (core) or `/apis/` (named groups).
+async fn route(
+    State(api): State<Arc<Api>>,
+    core: bool,
+    method: Method,
+    headers: HeaderMap,
+    rest: &str,
     q: Result<Query<ListQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -327,30 +330,35 @@ async fn group_dispatch(
         Err(e) => return e.into_response(),
     };
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let result = match segs.as_slice() {
-        [group] => {
-            let versions = resources::groups().into_iter().find(|(g, _)| g == group);
-            match versions {
-                Some((g, vs)) => {
-                    let gvs: Vec<Value> = vs
-                        .iter()
-                        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
-                        .collect();
-                    Ok(json_response(
-                        StatusCode::OK,
-                        &json!({"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": gvs, "preferredVersion": gvs[0]}),
-                    ))
-                }
-                None => Err(ApiError::path_not_found()),
-            }
+    let result = match (core, segs.as_slice()) {
+        (true, ["v1"]) => resource_list("", "v1"),
+        (true, ["v1", tail @ ..]) => {
+            dispatch(&api, "", "v1", tail, method, &headers, &q, body).await
         }
-        [group, version] => resource_list(group, version),
-        [group, version, tail @ ..] => {
+        (false, [group]) => api_group(group),
+        (false, [group, version]) => resource_list(group, version),
+        (false, [group, version, tail @ ..]) => {
             dispatch(&api, group, version, tail, method, &headers, &q, body).await
         }
         _ => Err(ApiError::path_not_found()),
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET /apis/<group>`: the group and its versions.
+fn api_group(group: &str) -> ApiResult {
+    let (g, vs) = resources::groups()
+        .into_iter()
+        .find(|(g, _)| *g == group)
+        .ok_or_else(ApiError::path_not_found)?;
+    let gvs: Vec<Value> = vs
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": gvs, "preferredVersion": gvs[0]}),
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
