@@ -25,6 +25,36 @@ impl Resource {
         }
     }
 
+    /// Whether `.status` is written only through the `status` subresource.
+    pub fn has_status(&self) -> bool {
+        matches!(
+            self.plural,
+            "namespaces"
+                | "nodes"
+                | "pods"
+                | "services"
+                | "persistentvolumes"
+                | "persistentvolumeclaims"
+                | "replicationcontrollers"
+                | "deployments"
+                | "replicasets"
+                | "statefulsets"
+                | "daemonsets"
+                | "jobs"
+                | "cronjobs"
+                | "ingresses"
+                | "horizontalpodautoscalers"
+        )
+    }
+
+    /// Whether the `scale` subresource (autoscaling/v1 `Scale`) is served.
+    pub fn has_scale(&self) -> bool {
+        matches!(
+            self.plural,
+            "deployments" | "replicasets" | "statefulsets" | "replicationcontrollers"
+        )
+    }
+
     /// How errors name the resource: `configmaps`, `deployments.apps`.
     pub fn qualified_plural(&self) -> String {
         if self.group.is_empty() {

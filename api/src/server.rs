@@ -94,7 +94,34 @@ fn wants_aggregated(headers: &HeaderMap) -> bool {
         })
 }
 
+/// The subresources of a resource as `(name, group, version, kind, verbs)`.
+fn subresources(
+    r: &Resource,
+) -> Vec<(
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+)> {
+    const STATUS_VERBS: &[&str] = &["get", "patch", "update"];
+    let mut out = Vec::new();
+    if r.has_status() {
+        out.push(("status", r.group, r.version, r.kind, STATUS_VERBS));
+    }
+    if r.has_scale() {
+        out.push(("scale", "autoscaling", "v1", "Scale", STATUS_VERBS));
+    }
+    out
+}
+
 fn discovery_resource(r: &Resource) -> Value {
+    let subs: Vec<Value> = subresources(r)
+        .into_iter()
+        .map(|(sub, group, version, kind, verbs)| {
+            json!({"subresource": sub, "responseKind": {"group": group, "version": version, "kind": kind}, "verbs": verbs})
+        })
+        .collect();
     json!({
         "resource": r.plural,
         "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
@@ -103,6 +130,7 @@ fn discovery_resource(r: &Resource) -> Value {
         "verbs": resources::VERBS,
         "shortNames": r.short_names,
         "categories": r.categories,
+        "subresources": subs,
     })
 }
 
@@ -177,20 +205,32 @@ fn resource_list(group: &str, version: &str) -> ApiResult {
         return Err(ApiError::path_not_found());
     }
     let group_version = rs[0].api_version();
-    let list: Vec<Value> = rs
-        .iter()
-        .map(|r| {
-            json!({
-                "name": r.plural,
-                "singularName": r.singular,
+    let mut list: Vec<Value> = Vec::new();
+    for r in &rs {
+        list.push(json!({
+            "name": r.plural,
+            "singularName": r.singular,
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": resources::VERBS,
+            "shortNames": r.short_names,
+            "categories": r.categories,
+        }));
+        for (sub, group, version, kind, verbs) in subresources(r) {
+            let mut entry = json!({
+                "name": format!("{}/{sub}", r.plural),
+                "singularName": "",
                 "namespaced": r.namespaced,
-                "kind": r.kind,
-                "verbs": resources::VERBS,
-                "shortNames": r.short_names,
-                "categories": r.categories,
-            })
-        })
-        .collect();
+                "kind": kind,
+                "verbs": verbs,
+            });
+            if group != r.group {
+                entry["group"] = json!(group);
+                entry["version"] = json!(version);
+            }
+            list.push(entry);
+        }
+    }
     Ok(json_response(
         StatusCode::OK,
         &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": list}),
@@ -202,52 +242,60 @@ struct Target {
     resource: &'static Resource,
     namespace: Option<String>,
     name: Option<String>,
+    sub: Option<Sub>,
+}
+
+/// The subresources served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sub {
+    Status,
+    Scale,
+}
+
+fn subresource(r: &Resource, name: &str) -> Result<Sub, ApiError> {
+    match name {
+        "status" if r.has_status() => Ok(Sub::Status),
+        "scale" if r.has_scale() => Ok(Sub::Scale),
+        other => Err(ApiError::path_not_found_msg(&format!(
+            "{} has no subresource {other:?}",
+            r.qualified_plural()
+        ))),
+    }
 }
 
 fn parse_target(group: &str, version: &str, segs: &[&str]) -> Result<Target, ApiError> {
     let find =
         |plural: &str| resources::find(group, version, plural).ok_or_else(ApiError::path_not_found);
+    let target = |resource, namespace: Option<&str>, name: Option<&str>, sub| Target {
+        resource,
+        namespace: namespace.map(str::to_owned),
+        name: name.map(str::to_owned),
+        sub,
+    };
     match segs {
         ["namespaces", ns, plural, rest @ ..]
             if resources::find(group, version, plural).is_some_and(|r| r.namespaced) =>
         {
-            let resource = find(plural)?;
+            let r = find(plural)?;
             match rest {
-                [] => Ok(Target {
-                    resource,
-                    namespace: Some((*ns).to_owned()),
-                    name: None,
-                }),
-                [name] => Ok(Target {
-                    resource,
-                    namespace: Some((*ns).to_owned()),
-                    name: Some((*name).to_owned()),
-                }),
-                _ => Err(ApiError::method_not_allowed(&format!(
-                    "the subresource {:?}",
-                    rest[1..].join("/")
-                ))),
+                [] => Ok(target(r, Some(ns), None, None)),
+                [name] => Ok(target(r, Some(ns), Some(name), None)),
+                [name, sub] => Ok(target(r, Some(ns), Some(name), Some(subresource(r, sub)?))),
+                _ => Err(ApiError::path_not_found()),
             }
         }
-        [plural] => Ok(Target {
-            resource: find(plural)?,
-            namespace: None,
-            name: None,
-        }),
-        [plural, name] => {
-            let resource = find(plural)?;
-            if resource.namespaced {
+        [plural] => Ok(target(find(plural)?, None, None, None)),
+        [plural, name, rest @ ..] => {
+            let r = find(plural)?;
+            if r.namespaced {
                 return Err(ApiError::path_not_found());
             }
-            Ok(Target {
-                resource,
-                namespace: None,
-                name: Some((*name).to_owned()),
-            })
+            match rest {
+                [] => Ok(target(r, None, Some(name), None)),
+                [sub] => Ok(target(r, None, Some(name), Some(subresource(r, sub)?))),
+                _ => Err(ApiError::path_not_found()),
+            }
         }
-        [_, _, sub, ..] => Err(ApiError::method_not_allowed(&format!(
-            "the subresource {sub:?}"
-        ))),
         [] => Err(ApiError::path_not_found()),
     }
 }
@@ -398,11 +446,20 @@ async fn dispatch(
             .await
         }
         (&Method::GET, None) => list(api, &target, q, headers).await,
+        (&Method::GET, Some(name)) if target.sub == Some(Sub::Scale) => {
+            let current = read_current(api, &target, name).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &scale_view(&served(target.resource, &current)?),
+            ))
+        }
         (&Method::GET, Some(name)) => get_one(api, &target, name).await,
-        (&Method::POST, None) => create(api, &target, headers, &body).await,
+        (&Method::POST, None) if target.sub.is_none() => create(api, &target, headers, &body).await,
         (&Method::PUT, Some(name)) => update(api, &target, name, headers, &body).await,
         (&Method::PATCH, Some(name)) => patch(api, &target, name, headers, &body).await,
-        (&Method::DELETE, Some(name)) => delete(api, &target, name, &body).await,
+        (&Method::DELETE, Some(name)) if target.sub.is_none() => {
+            delete(api, &target, name, &body).await
+        }
         (&Method::DELETE, None) => delete_collection(api, &target, q).await,
         _ => Err(ApiError::method_not_allowed(&format!(
             "{method} on this path"
@@ -709,9 +766,105 @@ async fn update(api: &Api, t: &Target, name: &str, headers: &HeaderMap, body: &B
         )));
     }
     let current = read_current(api, t, name).await?;
-    match replace_object(api, t, name, obj, &current).await? {
-        Some(resp) => Ok(resp),
+    let old = served(r, &current)?;
+    // A stale resourceVersion in the body is a conflict, whatever part is written.
+    if let Some(rv) = obj
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        && !rv.is_empty()
+        && rv != current.mod_revision.to_string()
+    {
+        return Err(ApiError::conflict(r, name));
+    }
+    let new = scoped(r, t.sub, &old, obj, name)?;
+    match replace_object(api, t, name, new, &current).await? {
+        Some(written) => Ok(respond(t, &written)),
         None => Err(ApiError::conflict(r, name)),
+    }
+}
+
+/// What a write through `sub` may change: the main resource leaves `.status` alone (for kinds
+/// with a status subresource), `status` changes only `.status`, `scale` only `.spec.replicas`.
+fn scoped(
+    r: &Resource,
+    sub: Option<Sub>,
+    old: &Value,
+    new: Value,
+    name: &str,
+) -> Result<Value, ApiError> {
+    match sub {
+        None if r.has_status() => {
+            let mut obj = new;
+            match old.get("status") {
+                Some(status) => obj["status"] = status.clone(),
+                None => {
+                    if let Some(m) = obj.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+            Ok(obj)
+        }
+        None => Ok(new),
+        Some(Sub::Status) => {
+            let mut obj = old.clone();
+            obj["status"] = new.get("status").cloned().unwrap_or(Value::Null);
+            obj["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+            Ok(obj)
+        }
+        Some(Sub::Scale) => {
+            let replicas = new
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .filter(|n| *n >= 0 && *n <= i64::from(i32::MAX))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        r,
+                        name,
+                        vec![cause("spec.replicas", "must be a non-negative integer")],
+                    )
+                })?;
+            let mut obj = old.clone();
+            obj["spec"]["replicas"] = json!(replicas);
+            Ok(obj)
+        }
+    }
+}
+
+/// The autoscaling/v1 `Scale` view of a scalable object.
+fn scale_view(obj: &Value) -> Value {
+    let selector = obj
+        .pointer("/spec/selector/matchLabels")
+        .or_else(|| obj.pointer("/spec/selector"))
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let m = &obj["metadata"];
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
+            "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"],
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
+        "status": {
+            "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "selector": selector,
+        },
+    })
+}
+
+/// The response body of a write: the object, or its Scale for the scale subresource.
+fn respond(t: &Target, written: &Value) -> Response {
+    match t.sub {
+        Some(Sub::Scale) => json_response(StatusCode::OK, &scale_view(written)),
+        _ => json_response(StatusCode::OK, written),
     }
 }
 
@@ -731,7 +884,7 @@ async fn replace_object(
     name: &str,
     mut obj: Value,
     current: &KeyValue,
-) -> Result<Option<Response>, ApiError> {
+) -> Result<Option<Value>, ApiError> {
     let r = t.resource;
     validate_envelope(r, &obj, t.namespace.as_deref(), name)?;
     if obj.pointer("/metadata/name").and_then(Value::as_str) != Some(name) {
@@ -792,7 +945,7 @@ async fn replace_object(
         return Ok(None);
     }
     obj["metadata"]["resourceVersion"] = json!(resp.revision.to_string());
-    Ok(Some(json_response(StatusCode::OK, &obj)))
+    Ok(Some(obj))
 }
 
 /// PATCH: merge, JSON or strategic merge, applied to the current object and written back
@@ -826,14 +979,27 @@ async fn patch(api: &Api, t: &Target, name: &str, headers: &HeaderMap, body: &By
     let pinned = patch.pointer("/metadata/resourceVersion").is_some();
     for _ in 0..8 {
         let current = read_current(api, t, name).await?;
-        let mut obj = served(r, &current)?;
-        apply(&mut obj, &patch).map_err(|e| ApiError::invalid(r, name, vec![cause("", e)]))?;
-        if !pinned {
-            // The patch was made against whatever is current.
-            obj["metadata"]["resourceVersion"] = json!(current.mod_revision.to_string());
+        let old = served(r, &current)?;
+        // A patch applies to what the path shows: the object, or its Scale.
+        let mut view = match t.sub {
+            Some(Sub::Scale) => scale_view(&old),
+            _ => old.clone(),
+        };
+        apply(&mut view, &patch)
+            .map_err(|e| ApiError::invalid(r, name, vec![cause("patch", e)]))?;
+        if let Some(rv) = view
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            && pinned
+            && rv != current.mod_revision.to_string()
+        {
+            return Err(ApiError::conflict(r, name));
         }
-        if let Some(resp) = replace_object(api, t, name, obj, &current).await? {
-            return Ok(resp);
+        let mut obj = scoped(r, t.sub, &old, view, name)?;
+        // Checked above; the write itself is conditional on the revision it read.
+        obj["metadata"]["resourceVersion"] = json!(current.mod_revision.to_string());
+        if let Some(written) = replace_object(api, t, name, obj, &current).await? {
+            return Ok(respond(t, &written));
         }
         if pinned {
             break;

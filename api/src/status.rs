@@ -162,6 +162,10 @@ impl ApiError {
         )
     }
 
+    pub fn path_not_found_msg(message: &str) -> ApiError {
+        ApiError::new(404, "NotFound", message.to_owned())
+    }
+
     pub fn method_not_allowed(what: &str) -> ApiError {
         ApiError::new(405, "MethodNotAllowed", format!("{what} is not supported"))
     }

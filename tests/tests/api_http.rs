@@ -1,6 +1,7 @@
 //! The Kubernetes API over raw HTTP, for what kubectl does not exercise directly: every error is
 //! a `Status` (oversized requests, bad query values, non-JSON bodies, failed DeleteOptions
-//! preconditions), and deletecollection removes exactly the selected objects.
+//! preconditions, stale resourceVersions), deletecollection removes exactly the selected
+//! objects, and the `status` subresource and the main resource each write only their part.
 
 use std::time::Duration;
 
@@ -117,6 +118,70 @@ async fn api_errors_are_status_objects_and_deletecollection_honours_selectors() 
     assert_eq!(names, ["a", "b"]);
     let left: Value = http.get_json(&cms, T).await.unwrap();
     assert_eq!(left["items"].as_array().unwrap().len(), 0, "{left}");
+
+    // The status subresource writes only .status (no generation bump); the main resource
+    // ignores .status for kinds that have the subresource.
+    let deps = format!("{base}/apis/apps/v1/namespaces/default/deployments");
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                   "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "d"}}}});
+    assert_eq!(
+        http.send_json("POST", &deps, &d, T).await.unwrap().status,
+        201
+    );
+    let merge = |body: Value, url: String| {
+        let http = http.clone();
+        async move {
+            http.request("PATCH", &url, Some(serde_json::to_vec(&body).unwrap()), T)
+                .await
+                .unwrap()
+        }
+    };
+    // HttpClient sends application/json; PATCH needs a patch type, so this is refused...
+    let r = merge(
+        json!({"status": {"replicas": 2}}),
+        format!("{deps}/d/status"),
+    )
+    .await;
+    assert_eq!(r.status, 415);
+    assert_eq!(status(&r)["reason"], "UnsupportedMediaType");
+    // ...and PUT on /status replaces only the status.
+    let mut current: Value = http.get_json(&format!("{deps}/d"), T).await.unwrap();
+    current["status"] = json!({"replicas": 2});
+    current["spec"]["replicas"] = json!(7);
+    let r = http
+        .send_json("PUT", &format!("{deps}/d/status"), &current, T)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let after: Value = http.get_json(&format!("{deps}/d"), T).await.unwrap();
+    assert_eq!(after["status"]["replicas"], 2);
+    assert_eq!(
+        after["spec"]["replicas"], 1,
+        "a status write must not change the spec"
+    );
+    assert_eq!(after["metadata"]["generation"], 1);
+    let mut main = after.clone();
+    main["status"] = json!({"replicas": 99});
+    main["spec"]["replicas"] = json!(5);
+    let r = http
+        .send_json("PUT", &format!("{deps}/d"), &main, T)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let after: Value = http.get_json(&format!("{deps}/d"), T).await.unwrap();
+    assert_eq!(
+        after["status"]["replicas"], 2,
+        "the main resource must not change the status"
+    );
+    assert_eq!(after["spec"]["replicas"], 5);
+    assert_eq!(after["metadata"]["generation"], 2);
+    // A stale resourceVersion is a conflict.
+    let r = http
+        .send_json("PUT", &format!("{deps}/d"), &main, T)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 409);
+    assert_eq!(status(&r)["reason"], "Conflict");
 
     cluster.stop().await.unwrap();
 }

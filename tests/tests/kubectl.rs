@@ -3,7 +3,7 @@
 //! Proves the first slice of the Kubernetes API: `/version`, aggregated discovery
 //! (`api-resources`, short names), the standard namespaces, and create / get / list (label
 //! selectors, `-A`, tables) / replace / apply / label / annotate / patch (merge, JSON) /
-//! delete of stored objects, with kubectl's own error
+//! scale (the `scale` subresource) / delete of stored objects, with kubectl's own error
 //! messages for AlreadyExists, NotFound and Invalid; `kubectl get -w` and a watch resumed from
 //! an old resourceVersion see ADDED, MODIFIED, DELETED in order; WatchList is refused with 422.
 //! Writes go through one node and are read back through the others.
@@ -348,6 +348,69 @@ async fn kubectl_drives_discovery_and_object_crud_through_every_node() {
         .await;
     assert!(failed_test.contains("is invalid"), "{failed_test}");
     k.ok(0, &["delete", "cm", "applied"], None).await;
+
+    // `kubectl scale` patches the deployment's `scale` subresource (an autoscaling/v1 Scale).
+    let deployment = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: hello
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: hello
+  template:
+    metadata:
+      labels:
+        app: hello
+    spec:
+      containers:
+      - name: web
+        image: busybox
+";
+    k.ok(
+        0,
+        &["apply", "--validate=false", "-f", "-"],
+        Some(deployment),
+    )
+    .await;
+    assert!(
+        k.ok(1, &["scale", "deployment", "hello", "--replicas=3"], None)
+            .await
+            .contains("scaled")
+    );
+    let scale: serde_json::Value = serde_json::from_str(
+        &k.ok(
+            2,
+            &[
+                "get",
+                "--raw",
+                "/apis/apps/v1/namespaces/default/deployments/hello/scale",
+            ],
+            None,
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["spec"]["replicas"], 3);
+    assert_eq!(scale["status"]["selector"], "app=hello");
+    assert_eq!(
+        k.ok(
+            0,
+            &[
+                "get",
+                "deploy",
+                "hello",
+                "-o",
+                "jsonpath={.spec.replicas},{.metadata.generation}"
+            ],
+            None
+        )
+        .await,
+        "3,2"
+    );
+    k.ok(0, &["delete", "deployment", "hello"], None).await;
 
     // Watch: `kubectl get -w` sees a create, a change and a delete made through other nodes.
     let mut watcher = tokio::process::Command::new(&k.binary)
