@@ -1,82 +1,384 @@
 //! `meta.k8s.io/v1` Table responses, the way kubectl prints `get`.
 //!
-//! Kinds without their own printer yet get `Name` and `Age`, like the apiserver's default.
+//! The main kinds get the columns of the apiserver's built-in printers (priority-1 columns show
+//! with `-o wide`); other kinds get `Name` and `Age`, like the apiserver's default.
 
 use serde_json::{Value, json};
 
 use crate::meta;
 use crate::resources::Resource;
 
-fn column(name: &str, format: &str, description: &str) -> Value {
-    json!({"name": name, "type": "string", "format": format, "description": description, "priority": 0})
+/// How a cell is computed from an object.
+type Cell = fn(&Value) -> Value;
+
+/// One column: header, priority (0 default, 1 wide) and its cell.
+#[derive(Clone)]
+struct Column {
+    name: &'static str,
+    priority: u8,
+    cell: Cell,
 }
 
-/// A column definition and how to compute its cell from an object.
-type Column = (Value, fn(&Value) -> Value);
+const fn col(name: &'static str, priority: u8, cell: Cell) -> Column {
+    Column {
+        name,
+        priority,
+        cell,
+    }
+}
 
-/// Extra columns (between Name and Age) and their cells, per kind.
-fn extra_columns(r: &Resource) -> Vec<Column> {
+fn str_at(o: &Value, ptr: &str) -> String {
+    o.pointer(ptr)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn int_at(o: &Value, ptr: &str) -> i64 {
+    o.pointer(ptr).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn or_none(s: String) -> Value {
+    json!(if s.is_empty() { "<none>".to_owned() } else { s })
+}
+
+fn count(o: &Value, ptr: &str) -> usize {
+    o.pointer(ptr)
+        .and_then(Value::as_object)
+        .map_or(0, |m| m.len())
+}
+
+fn containers(o: &Value, ptr: &str, field: &str) -> Value {
+    let names: Vec<String> = o
+        .pointer(ptr)
+        .and_then(Value::as_array)
+        .map(|cs| cs.iter().map(|c| str_at(c, &format!("/{field}"))).collect())
+        .unwrap_or_default();
+    or_none(names.join(","))
+}
+
+fn selector(o: &Value, ptr: &str) -> Value {
+    let labels: Vec<String> = o
+        .pointer(ptr)
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
+                .collect()
+        })
+        .unwrap_or_default();
+    or_none(labels.join(","))
+}
+
+/// Pod STATUS as kubectl shows it: a container's waiting/terminated reason wins over the phase.
+fn pod_status(o: &Value) -> Value {
+    if o.pointer("/metadata/deletionTimestamp").is_some() {
+        return json!("Terminating");
+    }
+    let mut reason = o
+        .pointer("/status/reason")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| str_at(o, "/status/phase"));
+    if let Some(statuses) = o
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+    {
+        for s in statuses {
+            if let Some(r) = s.pointer("/state/waiting/reason").and_then(Value::as_str) {
+                reason = r.to_owned();
+            } else if let Some(r) = s
+                .pointer("/state/terminated/reason")
+                .and_then(Value::as_str)
+            {
+                reason = r.to_owned();
+            }
+        }
+    }
+    json!(if reason.is_empty() {
+        "Pending".to_owned()
+    } else {
+        reason
+    })
+}
+
+fn pod_ready(o: &Value) -> Value {
+    let total = o
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let ready = o
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .map_or(0, |s| {
+            s.iter()
+                .filter(|c| c.get("ready") == Some(&json!(true)))
+                .count()
+        });
+    json!(format!("{ready}/{total}"))
+}
+
+fn pod_restarts(o: &Value) -> Value {
+    let n: i64 = o
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .map_or(0, |s| s.iter().map(|c| int_at(c, "/restartCount")).sum());
+    json!(n)
+}
+
+fn node_status(o: &Value) -> Value {
+    let ready = o
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c.get("type") == Some(&json!("Ready"))))
+        .map(|c| str_at(c, "/status"));
+    let mut s = match ready.as_deref() {
+        Some("True") => "Ready".to_owned(),
+        Some("False") => "NotReady".to_owned(),
+        _ => "Unknown".to_owned(),
+    };
+    if o.pointer("/spec/unschedulable") == Some(&json!(true)) {
+        s.push_str(",SchedulingDisabled");
+    }
+    json!(s)
+}
+
+fn node_roles(o: &Value) -> Value {
+    let roles: Vec<String> = o
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| {
+                    k.strip_prefix("node-role.kubernetes.io/")
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    or_none(roles.join(","))
+}
+
+fn node_address(o: &Value, kind: &str) -> Value {
+    let addr = o
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().find(|x| x.get("type") == Some(&json!(kind))))
+        .map(|x| str_at(x, "/address"))
+        .unwrap_or_default();
+    or_none(addr)
+}
+
+fn service_ports(o: &Value) -> Value {
+    let ports: Vec<String> = o
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .map(|ps| {
+            ps.iter()
+                .map(|p| {
+                    let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+                    match p.get("nodePort").and_then(Value::as_i64) {
+                        Some(np) => format!("{}:{np}/{proto}", int_at(p, "/port")),
+                        None => format!("{}/{proto}", int_at(p, "/port")),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    or_none(ports.join(","))
+}
+
+/// Columns before and after Age, per kind.
+fn printer(r: &Resource) -> (Vec<Column>, Vec<Column>) {
+    // The pod template's containers and images, shown with `-o wide` by every workload kind.
+    let images = || {
+        vec![
+            col("Containers", 1, |o| {
+                containers(o, "/spec/template/spec/containers", "name")
+            }),
+            col("Images", 1, |o| {
+                containers(o, "/spec/template/spec/containers", "image")
+            }),
+        ]
+    };
     match (r.group, r.plural) {
-        ("", "namespaces") => vec![(column("Status", "", "The status of the namespace"), |o| {
-            json!(
-                o.pointer("/status/phase")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-            )
-        })],
-        ("", "configmaps") => vec![(column("Data", "", "Number of data items"), |o| {
-            let n = o
-                .get("data")
-                .and_then(Value::as_object)
-                .map_or(0, |m| m.len())
-                + o.get("binaryData")
-                    .and_then(Value::as_object)
-                    .map_or(0, |m| m.len());
-            json!(n)
-        })],
-        ("", "secrets") => vec![
-            (column("Type", "", "The type of the secret"), |o| {
-                json!(o.get("type").and_then(Value::as_str).unwrap_or("Opaque"))
-            }),
-            (column("Data", "", "Number of data items"), |o| {
-                json!(
-                    o.get("data")
-                        .and_then(Value::as_object)
-                        .map_or(0, |m| m.len())
-                )
-            }),
-        ],
-        _ => vec![],
+        ("", "namespaces") => (
+            vec![col("Status", 0, |o| json!(str_at(o, "/status/phase")))],
+            vec![],
+        ),
+        ("", "configmaps") => (
+            vec![col("Data", 0, |o| {
+                json!(count(o, "/data") + count(o, "/binaryData"))
+            })],
+            vec![],
+        ),
+        ("", "secrets") => (
+            vec![
+                col("Type", 0, |o| {
+                    json!(o.get("type").and_then(Value::as_str).unwrap_or("Opaque"))
+                }),
+                col("Data", 0, |o| json!(count(o, "/data"))),
+            ],
+            vec![],
+        ),
+        ("", "pods") => (
+            vec![
+                col("Ready", 0, pod_ready),
+                col("Status", 0, pod_status),
+                col("Restarts", 0, pod_restarts),
+            ],
+            vec![
+                col("IP", 1, |o| or_none(str_at(o, "/status/podIP"))),
+                col("Node", 1, |o| or_none(str_at(o, "/spec/nodeName"))),
+                col("Nominated Node", 1, |o| {
+                    or_none(str_at(o, "/status/nominatedNodeName"))
+                }),
+                col("Readiness Gates", 1, |_| json!("<none>")),
+            ],
+        ),
+        ("", "nodes") => (
+            vec![col("Status", 0, node_status), col("Roles", 0, node_roles)],
+            vec![
+                col("Version", 0, |o| {
+                    json!(str_at(o, "/status/nodeInfo/kubeletVersion"))
+                }),
+                col("Internal-IP", 1, |o| node_address(o, "InternalIP")),
+                col("External-IP", 1, |o| node_address(o, "ExternalIP")),
+                col("OS-Image", 1, |o| {
+                    json!(str_at(o, "/status/nodeInfo/osImage"))
+                }),
+                col("Kernel-Version", 1, |o| {
+                    json!(str_at(o, "/status/nodeInfo/kernelVersion"))
+                }),
+                col("Container-Runtime", 1, |o| {
+                    json!(str_at(o, "/status/nodeInfo/containerRuntimeVersion"))
+                }),
+            ],
+        ),
+        ("", "services") => (
+            vec![
+                col("Type", 0, |o| {
+                    json!(
+                        o.pointer("/spec/type")
+                            .and_then(Value::as_str)
+                            .unwrap_or("ClusterIP")
+                    )
+                }),
+                col("Cluster-IP", 0, |o| or_none(str_at(o, "/spec/clusterIP"))),
+                col("External-IP", 0, |o| {
+                    let ips: Vec<String> = o
+                        .pointer("/spec/externalIPs")
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|v| v.as_str().map(str::to_owned))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    or_none(ips.join(","))
+                }),
+                col("Port(s)", 0, service_ports),
+            ],
+            vec![col("Selector", 1, |o| selector(o, "/spec/selector"))],
+        ),
+        ("apps", "deployments") => (
+            vec![
+                col("Ready", 0, |o| {
+                    json!(format!(
+                        "{}/{}",
+                        int_at(o, "/status/readyReplicas"),
+                        int_at(o, "/spec/replicas")
+                    ))
+                }),
+                col("Up-to-date", 0, |o| {
+                    json!(int_at(o, "/status/updatedReplicas"))
+                }),
+                col("Available", 0, |o| {
+                    json!(int_at(o, "/status/availableReplicas"))
+                }),
+            ],
+            [
+                images(),
+                vec![col("Selector", 1, |o| {
+                    selector(o, "/spec/selector/matchLabels")
+                })],
+            ]
+            .concat(),
+        ),
+        ("apps", "replicasets") | ("", "replicationcontrollers") => (
+            vec![
+                col("Desired", 0, |o| json!(int_at(o, "/spec/replicas"))),
+                col("Current", 0, |o| json!(int_at(o, "/status/replicas"))),
+                col("Ready", 0, |o| json!(int_at(o, "/status/readyReplicas"))),
+            ],
+            images(),
+        ),
+        ("apps", "statefulsets") => (
+            vec![col("Ready", 0, |o| {
+                json!(format!(
+                    "{}/{}",
+                    int_at(o, "/status/readyReplicas"),
+                    int_at(o, "/spec/replicas")
+                ))
+            })],
+            images(),
+        ),
+        ("apps", "daemonsets") => (
+            vec![
+                col("Desired", 0, |o| {
+                    json!(int_at(o, "/status/desiredNumberScheduled"))
+                }),
+                col("Current", 0, |o| {
+                    json!(int_at(o, "/status/currentNumberScheduled"))
+                }),
+                col("Ready", 0, |o| json!(int_at(o, "/status/numberReady"))),
+                col("Up-to-date", 0, |o| {
+                    json!(int_at(o, "/status/updatedNumberScheduled"))
+                }),
+                col("Available", 0, |o| {
+                    json!(int_at(o, "/status/numberAvailable"))
+                }),
+                col("Node Selector", 0, |o| {
+                    selector(o, "/spec/template/spec/nodeSelector")
+                }),
+            ],
+            images(),
+        ),
+        ("batch", "jobs") => (
+            vec![col("Completions", 0, |o| {
+                let want = o
+                    .pointer("/spec/completions")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
+                json!(format!("{}/{want}", int_at(o, "/status/succeeded")))
+            })],
+            vec![],
+        ),
+        _ => (vec![], vec![]),
     }
 }
 
 pub fn table(r: &Resource, items: &[Value], resource_version: &str) -> Value {
-    let extras = extra_columns(r);
-    let mut columns = vec![column(
-        "Name",
-        "name",
-        "Name must be unique within a namespace.",
-    )];
-    columns.extend(extras.iter().map(|(c, _)| c.clone()));
-    columns.push(column(
-        "Age",
-        "",
-        "CreationTimestamp is a timestamp representing when this object was created.",
-    ));
+    let (before, after) = printer(r);
+    let definition = |name: &str, priority: u8, format: &str| json!({"name": name, "type": "string", "format": format, "description": name, "priority": priority});
+    let mut columns = vec![definition("Name", 0, "name")];
+    columns.extend(before.iter().map(|c| definition(c.name, c.priority, "")));
+    columns.push(definition("Age", 0, ""));
+    columns.extend(after.iter().map(|c| definition(c.name, c.priority, "")));
     let now = meta::now_secs();
     let rows: Vec<Value> = items
         .iter()
         .map(|o| {
-            let name = o.pointer("/metadata/name").cloned().unwrap_or(json!(""));
             let age = o
                 .pointer("/metadata/creationTimestamp")
                 .and_then(Value::as_str)
                 .and_then(meta::parse_rfc3339)
                 .map(|t| meta::human_age(now.saturating_sub(t)))
                 .unwrap_or_else(|| "<unknown>".into());
-            let mut cells = vec![name];
-            cells.extend(extras.iter().map(|(_, cell)| cell(o)));
+            let mut cells = vec![o.pointer("/metadata/name").cloned().unwrap_or(json!(""))];
+            cells.extend(before.iter().map(|c| (c.cell)(o)));
             cells.push(json!(age));
+            cells.extend(after.iter().map(|c| (c.cell)(o)));
             json!({
                 "cells": cells,
                 "object": {
@@ -94,4 +396,56 @@ pub fn table(r: &Resource, items: &[Value], resource_version: &str) -> Value {
         "columnDefinitions": columns,
         "rows": rows,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_rows_show_ready_status_and_restarts() {
+        let pod = json!({
+            "metadata": {"name": "web-0", "creationTimestamp": meta::rfc3339(meta::now_secs())},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "node-1"},
+            "status": {"phase": "Running", "podIP": "10.244.0.5", "containerStatuses": [
+                {"name": "a", "ready": true, "restartCount": 1, "state": {"running": {}}},
+                {"name": "b", "ready": false, "restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}
+            ]}
+        });
+        let r = crate::resources::find("", "v1", "pods").unwrap();
+        let t = table(r, &[pod], "5");
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Name",
+                "Ready",
+                "Status",
+                "Restarts",
+                "Age",
+                "IP",
+                "Node",
+                "Nominated Node",
+                "Readiness Gates"
+            ]
+        );
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[1], "1/2");
+        assert_eq!(cells[2], "CrashLoopBackOff");
+        assert_eq!(cells[3], 3);
+        assert_eq!(cells[5], "10.244.0.5");
+        assert_eq!(cells[6], "node-1");
+    }
+
+    #[test]
+    fn service_ports_print_like_kubectl() {
+        let svc = json!({"spec": {"type": "NodePort", "clusterIP": "10.96.0.10",
+            "ports": [{"port": 80, "nodePort": 30080}, {"port": 53, "protocol": "UDP"}]}});
+        assert_eq!(service_ports(&svc), "80:30080/TCP,53/UDP");
+    }
 }
