@@ -120,7 +120,17 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Bytes, RemoteError> {
 }
 
 pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, RemoteError> {
-    rmp_serde::from_slice(b).map_err(|e| RemoteError::new(format!("decode: {e}")))
+    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(b));
+    let value = T::deserialize(&mut de).map_err(|e| RemoteError::new(format!("decode: {e}")))?;
+    // A valid prefix followed by junk is junk: without this check random bytes that happen
+    // to start with a small integer decode as a unit enum variant.
+    if de.position() != b.len() as u64 {
+        return Err(RemoteError::new(format!(
+            "decode: {} trailing bytes after the message",
+            b.len() as u64 - de.position()
+        )));
+    }
+    Ok(value)
 }
 
 #[derive(Serialize, Deserialize)]

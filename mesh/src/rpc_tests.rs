@@ -498,3 +498,12 @@ async fn stream_consumer_drop_releases_server_side() {
     }
     assert!(timeout(T, s.next()).await.unwrap().is_none());
 }
+
+#[test]
+fn decode_rejects_trailing_bytes() {
+    let ok = encode(&5u32).unwrap();
+    assert_eq!(decode::<u32>(&ok).unwrap(), 5);
+    let mut junk = ok.to_vec();
+    junk.extend_from_slice(b"junk");
+    assert!(decode::<u32>(&junk).is_err());
+}
