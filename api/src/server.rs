@@ -44,8 +44,8 @@ pub fn router(store: Store) -> Router {
         .route("/api/", get(core_discovery))
         .route("/apis", get(group_discovery))
         .route("/apis/", get(group_discovery))
-        .route("/api/{*rest}", any(core_dispatch))
-        .route("/apis/{*rest}", any(group_dispatch))
+        .route("/api/{*rest}", any(dispatch_root::<true>))
+        .route("/apis/{*rest}", any(dispatch_root::<false>))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(state)
 }
@@ -337,11 +337,20 @@ fn extract(
     Ok((q, body))
 }
 
+/// The request's `labelSelector` (empty: everything matches).
+fn label_selector(q: &ListQuery) -> Result<LabelSelector, ApiError> {
+    match &q.label_selector {
+        Some(s) => LabelSelector::parse(s).map_err(ApiError::bad_request),
+        None => Ok(LabelSelector::default()),
+    }
+}
+
 fn is_true(v: &Option<String>) -> bool {
     matches!(v.as_deref(), Some("true" | "True" | "1"))
 }
 
-async fn core_dispatch(
+/// Handler for `/api/{*rest}` (`CORE`) and `/apis/{*rest}`.
+async fn dispatch_root<const CORE: bool>(
     state: State<Arc<Api>>,
     method: Method,
     headers: HeaderMap,
@@ -349,18 +358,7 @@ async fn core_dispatch(
     q: Result<Query<ListQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    route(state, true, method, headers, &rest, q, body).await
-}
-
-async fn group_dispatch(
-    state: State<Arc<Api>>,
-    method: Method,
-    headers: HeaderMap,
-    Path(rest): Path<String>,
-    q: Result<Query<ListQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    route(state, false, method, headers, &rest, q, body).await
+    route(state, CORE, method, headers, &rest, q, body).await
 }
 
 /// Routes a path below `/api/` (core) or `/apis/` (named groups).
@@ -423,10 +421,7 @@ async fn dispatch(
     let target = parse_target(group, version, segs)?;
     match (&method, &target.name) {
         (&Method::GET, None) if is_true(&q.watch) => {
-            let labels = match &q.label_selector {
-                Some(s) => LabelSelector::parse(s).map_err(ApiError::bad_request)?,
-                None => LabelSelector::default(),
-            };
+            let labels = label_selector(q)?;
             crate::watch::watch(
                 &api.store,
                 crate::watch::WatchRequest {
@@ -516,15 +511,8 @@ pub(crate) fn field_matches(obj: &Value, selector: &str) -> Result<bool, ApiErro
 }
 
 async fn list(api: &Api, t: &Target, q: &ListQuery, headers: &HeaderMap) -> ApiResult {
-    if let Some(ns) = &t.namespace
-        && t.resource.namespaced
-    {
-        let _ = ns; // listing in a missing namespace returns an empty list, as Kubernetes does
-    }
-    let selector = match &q.label_selector {
-        Some(s) => LabelSelector::parse(s).map_err(ApiError::bad_request)?,
-        None => LabelSelector::default(),
-    };
+    // Listing in a namespace that does not exist returns an empty list, as Kubernetes does.
+    let selector = label_selector(q)?;
     let prefix = t.resource.namespace_prefix(t.namespace.as_deref());
     let range = api
         .store
@@ -1098,10 +1086,7 @@ async fn delete_collection(api: &Api, t: &Target, q: &ListQuery) -> ApiResult {
             "deletecollection of namespaces",
         ));
     }
-    let selector = match &q.label_selector {
-        Some(s) => LabelSelector::parse(s).map_err(ApiError::bad_request)?,
-        None => LabelSelector::default(),
-    };
+    let selector = label_selector(q)?;
     let range = api
         .store
         .range(

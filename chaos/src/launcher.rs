@@ -253,7 +253,7 @@ impl LocalCluster {
     /// SIGKILL and reap.
     pub async fn kill(&mut self, i: usize) -> anyhow::Result<()> {
         if let Some(mut child) = self.children[i].take() {
-            // SIGCONT first: a stopped process still dies on SIGKILL, but this keeps zombies out.
+            // SIGKILL works on a stopped (SIGSTOP) process too; the wait below reaps it.
             if let Some(pid) = child.id() {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
