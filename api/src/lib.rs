@@ -6,8 +6,13 @@
 //! mod_revision; watches replay the store's history. Not here yet: typed validation and
 //! defaulting (k8s-openapi), server-side apply, protobuf bodies, OpenAPI, subresources.
 
+mod alloc;
+mod apply;
 mod meta;
+mod openapi;
 mod patch;
+mod pb_schema;
+pub mod protobuf;
 mod resources;
 mod server;
 mod status;

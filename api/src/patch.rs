@@ -157,7 +157,7 @@ pub fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), String> {
 
 /// The merge key of a list field of the built-in types, by field name (and, for `ports`, by
 /// which key the elements carry: containers use `containerPort`, Services `port`).
-fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
+pub(crate) fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
     Some(match field {
         "containers"
         | "initContainers"

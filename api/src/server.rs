@@ -44,10 +44,46 @@ pub fn router(store: Store) -> Router {
         .route("/api/", get(core_discovery))
         .route("/apis", get(group_discovery))
         .route("/apis/", get(group_discovery))
+        .route("/openapi/v3", get(openapi_index))
+        .route("/openapi/v3/", get(openapi_index))
+        .route("/openapi/v3/{*gv}", get(openapi_document))
         .route("/api/{*rest}", any(dispatch_root::<true>))
         .route("/apis/{*rest}", any(dispatch_root::<false>))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(state)
+}
+
+fn json_bytes_response(body: Vec<u8>, cache: Option<&str>) -> Response {
+    let mut resp = (StatusCode::OK, body).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(hash) = cache
+        && let Ok(etag) = HeaderValue::from_str(&format!("\"{hash}\""))
+    {
+        // Documents are addressed by their hash, so clients may keep them.
+        headers.insert(header::ETAG, etag);
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, immutable"),
+        );
+    }
+    resp
+}
+
+/// `GET /openapi/v3`: one entry per group-version, pointing at its hashed document.
+async fn openapi_index() -> Response {
+    json_bytes_response(crate::openapi::OPENAPI.index.clone(), None)
+}
+
+/// `GET /openapi/v3/api/v1`, `/openapi/v3/apis/<group>/<version>`.
+async fn openapi_document(Path(gv): Path<String>) -> Response {
+    match crate::openapi::OPENAPI.documents.get(gv.trim_matches('/')) {
+        Some(doc) => json_bytes_response(doc.body.clone(), Some(&doc.hash)),
+        None => ApiError::path_not_found().into_response(),
+    }
 }
 
 fn json_response(code: StatusCode, body: &Value) -> Response {
@@ -252,6 +288,15 @@ enum Sub {
     Scale,
 }
 
+impl Sub {
+    fn name(self) -> &'static str {
+        match self {
+            Sub::Status => "status",
+            Sub::Scale => "scale",
+        }
+    }
+}
+
 fn subresource(r: &Resource, name: &str) -> Result<Sub, ApiError> {
     match name {
         "status" if r.has_status() => Ok(Sub::Status),
@@ -315,6 +360,16 @@ struct ListQuery {
     allow_watch_bookmarks: Option<String>,
     #[serde(rename = "sendInitialEvents")]
     send_initial_events: Option<String>,
+    limit: Option<i64>,
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
+    #[serde(rename = "fieldValidation")]
+    field_validation: Option<String>,
+    #[serde(rename = "fieldManager")]
+    field_manager: Option<String>,
+    force: Option<String>,
+    #[serde(rename = "dryRun")]
+    dry_run: Option<String>,
 }
 
 /// Turns extractor failures into `Status` errors (axum's own are plain text).
@@ -449,9 +504,31 @@ async fn dispatch(
             ))
         }
         (&Method::GET, Some(name)) => get_one(api, &target, name).await,
-        (&Method::POST, None) if target.sub.is_none() => create(api, &target, headers, &body).await,
-        (&Method::PUT, Some(name)) => update(api, &target, name, headers, &body).await,
-        (&Method::PATCH, Some(name)) => patch(api, &target, name, headers, &body).await,
+        (&Method::POST, None) if target.sub.is_none() => {
+            create(api, &target, headers, &body, &WriteOpts::from_query(q)?).await
+        }
+        (&Method::PUT, Some(name)) => {
+            update(
+                api,
+                &target,
+                name,
+                headers,
+                &body,
+                &WriteOpts::from_query(q)?,
+            )
+            .await
+        }
+        (&Method::PATCH, Some(name)) => {
+            patch(
+                api,
+                &target,
+                name,
+                headers,
+                &body,
+                &WriteOpts::from_query(q)?,
+            )
+            .await
+        }
         (&Method::DELETE, Some(name)) if target.sub.is_none() => {
             delete(api, &target, name, &body).await
         }
@@ -510,40 +587,114 @@ pub(crate) fn field_matches(obj: &Value, selector: &str) -> Result<bool, ApiErro
     Ok(true)
 }
 
+/// A list continue token: where the next page starts and the revision of the first page.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    rv: u64,
+    start: String,
+}
+
+fn encode_continue(token: &ContinueToken) -> String {
+    serde_json::to_vec(token)
+        .unwrap_or_default()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn decode_continue(s: &str, prefix: &str) -> Result<ContinueToken, ApiError> {
+    let bad = || ApiError::bad_request("continue key is not valid: the token is malformed");
+    if s.len() % 2 != 0 || !s.is_ascii() {
+        return Err(bad());
+    }
+    let bytes = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| bad())?;
+    let token: ContinueToken = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    // A token from another list must not read outside this one.
+    if !token.start.starts_with(prefix) {
+        return Err(bad());
+    }
+    Ok(token)
+}
+
+/// LIST with selectors and paging. Pages after the first are read from the current state
+/// (the store keeps no old versions to read at the first page's revision); each key is still
+/// returned at most once, in key order.
 async fn list(api: &Api, t: &Target, q: &ListQuery, headers: &HeaderMap) -> ApiResult {
     // Listing in a namespace that does not exist returns an empty list, as Kubernetes does.
     let selector = label_selector(q)?;
     let prefix = t.resource.namespace_prefix(t.namespace.as_deref());
-    let range = api
-        .store
-        .range(&prefix, usize::MAX, Read::Linearizable)
-        .await?;
+    let limit = q.limit.filter(|l| *l > 0).map(|l| l as usize);
+    let token = match q.continue_token.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => Some(decode_continue(c, &prefix)?),
+        None => None,
+    };
+    let mut start = token
+        .as_ref()
+        .map_or_else(|| prefix.clone(), |t| t.start.clone());
+    // Read in chunks so a selective list with a small limit does not load everything.
+    let chunk = limit.map_or(usize::MAX, |l| (l + 1).max(256));
     let mut items = Vec::new();
-    for kv in &range.kvs {
-        let obj = served(t.resource, kv)?;
-        if !selector.matches(&meta::labels_of(&obj)) {
-            continue;
+    let mut next = None;
+    let mut revision = None;
+    'pages: loop {
+        let range = api
+            .store
+            .range_from(&prefix, &start, chunk, Read::Linearizable)
+            .await?;
+        revision.get_or_insert(range.revision);
+        let full = range.kvs.len() >= chunk;
+        for kv in &range.kvs {
+            let obj = served(t.resource, kv)?;
+            if !selector.matches(&meta::labels_of(&obj)) {
+                continue;
+            }
+            if let Some(fs) = &q.field_selector
+                && !field_matches(&obj, fs)?
+            {
+                continue;
+            }
+            if limit.is_some_and(|l| items.len() >= l) {
+                next = Some(kv.key.clone());
+                break 'pages;
+            }
+            items.push(obj);
         }
-        if let Some(fs) = &q.field_selector
-            && !field_matches(&obj, fs)?
-        {
-            continue;
+        match range.kvs.last() {
+            Some(last) if full => start = format!("{}\0", last.key),
+            _ => break,
         }
-        items.push(obj);
     }
-    let revision = range.revision.to_string();
+    let revision = token
+        .as_ref()
+        .map_or(revision.unwrap_or_default(), |t| t.rv)
+        .to_string();
+    let continue_token = next.map(|start| {
+        encode_continue(&ContinueToken {
+            rv: revision.parse().unwrap_or_default(),
+            start,
+        })
+    });
     if wants_table(headers) {
-        return Ok(json_response(
-            StatusCode::OK,
-            &crate::table::table(t.resource, &items, &revision),
-        ));
+        let mut table = crate::table::table(t.resource, &items, &revision);
+        if let Some(c) = &continue_token {
+            table["metadata"]["continue"] = json!(c);
+        }
+        return Ok(json_response(StatusCode::OK, &table));
+    }
+    let mut metadata = json!({"resourceVersion": revision});
+    if let Some(c) = continue_token {
+        metadata["continue"] = json!(c);
     }
     Ok(json_response(
         StatusCode::OK,
         &json!({
             "kind": format!("{}List", t.resource.kind),
             "apiVersion": t.resource.api_version(),
-            "metadata": {"resourceVersion": revision},
+            "metadata": metadata,
             "items": items,
         }),
     ))
@@ -662,38 +813,178 @@ fn encode_object(r: &Resource, name: &str, obj: &Value) -> Result<Vec<u8>, ApiEr
     Ok(bytes)
 }
 
-async fn create(api: &Api, t: &Target, headers: &HeaderMap, body: &Bytes) -> ApiResult {
+/// How a write handles fields the schema does not know (`fieldValidation`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FieldValidation {
+    Ignore,
+    Warn,
+    Strict,
+}
+
+/// The write options every mutating request may carry.
+struct WriteOpts {
+    validation: FieldValidation,
+    manager: Option<String>,
+    force: bool,
+    dry_run: bool,
+}
+
+impl WriteOpts {
+    fn from_query(q: &ListQuery) -> Result<WriteOpts, ApiError> {
+        let validation = match q.field_validation.as_deref() {
+            None | Some("" | "Warn") => FieldValidation::Warn,
+            Some("Ignore") => FieldValidation::Ignore,
+            Some("Strict") => FieldValidation::Strict,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "fieldValidation parameter unsupported: {other}. Supported values: \"Ignore\", \"Warn\", \"Strict\""
+                )));
+            }
+        };
+        let dry_run = match q.dry_run.as_deref() {
+            None | Some("") => false,
+            Some("All") => true,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "Unsupported dryRun value: {other:?}; supported values: \"All\""
+                )));
+            }
+        };
+        Ok(WriteOpts {
+            validation,
+            manager: q.field_manager.clone().filter(|m| !m.is_empty()),
+            force: is_true(&q.force),
+            dry_run,
+        })
+    }
+}
+
+/// Schema check, defaulting and validation of an object about to be written (`old` on
+/// updates). Returns the warnings to send back.
+fn admit(
+    r: &Resource,
+    obj: &mut Value,
+    old: Option<&Value>,
+    opts: &WriteOpts,
+) -> Result<Vec<String>, ApiError> {
+    let api_version = r.api_version();
+    let mut warnings = Vec::new();
+    if let Some(findings) = crate::openapi::OPENAPI.check(&api_version, r.kind, obj) {
+        if let Some((path, expected, found)) = findings.wrong_type.first() {
+            return Err(ApiError::bad_request(format!(
+                "{kind} in version \"{version}\" cannot be handled as a {kind}: json: cannot unmarshal {found} into Go struct field {kind}.{path} of type {expected}",
+                kind = r.kind,
+                version = r.version,
+            )));
+        }
+        let unknown: Vec<String> = findings
+            .unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
+        match opts.validation {
+            FieldValidation::Strict if !unknown.is_empty() => {
+                return Err(ApiError::bad_request(format!(
+                    "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+                    unknown.join(", "),
+                    kind = r.kind,
+                    version = r.version,
+                )));
+            }
+            FieldValidation::Warn => warnings = unknown,
+            _ => {}
+        }
+    }
+    let _ = old;
+    Ok(warnings)
+}
+
+/// A JSON response with Kubernetes `Warning` headers (kubectl prints them).
+fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - {}", serde_json::Value::String(w.clone()));
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
+fn generated_name(prefix: &str) -> String {
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let suffix: String = (0..5)
+        .map(|_| CHARS[rand::random_range(0..CHARS.len())] as char)
+        .collect();
+    format!("{prefix}{suffix}")
+}
+
+/// The manager a write is recorded under: `fieldManager`, else the client's program name
+/// from its User-Agent, as the apiserver does.
+fn manager_name(opts: &WriteOpts, headers: &HeaderMap) -> String {
+    if let Some(m) = &opts.manager {
+        return m.clone();
+    }
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ua| ua.split('/').next())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("unknown")
+        .chars()
+        .take(128)
+        .collect()
+}
+
+async fn create(
+    api: &Api,
+    t: &Target,
+    headers: &HeaderMap,
+    body: &Bytes,
+    opts: &WriteOpts,
+) -> ApiResult {
+    let obj = parse_body(headers, body)?;
+    let manager = manager_name(opts, headers);
+    let (written, warnings) = create_object(api, t, obj, opts, &manager, None).await?;
+    Ok(with_warnings(
+        json_response(StatusCode::CREATED, &written),
+        &warnings,
+    ))
+}
+
+/// Creates `obj` (admission, metadata, managedFields) unless it exists. `applied` is the
+/// object already built by a server-side apply, which records its own managedFields.
+async fn create_object(
+    api: &Api,
+    t: &Target,
+    mut obj: Value,
+    opts: &WriteOpts,
+    manager: &str,
+    applied: Option<()>,
+) -> Result<(Value, Vec<String>), ApiError> {
     let r = t.resource;
-    let mut obj = parse_body(headers, body)?;
     let ns = t.namespace.clone();
-    let name = match obj
+    let given = obj
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
-    {
-        Some(n) => n.to_owned(),
-        None => match obj
-            .pointer("/metadata/generateName")
-            .and_then(Value::as_str)
-        {
-            Some(prefix) => {
-                const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-                let suffix: String = (0..5)
-                    .map(|_| CHARS[rand::random_range(0..CHARS.len())] as char)
-                    .collect();
-                format!("{prefix}{suffix}")
-            }
-            None => {
-                return Err(ApiError::invalid(
-                    r,
-                    "",
-                    vec![cause(
-                        "metadata.name",
-                        "Required value: name or generateName is required",
-                    )],
-                ));
-            }
-        },
+        .map(str::to_owned);
+    let prefix = obj
+        .pointer("/metadata/generateName")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let mut name = match (&given, &prefix) {
+        (Some(n), _) => n.clone(),
+        (None, Some(p)) => generated_name(p),
+        (None, None) => {
+            return Err(ApiError::invalid(
+                r,
+                "",
+                vec![cause(
+                    "metadata.name",
+                    "Required value: name or generateName is required",
+                )],
+            ));
+        }
     };
     validate_envelope(r, &obj, ns.as_deref(), &name)?;
     ensure_namespace(api, r, ns.as_deref()).await?;
@@ -701,47 +992,121 @@ async fn create(api: &Api, t: &Target, headers: &HeaderMap, body: &Bytes) -> Api
     if !obj["metadata"].is_object() {
         obj["metadata"] = json!({});
     }
-    let m = &mut obj["metadata"];
-    m["name"] = json!(name);
-    if let Some(ns) = &ns
-        && r.namespaced
+    let now = meta::rfc3339(meta::now_secs());
     {
-        m["namespace"] = json!(ns);
-    }
-    m["uid"] = json!(meta::new_uid());
-    m["creationTimestamp"] = json!(meta::rfc3339(meta::now_secs()));
-    m["generation"] = json!(1);
-    if let Some(map) = m.as_object_mut() {
-        map.remove("resourceVersion");
-        map.remove("deletionTimestamp");
+        let m = &mut obj["metadata"];
+        if let Some(ns) = &ns
+            && r.namespaced
+        {
+            m["namespace"] = json!(ns);
+        }
+        m["uid"] = json!(meta::new_uid());
+        m["creationTimestamp"] = json!(now);
+        m["generation"] = json!(1);
+        if let Some(map) = m.as_object_mut() {
+            map.remove("resourceVersion");
+            map.remove("deletionTimestamp");
+            map.remove("deletionGracePeriodSeconds");
+            if applied.is_none() {
+                // Clients cannot write ownership records; the server keeps them.
+                map.remove("managedFields");
+            }
+        }
     }
     obj["apiVersion"] = json!(r.api_version());
     obj["kind"] = json!(r.kind);
     if r.plural == "namespaces" {
         obj["spec"] = json!({"finalizers": ["kubernetes"]});
         obj["status"] = json!({"phase": "Active"});
+        // Every namespace carries its name as a label, so selectors can pick namespaces.
+        match obj["metadata"].get_mut("labels") {
+            Some(Value::Object(labels)) => {
+                labels.insert("kubernetes.io/metadata.name".into(), json!(name));
+            }
+            None | Some(Value::Null) => {
+                obj["metadata"]["labels"] = json!({"kubernetes.io/metadata.name": name});
+            }
+            // Left for admission to reject.
+            Some(_) => {}
+        }
+    } else if r.has_status() && applied.is_some() {
+        // Status is written through its subresource only.
+        if let Some(m) = obj.as_object_mut() {
+            m.remove("status");
+        }
     }
-    let key = r.key(ns.as_deref(), &name);
-    let bytes = encode_object(r, &name, &obj)?;
-    let resp = api
-        .store
-        .txn(TxnRequest {
-            compare: vec![Compare::Missing { key: key.clone() }],
-            success: vec![Op::Put {
-                key: key.clone(),
-                value: bytes,
-            }],
-            failure: vec![],
-        })
-        .await?;
-    if !resp.succeeded {
-        return Err(ApiError::already_exists(r, &name));
+    obj["metadata"]["name"] = json!(name);
+    let warnings = admit(r, &mut obj, None, opts)?;
+    if applied.is_none() {
+        let api_version = r.api_version();
+        crate::apply::record_update(
+            &mut obj,
+            None,
+            &crate::apply::Writer {
+                manager,
+                api_version: &api_version,
+                subresource: None,
+                time: &now,
+            },
+        );
     }
-    obj["metadata"]["resourceVersion"] = json!(resp.revision.to_string());
-    Ok(json_response(StatusCode::CREATED, &obj))
+    let causes = crate::alloc::assign(&api.store, &mut obj, None).await?;
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(r, &name, causes));
+    }
+    // A generated name may collide; like the apiserver, try a few others.
+    for _ in 0..8 {
+        obj["metadata"]["name"] = json!(name);
+        let key = r.key(ns.as_deref(), &name);
+        let bytes = encode_object(r, &name, &obj)?;
+        if opts.dry_run {
+            if api.store.get(&key, Read::Linearizable).await?.kv.is_some() {
+                return Err(ApiError::already_exists(r, &name));
+            }
+            return Ok((obj, warnings));
+        }
+        let (mut compare, mut success) = crate::alloc::ops(&key, Some(&obj), None);
+        compare.push(Compare::Missing { key: key.clone() });
+        success.push(Op::Put {
+            key: key.clone(),
+            value: bytes,
+        });
+        let resp = api
+            .store
+            .txn(TxnRequest {
+                compare,
+                success,
+                failure: vec![],
+            })
+            .await?;
+        if resp.succeeded {
+            obj["metadata"]["resourceVersion"] = json!(resp.revision.to_string());
+            return Ok((obj, warnings));
+        }
+        if api.store.get(&key, Read::Linearizable).await?.kv.is_none() {
+            // The object is free, so a concurrent Service took an IP or port just chosen.
+            return Err(ApiError::conflict_msg(
+                r,
+                &name,
+                "a cluster IP or node port chosen for this Service was allocated concurrently; please retry",
+            ));
+        }
+        match (&given, &prefix) {
+            (None, Some(p)) => name = generated_name(p),
+            _ => break,
+        }
+    }
+    Err(ApiError::already_exists(r, &name))
 }
 
-async fn update(api: &Api, t: &Target, name: &str, headers: &HeaderMap, body: &Bytes) -> ApiResult {
+async fn update(
+    api: &Api,
+    t: &Target,
+    name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    opts: &WriteOpts,
+) -> ApiResult {
     let r = t.resource;
     let obj = parse_body(headers, body)?;
     let body_name = obj
@@ -765,8 +1130,9 @@ async fn update(api: &Api, t: &Target, name: &str, headers: &HeaderMap, body: &B
         return Err(ApiError::conflict(r, name));
     }
     let new = scoped(r, t.sub, &old, obj, name)?;
-    match replace_object(api, t, name, new, &current).await? {
-        Some(written) => Ok(respond(t, &written)),
+    let manager = manager_name(opts, headers);
+    match replace_object(api, t, name, new, &current, opts, Some(&manager)).await? {
+        Some((written, warnings)) => Ok(with_warnings(respond(t, &written), &warnings)),
         None => Err(ApiError::conflict(r, name)),
     }
 }
@@ -872,7 +1238,9 @@ async fn replace_object(
     name: &str,
     mut obj: Value,
     current: &KeyValue,
-) -> Result<Option<Value>, ApiError> {
+    opts: &WriteOpts,
+    manager: Option<&str>,
+) -> Result<Option<(Value, Vec<String>)>, ApiError> {
     let r = t.resource;
     validate_envelope(r, &obj, t.namespace.as_deref(), name)?;
     if obj.pointer("/metadata/name").and_then(Value::as_str) != Some(name) {
@@ -893,10 +1261,46 @@ async fn replace_object(
         return Err(ApiError::conflict(r, name));
     }
     // Server-owned metadata is kept from the stored object.
-    for field in ["uid", "creationTimestamp", "namespace"] {
-        if let Some(v) = old["metadata"].get(field) {
-            obj["metadata"][field] = v.clone();
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "namespace",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
+        match old["metadata"].get(field) {
+            Some(v) => obj["metadata"][field] = v.clone(),
+            None => {
+                if let Some(m) = obj["metadata"].as_object_mut() {
+                    m.remove(field);
+                }
+            }
         }
+    }
+    let warnings = admit(r, &mut obj, Some(&old), opts)?;
+    let api_version = r.api_version();
+    let now = meta::rfc3339(meta::now_secs());
+    match manager {
+        Some(manager) => {
+            // Ownership records are the server's; what the client sent is replaced.
+            if let Some(mf) = old.pointer("/metadata/managedFields") {
+                obj["metadata"]["managedFields"] = mf.clone();
+            } else if let Some(m) = obj["metadata"].as_object_mut() {
+                m.remove("managedFields");
+            }
+            crate::apply::record_update(
+                &mut obj,
+                Some(&old),
+                &crate::apply::Writer {
+                    manager,
+                    api_version: &api_version,
+                    subresource: t.sub.map(Sub::name),
+                    time: &now,
+                },
+            );
+        }
+        // A server-side apply has recorded its own ownership.
+        None => {}
     }
     let generation = old
         .pointer("/metadata/generation")
@@ -913,19 +1317,30 @@ async fn replace_object(
     }
     obj["apiVersion"] = json!(r.api_version());
     obj["kind"] = json!(r.kind);
+    let causes = crate::alloc::assign(&api.store, &mut obj, Some(&old)).await?;
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(r, name, causes));
+    }
     let bytes = encode_object(r, name, &obj)?;
+    if opts.dry_run {
+        obj["metadata"]["resourceVersion"] = json!(current.mod_revision.to_string());
+        return Ok(Some((obj, warnings)));
+    }
+    let (mut compare, mut success) = crate::alloc::ops(&current.key, Some(&obj), Some(&old));
+    compare.push(Compare::ModRevision {
+        key: current.key.clone(),
+        op: flotilla_consensus::CmpOp::Equal,
+        revision: current.mod_revision,
+    });
+    success.push(Op::Put {
+        key: current.key.clone(),
+        value: bytes,
+    });
     let resp = api
         .store
         .txn(TxnRequest {
-            compare: vec![Compare::ModRevision {
-                key: current.key.clone(),
-                op: flotilla_consensus::CmpOp::Equal,
-                revision: current.mod_revision,
-            }],
-            success: vec![Op::Put {
-                key: current.key.clone(),
-                value: bytes,
-            }],
+            compare,
+            success,
             failure: vec![],
         })
         .await?;
@@ -933,13 +1348,20 @@ async fn replace_object(
         return Ok(None);
     }
     obj["metadata"]["resourceVersion"] = json!(resp.revision.to_string());
-    Ok(Some(obj))
+    Ok(Some((obj, warnings)))
 }
 
 /// PATCH: merge, JSON or strategic merge, applied to the current object and written back
 /// conditionally; retried when a concurrent writer wins, unless the patch pins a
-/// resourceVersion.
-async fn patch(api: &Api, t: &Target, name: &str, headers: &HeaderMap, body: &Bytes) -> ApiResult {
+/// resourceVersion. Apply patches go to [`server_side_apply`].
+async fn patch(
+    api: &Api,
+    t: &Target,
+    name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    opts: &WriteOpts,
+) -> ApiResult {
     let r = t.resource;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -960,11 +1382,15 @@ async fn patch(api: &Api, t: &Target, name: &str, headers: &HeaderMap, body: &By
             Ok(())
         },
         "application/json-patch+json" => crate::patch::json_patch,
+        "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
+            return server_side_apply(api, t, name, body, opts).await;
+        }
         other => return Err(ApiError::unsupported_media_type(other)),
     };
     let patch: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
     let pinned = patch.pointer("/metadata/resourceVersion").is_some();
+    let manager = manager_name(opts, headers);
     for _ in 0..8 {
         let current = read_current(api, t, name).await?;
         let old = served(r, &current)?;
@@ -986,11 +1412,117 @@ async fn patch(api: &Api, t: &Target, name: &str, headers: &HeaderMap, body: &By
         let mut obj = scoped(r, t.sub, &old, view, name)?;
         // Checked above; the write itself is conditional on the revision it read.
         obj["metadata"]["resourceVersion"] = json!(current.mod_revision.to_string());
-        if let Some(written) = replace_object(api, t, name, obj, &current).await? {
-            return Ok(respond(t, &written));
+        if let Some((written, warnings)) =
+            replace_object(api, t, name, obj, &current, opts, Some(&manager)).await?
+        {
+            return Ok(with_warnings(respond(t, &written), &warnings));
         }
         if pinned {
             break;
+        }
+    }
+    Err(ApiError::conflict(r, name))
+}
+
+/// `application/apply-patch+yaml`: merges the applied configuration under `fieldManager`,
+/// creating the object if it does not exist (201), refusing conflicts unless `force`.
+async fn server_side_apply(
+    api: &Api,
+    t: &Target,
+    name: &str,
+    body: &Bytes,
+    opts: &WriteOpts,
+) -> ApiResult {
+    let r = t.resource;
+    let Some(manager) = opts.manager.as_deref() else {
+        return Err(ApiError::invalid_options(
+            "fieldManager",
+            "Required value: is required for apply patch",
+        ));
+    };
+    if t.sub.is_some() {
+        return Err(ApiError::method_not_allowed(
+            "apply on a subresource (apply to the object itself)",
+        ));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("the apply patch is not UTF-8 YAML or JSON"))?;
+    let config: Value = serde_json::from_str(text).or_else(|_| {
+        serde_saphyr::from_str::<Value>(text)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+    })?;
+    if !config.is_object() {
+        return Err(ApiError::bad_request(
+            "the apply patch must be an object with apiVersion and kind",
+        ));
+    }
+    let mut causes = Vec::new();
+    for field in ["apiVersion", "kind"] {
+        if config
+            .get(field)
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            causes.push(StatusCause {
+                reason: "FieldValueRequired".into(),
+                message: "Required value: apply patches must name apiVersion and kind".into(),
+                field: field.into(),
+            });
+        }
+    }
+    if let Some(n) = config.pointer("/metadata/name").and_then(Value::as_str)
+        && n != name
+    {
+        causes.push(cause(
+            "metadata.name",
+            format!("Invalid value: {n:?}: must match the name on the URL ({name:?})"),
+        ));
+    }
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(r, name, causes));
+    }
+    let api_version = r.api_version();
+    for _ in 0..8 {
+        let now = meta::rfc3339(meta::now_secs());
+        let writer = crate::apply::Writer {
+            manager,
+            api_version: &api_version,
+            subresource: None,
+            time: &now,
+        };
+        let key = r.key(t.namespace.as_deref(), name);
+        let Some(current) = api.store.get(&key, Read::Linearizable).await?.kv else {
+            let mut obj = crate::apply::apply(None, &config, &writer, opts.force)
+                .map_err(|c| ApiError::apply_conflict(r, name, &c))?;
+            obj["metadata"]["name"] = json!(name);
+            match create_object(api, t, obj, opts, manager, Some(())).await {
+                Ok((written, warnings)) => {
+                    return Ok(with_warnings(
+                        json_response(StatusCode::CREATED, &written),
+                        &warnings,
+                    ));
+                }
+                // Created by someone else meanwhile: apply onto theirs.
+                Err(e) if e.code() == 409 => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        let old = served(r, &current)?;
+        if let Some(rv) = config
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            && rv != current.mod_revision.to_string()
+        {
+            return Err(ApiError::conflict(r, name));
+        }
+        let merged = crate::apply::apply(Some(&old), &config, &writer, opts.force)
+            .map_err(|c| ApiError::apply_conflict(r, name, &c))?;
+        let mut obj = scoped(r, None, &old, merged, name)?;
+        obj["metadata"]["resourceVersion"] = json!(current.mod_revision.to_string());
+        if let Some((written, warnings)) =
+            replace_object(api, t, name, obj, &current, opts, None).await?
+        {
+            return Ok(with_warnings(respond(t, &written), &warnings));
         }
     }
     Err(ApiError::conflict(r, name))
@@ -1038,7 +1570,8 @@ async fn delete(api: &Api, t: &Target, name: &str, body: &Bytes) -> ApiResult {
             ));
         }
     }
-    let mut ops = vec![Op::Delete { key: key.clone() }];
+    let (_, mut ops) = crate::alloc::ops(&key, None, Some(&served(r, &current)?));
+    ops.push(Op::Delete { key: key.clone() });
     if r.plural == "namespaces" {
         // Everything in the namespace goes with it, in the same transaction.
         // (Kubernetes marks the namespace Terminating and lets a controller empty it; that
@@ -1170,5 +1703,46 @@ pub async fn ensure_default_namespaces(store: &Store) -> Result<(), ApiError> {
             })
             .await?;
     }
+    // The `kubernetes` Service every cluster has, on the first service IP.
+    let svc = resources::find("", "v1", "services")
+        .ok_or_else(|| ApiError::internal("services not served"))?;
+    let key = svc.key(Some("default"), "kubernetes");
+    let ip = crate::alloc::KUBERNETES_SERVICE_IP.to_string();
+    let obj = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "kubernetes",
+            "namespace": "default",
+            "uid": meta::new_uid(),
+            "creationTimestamp": meta::rfc3339(meta::now_secs()),
+            "generation": 1,
+            "labels": {"component": "apiserver", "provider": "kubernetes"},
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": ip,
+            "clusterIPs": [ip],
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}],
+            "sessionAffinity": "None",
+            "ipFamilies": ["IPv4"],
+            "ipFamilyPolicy": "SingleStack",
+            "internalTrafficPolicy": "Cluster",
+        },
+        "status": {"loadBalancer": {}},
+    });
+    let (mut compare, mut success) = crate::alloc::ops(&key, Some(&obj), None);
+    compare.push(Compare::Missing { key: key.clone() });
+    success.push(Op::Put {
+        key,
+        value: encode_object(svc, "kubernetes", &obj)?,
+    });
+    store
+        .txn(TxnRequest {
+            compare,
+            success,
+            failure: vec![],
+        })
+        .await?;
     Ok(())
 }

@@ -106,6 +106,59 @@ impl ApiError {
     }
 
     /// 409 for a DeleteOptions precondition that does not hold.
+    /// 409 for a server-side apply that would change fields other managers own.
+    pub fn apply_conflict(
+        r: &Resource,
+        name: &str,
+        conflicts: &[crate::apply::Conflict],
+    ) -> ApiError {
+        let causes: Vec<StatusCause> = conflicts
+            .iter()
+            .map(|c| StatusCause {
+                reason: "FieldManagerConflict".into(),
+                message: format!("conflict with \"{}\" using {}", c.manager, c.api_version),
+                field: c.field.clone(),
+            })
+            .collect();
+        let listed: Vec<String> = causes
+            .iter()
+            .map(|c| format!("{}: {}", c.message, c.field))
+            .collect();
+        let n = causes.len();
+        let mut e = ApiError::new(
+            409,
+            "Conflict",
+            format!(
+                "Apply failed with {n} conflict{}: {}",
+                if n == 1 { "" } else { "s" },
+                listed.join(", ")
+            ),
+        )
+        .with_details(r, name);
+        if let Some(d) = e.0.details.as_mut() {
+            d.causes = causes;
+        }
+        e
+    }
+
+    /// 409 with a specific message.
+    pub fn conflict_msg(r: &Resource, name: &str, message: &str) -> ApiError {
+        ApiError::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {message}",
+                r.qualified_plural()
+            ),
+        )
+        .with_details(r, name)
+    }
+
+    /// The HTTP status code.
+    pub fn code(&self) -> u16 {
+        self.0.code
+    }
+
     pub fn precondition_failed(r: &Resource, name: &str, message: &str) -> ApiError {
         ApiError::new(409, "Conflict", message.to_owned()).with_details(r, name)
     }

@@ -206,12 +206,16 @@ fn get_kv(
 fn range_kv(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     prefix: &str,
+    start: &str,
     limit: usize,
 ) -> io::Result<Vec<KeyValue>> {
     let mut out = Vec::new();
+    // Paging starts inside the prefix; a start before it means the whole prefix.
+    let start = start.max(prefix);
     let iter = match prefix_end(prefix) {
-        Some(end) => table.range::<&str>(prefix..end.as_str()),
-        None => table.range::<&str>(prefix..),
+        Some(end) if start < end.as_str() => table.range::<&str>(start..end.as_str()),
+        Some(_) => return Ok(out),
+        None => table.range::<&str>(start..),
     }
     .map_err(io_err)?;
     for item in iter {
@@ -278,7 +282,7 @@ fn apply_txn(
                 results.push(OpResult::Delete { deleted });
             }
             Op::DeletePrefix { prefix } => {
-                let deleted = range_kv(&table, prefix, usize::MAX)?;
+                let deleted = range_kv(&table, prefix, prefix, usize::MAX)?;
                 for kv in &deleted {
                     table.remove(kv.key.as_str()).map_err(io_err)?;
                 }
@@ -403,10 +407,13 @@ impl StateMachine {
     pub(crate) async fn range(
         &self,
         prefix: &str,
+        start: &str,
         limit: usize,
     ) -> Result<(Vec<KeyValue>, u64), StoreError> {
         let prefix = prefix.to_owned();
-        self.read(move |kv| range_kv(kv, &prefix, limit)).await
+        let start = start.to_owned();
+        self.read(move |kv| range_kv(kv, &prefix, &start, limit))
+            .await
     }
 
     /// Registers a watcher from `from_revision` (inclusive; 0 = from the next change).

@@ -455,10 +455,21 @@ impl Store {
         limit: usize,
         read: Read,
     ) -> Result<RangeResult, StoreError> {
+        self.range_from(prefix, prefix, limit, read).await
+    }
+
+    /// Like [`Store::range`], from `start` (inclusive, inside `prefix`): one page of a list.
+    pub async fn range_from(
+        &self,
+        prefix: &str,
+        start: &str,
+        limit: usize,
+        read: Read,
+    ) -> Result<RangeResult, StoreError> {
         if read == Read::Linearizable {
             self.read_barrier().await?;
         }
-        let (kvs, revision) = self.inner.sm.range(prefix, limit).await?;
+        let (kvs, revision) = self.inner.sm.range(prefix, start, limit).await?;
         Ok(RangeResult { kvs, revision })
     }
 
