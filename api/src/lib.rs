@@ -8,6 +8,7 @@
 
 mod alloc;
 mod apply;
+mod lifecycle;
 mod meta;
 mod openapi;
 mod patch;
@@ -19,6 +20,7 @@ mod status;
 mod table;
 mod watch;
 
+pub use lifecycle::run_namespace_lifecycle;
 pub use resources::{RESOURCES, Resource};
 pub use server::{MAX_OBJECT_BYTES, MAX_REQUEST_BYTES, ensure_default_namespaces, router};
 pub use status::ApiError;

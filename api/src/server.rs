@@ -14,7 +14,7 @@ use flotilla_consensus::{Compare, KeyValue, Op, OpResult, Read, Store, TxnReques
 use serde_json::{Value, json};
 
 use crate::meta::{self, LabelSelector};
-use crate::resources::{self, RESOURCES, Resource};
+use crate::resources::{self, Resource};
 use crate::status::{ApiError, StatusCause};
 
 /// Requests larger than this are refused before parsing.
@@ -503,7 +503,7 @@ async fn dispatch(
                 &scale_view(&served(target.resource, &current)?),
             ))
         }
-        (&Method::GET, Some(name)) => get_one(api, &target, name).await,
+        (&Method::GET, Some(name)) => get_one(api, &target, name, headers).await,
         (&Method::POST, None) if target.sub.is_none() => {
             create(api, &target, headers, &body, &WriteOpts::from_query(q)?).await
         }
@@ -700,13 +700,22 @@ async fn list(api: &Api, t: &Target, q: &ListQuery, headers: &HeaderMap) -> ApiR
     ))
 }
 
-async fn get_one(api: &Api, t: &Target, name: &str) -> ApiResult {
+async fn get_one(api: &Api, t: &Target, name: &str, headers: &HeaderMap) -> ApiResult {
     let key = t.resource.key(t.namespace.as_deref(), name);
     let got = api.store.get(&key, Read::Linearizable).await?;
     let kv = got
         .kv
         .ok_or_else(|| ApiError::not_found(t.resource, name))?;
-    Ok(json_response(StatusCode::OK, &served(t.resource, &kv)?))
+    let obj = served(t.resource, &kv)?;
+    if wants_table(headers) && t.sub.is_none() {
+        // `kubectl get deploy web` and `helm status` ask for one object as a Table.
+        let rv = kv.mod_revision.to_string();
+        return Ok(json_response(
+            StatusCode::OK,
+            &crate::table::table(t.resource, &[obj], &rv),
+        ));
+    }
+    Ok(json_response(StatusCode::OK, &obj))
 }
 
 /// Parses a JSON request body; anything else (protobuf, YAML) is refused with 415.
@@ -785,7 +794,12 @@ fn validate_envelope(
     }
 }
 
-async fn ensure_namespace(api: &Api, r: &Resource, ns: Option<&str>) -> Result<(), ApiError> {
+async fn ensure_namespace(
+    api: &Api,
+    r: &Resource,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<(), ApiError> {
     if !r.namespaced {
         return Ok(());
     }
@@ -795,8 +809,18 @@ async fn ensure_namespace(api: &Api, r: &Resource, ns: Option<&str>) -> Result<(
     let key = resources::find("", "v1", "namespaces")
         .map(|n| n.key(None, ns))
         .unwrap_or_default();
-    if api.store.get(&key, Read::Linearizable).await?.kv.is_none() {
+    let Some(kv) = api.store.get(&key, Read::Linearizable).await?.kv else {
         return Err(ApiError::namespace_not_found(ns));
+    };
+    let namespace: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+    if crate::lifecycle::is_deleting(&namespace) {
+        return Err(ApiError::forbidden(
+            r,
+            name,
+            &format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            ),
+        ));
     }
     Ok(())
 }
@@ -987,7 +1011,7 @@ async fn create_object(
         }
     };
     validate_envelope(r, &obj, ns.as_deref(), &name)?;
-    ensure_namespace(api, r, ns.as_deref()).await?;
+    ensure_namespace(api, r, ns.as_deref(), &name).await?;
 
     if !obj["metadata"].is_object() {
         obj["metadata"] = json!({});
@@ -1277,6 +1301,20 @@ async fn replace_object(
             }
         }
     }
+    let added = crate::lifecycle::added_finalizers(&old, &obj);
+    if crate::lifecycle::is_deleting(&old) && !added.is_empty() {
+        return Err(ApiError::invalid(
+            r,
+            name,
+            vec![StatusCause {
+                reason: "FieldValueForbidden".into(),
+                message: format!(
+                    "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
+                ),
+                field: "metadata.finalizers".into(),
+            }],
+        ));
+    }
     let warnings = admit(r, &mut obj, Some(&old), opts)?;
     let api_version = r.api_version();
     let now = meta::rfc3339(meta::now_secs());
@@ -1326,15 +1364,24 @@ async fn replace_object(
         obj["metadata"]["resourceVersion"] = json!(current.mod_revision.to_string());
         return Ok(Some((obj, warnings)));
     }
-    let (mut compare, mut success) = crate::alloc::ops(&current.key, Some(&obj), Some(&old));
+    // The update that removes the last finalizer of an object being deleted deletes it.
+    let gone = crate::lifecycle::is_deleting(&old) && !crate::lifecycle::has_finalizers(&obj);
+    let (mut compare, mut success) =
+        crate::alloc::ops(&current.key, (!gone).then_some(&obj), Some(&old));
     compare.push(Compare::ModRevision {
         key: current.key.clone(),
         op: flotilla_consensus::CmpOp::Equal,
         revision: current.mod_revision,
     });
-    success.push(Op::Put {
-        key: current.key.clone(),
-        value: bytes,
+    success.push(if gone {
+        Op::Delete {
+            key: current.key.clone(),
+        }
+    } else {
+        Op::Put {
+            key: current.key.clone(),
+            value: bytes,
+        }
     });
     let resp = api
         .store
@@ -1570,24 +1617,40 @@ async fn delete(api: &Api, t: &Target, name: &str, body: &Bytes) -> ApiResult {
             ));
         }
     }
-    let (_, mut ops) = crate::alloc::ops(&key, None, Some(&served(r, &current)?));
-    ops.push(Op::Delete { key: key.clone() });
-    if r.plural == "namespaces" {
-        // Everything in the namespace goes with it, in the same transaction.
-        // (Kubernetes marks the namespace Terminating and lets a controller empty it; that
-        // lifecycle arrives with the controllers.)
-        let mut prefixes: Vec<String> = RESOURCES
-            .iter()
-            .filter(|x| x.namespaced)
-            .map(|x| x.namespace_prefix(Some(name)))
-            .collect();
-        prefixes.dedup();
-        ops.extend(
-            prefixes
-                .into_iter()
-                .map(|prefix| Op::DeletePrefix { prefix }),
-        );
+    let stored = served(r, &current)?;
+    if crate::lifecycle::has_finalizers(&stored) {
+        // Finalizers hold the object: mark it, and let their owners remove them.
+        if crate::lifecycle::is_deleting(&stored) {
+            return Ok(json_response(StatusCode::OK, &stored));
+        }
+        let mut marked = stored.clone();
+        crate::lifecycle::mark_deleting(&mut marked);
+        if let Some(m) = marked["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        let resp = api
+            .store
+            .txn(TxnRequest {
+                compare: vec![Compare::ModRevision {
+                    key: key.clone(),
+                    op: flotilla_consensus::CmpOp::Equal,
+                    revision: current.mod_revision,
+                }],
+                success: vec![Op::Put {
+                    key: key.clone(),
+                    value: encode_object(r, name, &marked)?,
+                }],
+                failure: vec![],
+            })
+            .await?;
+        if !resp.succeeded {
+            return Err(ApiError::conflict(r, name));
+        }
+        marked["metadata"]["resourceVersion"] = json!(resp.revision.to_string());
+        return Ok(json_response(StatusCode::OK, &marked));
     }
+    let (_, mut ops) = crate::alloc::ops(&key, None, Some(&stored));
+    ops.push(Op::Delete { key: key.clone() });
     let resp = api
         .store
         .txn(TxnRequest {

@@ -154,6 +154,16 @@ impl ApiError {
         .with_details(r, name)
     }
 
+    /// 403 for a request the object's state forbids.
+    pub fn forbidden(r: &Resource, name: &str, why: &str) -> ApiError {
+        ApiError::new(
+            403,
+            "Forbidden",
+            format!("{} \"{name}\" is forbidden: {why}", r.qualified_plural()),
+        )
+        .with_details(r, name)
+    }
+
     /// The HTTP status code.
     pub fn code(&self) -> u16 {
         self.0.code

@@ -1,0 +1,189 @@
+//! Object deletion with finalizers, and the namespace lifecycle.
+//!
+//! Deleting an object that has finalizers only marks it (`deletionTimestamp`); it goes when
+//! the last finalizer is removed. Deleting a namespace marks it `Terminating`; the sweep
+//! below (run on the Raft leader's node until the controller shards of the controllers issue
+//! take it over) deletes what is in it, then drops the `kubernetes` finalizer and the
+//! namespace itself. Every step is a conditional transaction, so a sweep that runs twice,
+//! or on a deposed leader, changes nothing twice.
+
+use std::time::Duration;
+
+use flotilla_consensus::{CmpOp, Compare, Op, Read, Store, TxnRequest};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::meta;
+use crate::resources::{self, RESOURCES};
+use crate::status::ApiError;
+
+/// Whether deleting `obj` must wait for finalizers (its own, or a namespace's spec ones).
+pub fn has_finalizers(obj: &Value) -> bool {
+    let non_empty = |p: &str| {
+        obj.pointer(p)
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    };
+    non_empty("/metadata/finalizers")
+        || (obj.get("kind").and_then(Value::as_str) == Some("Namespace")
+            && non_empty("/spec/finalizers"))
+}
+
+pub fn is_deleting(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+}
+
+/// Marks `obj` as being deleted (idempotent).
+pub fn mark_deleting(obj: &mut Value) {
+    if is_deleting(obj) {
+        return;
+    }
+    obj["metadata"]["deletionTimestamp"] = json!(meta::rfc3339(meta::now_secs()));
+    obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+    if obj.get("kind").and_then(Value::as_str) == Some("Namespace") {
+        obj["status"]["phase"] = json!("Terminating");
+    }
+}
+
+/// Finalizers in `new` that `old` (being deleted) did not have: the apiserver forbids them.
+pub fn added_finalizers(old: &Value, new: &Value) -> Vec<String> {
+    let list = |v: &Value| -> Vec<String> {
+        v.pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before = list(old);
+    list(new)
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .collect()
+}
+
+/// Runs [`sweep`] while this node's store leads, until shutdown.
+pub async fn run_namespace_lifecycle(store: Store, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if store.is_leader()
+            && let Err(e) = sweep(&store).await
+        {
+            tracing::debug!(error = ?e, "namespace sweep failed; retrying");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// One pass over the Terminating namespaces.
+pub async fn sweep(store: &Store) -> Result<(), ApiError> {
+    let ns_res = resources::find("", "v1", "namespaces")
+        .ok_or_else(|| ApiError::internal("namespaces not served"))?;
+    let namespaces = store
+        .range(&ns_res.key_prefix(), usize::MAX, Read::Local)
+        .await?;
+    for kv in namespaces.kvs {
+        let Ok(ns) = serde_json::from_slice::<Value>(&kv.value) else {
+            continue;
+        };
+        if !is_deleting(&ns) {
+            continue;
+        }
+        let Some(name) = ns.pointer("/metadata/name").and_then(Value::as_str) else {
+            continue;
+        };
+        if empty_namespace(store, name).await? {
+            finish_namespace(store, &kv.key, kv.mod_revision, ns.clone()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes what is left in namespace `ns`; true once nothing is.
+async fn empty_namespace(store: &Store, ns: &str) -> Result<bool, ApiError> {
+    let mut prefixes: Vec<String> = RESOURCES
+        .iter()
+        .filter(|r| r.namespaced)
+        .map(|r| r.namespace_prefix(Some(ns)))
+        .collect();
+    prefixes.sort();
+    prefixes.dedup();
+    let mut empty = true;
+    for prefix in prefixes {
+        let range = store.range(&prefix, 500, Read::Linearizable).await?;
+        for kv in range.kvs {
+            empty = false;
+            let Ok(mut obj) = serde_json::from_slice::<Value>(&kv.value) else {
+                continue;
+            };
+            let same = Compare::ModRevision {
+                key: kv.key.clone(),
+                op: CmpOp::Equal,
+                revision: kv.mod_revision,
+            };
+            let (_, mut ops) = crate::alloc::ops(&kv.key, None, Some(&obj));
+            if has_finalizers(&obj) {
+                if is_deleting(&obj) {
+                    continue;
+                }
+                mark_deleting(&mut obj);
+                ops = vec![Op::Put {
+                    key: kv.key.clone(),
+                    value: serde_json::to_vec(&obj).unwrap_or_default(),
+                }];
+            } else {
+                ops.push(Op::Delete {
+                    key: kv.key.clone(),
+                });
+            }
+            store
+                .txn(TxnRequest {
+                    compare: vec![same],
+                    success: ops,
+                    failure: vec![],
+                })
+                .await?;
+        }
+    }
+    Ok(empty)
+}
+
+/// Drops the namespace's `kubernetes` finalizer, and the namespace once nothing holds it.
+async fn finish_namespace(
+    store: &Store,
+    key: &str,
+    revision: u64,
+    mut ns: Value,
+) -> Result<(), ApiError> {
+    if let Some(Value::Array(f)) = ns.pointer_mut("/spec/finalizers") {
+        f.retain(|x| x.as_str() != Some("kubernetes"));
+    }
+    let op = if has_finalizers(&ns) {
+        Op::Put {
+            key: key.to_owned(),
+            value: serde_json::to_vec(&ns).unwrap_or_default(),
+        }
+    } else {
+        Op::Delete {
+            key: key.to_owned(),
+        }
+    };
+    store
+        .txn(TxnRequest {
+            compare: vec![Compare::ModRevision {
+                key: key.to_owned(),
+                op: CmpOp::Equal,
+                revision,
+            }],
+            success: vec![op],
+            failure: vec![],
+        })
+        .await?;
+    Ok(())
+}
