@@ -161,6 +161,8 @@ def parse_go_structs(text):
         if len(parts) < 2 or not parts[1].isdigit():
             continue  # protobuf:"-"
         tokens = m.group(1).split()
+        if not tokens:
+            continue
         embedded = len(tokens) == 1
         go_type = tokens[-1]
         go_name = go_type.lstrip("*").split(".")[-1] if embedded else tokens[0]
@@ -261,6 +263,8 @@ def build(schema):
             g = go.get(f.tag)
             if g is None:
                 die(f"{pkg}.{name}.{f.name}: no Go field with protobuf tag {f.tag}")
+            if g.json_name == "-":
+                die(f"{pkg}.{name}.{f.name}: not in JSON (json:\"-\"); needs special handling")
             flags = 0
             if f.map_value is not None:
                 kind = kind_of(schema, f.map_value, pkg, queue)

@@ -530,7 +530,7 @@ async fn dispatch(
             .await
         }
         (&Method::DELETE, Some(name)) if target.sub.is_none() => {
-            delete(api, &target, name, &body).await
+            delete(api, &target, name, headers, &body).await
         }
         (&Method::DELETE, None) => delete_collection(api, &target, q).await,
         _ => Err(ApiError::method_not_allowed(&format!(
@@ -718,17 +718,28 @@ async fn get_one(api: &Api, t: &Target, name: &str, headers: &HeaderMap) -> ApiR
     Ok(json_response(StatusCode::OK, &obj))
 }
 
-/// Parses a JSON request body; anything else (protobuf, YAML) is refused with 415.
+/// Parses a request body: JSON, YAML, or the Kubernetes protobuf envelope that typed clients
+/// (kubectl's generators, helm) send for built-in kinds.
 fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    if !content_type.starts_with("application/json") {
-        return Err(ApiError::unsupported_media_type(content_type));
-    }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    let value: Value = match media {
+        "application/json" | "" => serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+        })?,
+        "application/yaml" => {
+            let text = std::str::from_utf8(body)
+                .map_err(|_| ApiError::bad_request("the request body is not UTF-8 YAML"))?;
+            serde_saphyr::from_str(text)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+        }
+        "application/vnd.kubernetes.protobuf" => crate::protobuf::decode_request(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding protobuf: {e}")))?,
+        _ => return Err(ApiError::unsupported_media_type(content_type)),
+    };
     if !value.is_object() {
         return Err(ApiError::bad_request(
             "the request body must be a JSON object",
@@ -1575,14 +1586,13 @@ async fn server_side_apply(
     Err(ApiError::conflict(r, name))
 }
 
-async fn delete(api: &Api, t: &Target, name: &str, body: &Bytes) -> ApiResult {
+async fn delete(api: &Api, t: &Target, name: &str, headers: &HeaderMap, body: &Bytes) -> ApiResult {
     let r = t.resource;
     let key = r.key(t.namespace.as_deref(), name);
     let current = read_current(api, t, name).await?;
     // DeleteOptions (JSON) may carry preconditions on uid and resourceVersion.
     if !body.is_empty() {
-        let options: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("DeleteOptions are not valid JSON: {e}")))?;
+        let options = parse_body(headers, body)?;
         let stored = served(r, &current)?;
         if let Some(uid) = options
             .pointer("/preconditions/uid")

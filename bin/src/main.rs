@@ -1,6 +1,7 @@
 //! The `flotilla` binary: node daemon, local cluster launcher and CLI.
 
 mod cli;
+mod https;
 mod node;
 mod up;
 
@@ -77,6 +78,9 @@ fn init_logging(format: LogFormat, default_level: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Commands::Node(_) | Commands::Up(_)) {
+        restore_sigpipe();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -117,4 +121,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Client commands die quietly on a closed pipe (`flotilla cluster status | head`), like other
+/// Unix tools, instead of panicking in `println!`. Not for `node` and `up`: a daemon must see
+/// EPIPE on a socket as an error, not be killed by the signal.
+#[allow(unsafe_code)]
+fn restore_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: called before any other thread exists; SIG_DFL installs no Rust handler.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }

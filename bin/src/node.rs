@@ -279,6 +279,13 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.bind_addr, args.api_port))
         .await
         .context("binding the API port")?;
+    let listener = crate::https::DualListener::new(
+        listener,
+        identity
+            .https_server_config()
+            .context("building the HTTPS config")?,
+    )
+    .context("serving the API port")?;
     tracing::info!(
         node = %args.name, api = %api_addr, rpc = %rpc_addr, gossip = %gossip_addr,
         bootstrap = args.bootstrap, chaos = args.chaos, "node started"

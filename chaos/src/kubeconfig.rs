@@ -41,7 +41,9 @@ struct Context_ {
 }
 
 /// Renders a kubeconfig for nodes `(name, server_url)`; the first node is the current context.
-pub fn render(nodes: &[(String, String)]) -> String {
+/// With `ca` (the cluster CA's PEM file), `http://` servers are written as `https://` on the
+/// same port, verified against that CA under the name every node certificate carries.
+pub fn render(nodes: &[(String, String)], ca: Option<&Path>) -> String {
     let mut out = String::from("apiVersion: v1\nkind: Config\nclusters:\n");
     for (i, (name, server)) in nodes.iter().enumerate() {
         let cluster = if i == 0 {
@@ -49,9 +51,19 @@ pub fn render(nodes: &[(String, String)]) -> String {
         } else {
             format!("flotilla-{name}")
         };
-        out.push_str(&format!(
-            "- name: {cluster}\n  cluster:\n    server: {server}\n"
-        ));
+        match ca {
+            Some(ca) => {
+                let server = server.replacen("http://", "https://", 1);
+                out.push_str(&format!(
+                    "- name: {cluster}\n  cluster:\n    server: {server}\n    certificate-authority: {}\n    tls-server-name: {}\n",
+                    ca.display(),
+                    flotilla_mesh::CLUSTER_SERVER_NAME,
+                ));
+            }
+            None => out.push_str(&format!(
+                "- name: {cluster}\n  cluster:\n    server: {server}\n"
+            )),
+        }
     }
     out.push_str("contexts:\n");
     for (i, (name, _)) in nodes.iter().enumerate() {
@@ -64,9 +76,17 @@ pub fn render(nodes: &[(String, String)]) -> String {
             "- name: {cluster}\n  context:\n    cluster: {cluster}\n    user: flotilla\n    namespace: default\n"
         ));
     }
-    out.push_str(
-        "current-context: flotilla\nusers:\n- name: flotilla\n  user: {}\npreferences: {}\n",
-    );
+    out.push_str("current-context: flotilla\nusers:\n- name: flotilla\n");
+    // A client certificate: with HTTPS and no credentials, kubectl would prompt for a password.
+    match ca.and_then(Path::parent) {
+        Some(dir) => out.push_str(&format!(
+            "  user:\n    client-certificate: {}\n    client-key: {}\n",
+            dir.join("admin.pem").display(),
+            dir.join("admin.key").display()
+        )),
+        None => out.push_str("  user: {}\n"),
+    }
+    out.push_str("preferences: {}\n");
     out
 }
 
@@ -124,9 +144,11 @@ pub fn resolve_servers(
     if servers.is_empty() {
         anyhow::bail!("kubeconfig {} names no cluster server", path.display());
     }
+    // The API port answers plain HTTP next to HTTPS; the CLI's own calls (status, chaos)
+    // use plain HTTP.
     Ok(servers
         .into_iter()
-        .map(|s| s.trim_end_matches('/').to_owned())
+        .map(|s| s.trim_end_matches('/').replacen("https://", "http://", 1))
         .collect())
 }
 
@@ -140,10 +162,14 @@ mod tests {
             ("node-1".to_owned(), "http://127.0.0.1:6443".to_owned()),
             ("node-2".to_owned(), "http://127.0.0.1:6444".to_owned()),
         ];
-        std::fs::write(&path, super::render(&nodes)).unwrap();
+        std::fs::write(
+            &path,
+            super::render(&nodes, Some(std::path::Path::new("/tmp/ca.pem"))),
+        )
+        .unwrap();
         assert_eq!(
             super::servers(&path).unwrap(),
-            vec!["http://127.0.0.1:6443", "http://127.0.0.1:6444"]
+            vec!["https://127.0.0.1:6443", "https://127.0.0.1:6444"]
         );
     }
 }

@@ -126,12 +126,20 @@ impl LocalCluster {
                 ca.issue(&node.name)?.write(&tls, "node")?;
             }
         }
+        if !config.data_dir.join("admin.pem").exists() {
+            // The kubeconfig's user: a client certificate from the cluster CA.
+            ca.issue("flotilla-admin")?
+                .write(&config.data_dir, "admin")?;
+        }
         let servers: Vec<(String, String)> = (0..layout.nodes.len())
             .map(|i| (layout.nodes[i].name.clone(), layout.api_url(i)))
             .collect();
         std::fs::write(
             config.data_dir.join("kubeconfig"),
-            kubeconfig::render(&servers),
+            kubeconfig::render(
+                &servers,
+                Some(&config.data_dir.join("ca.pem").canonicalize()?),
+            ),
         )?;
         let children = layout.nodes.iter().map(|_| None).collect();
         Ok(LocalCluster {

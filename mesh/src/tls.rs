@@ -253,6 +253,27 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// The HTTPS config of the API port: the node certificate, TLS 1.2 and 1.3 (kubectl and
+    /// other clients), HTTP/2 and HTTP/1.1, and no client certificate required.
+    pub fn https_server_config(&self) -> Result<rustls::ServerConfig, MeshError> {
+        let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
+        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| tls_err("parse certificate PEM", e))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| tls_err("parse private key PEM", e))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_err("https protocol versions", e))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| tls_err("https certificate", e))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
 /// CN of a DER certificate; `None` when it cannot be parsed (never panics on peer data).
 pub(crate) fn peer_common_name(der: &[u8]) -> Option<String> {
     let (_, x509) = x509_parser::parse_x509_certificate(der).ok()?;
