@@ -10,6 +10,7 @@ mod alloc;
 mod apply;
 mod lifecycle;
 mod meta;
+mod nodes;
 mod openapi;
 mod patch;
 mod pb_schema;
@@ -21,6 +22,7 @@ mod table;
 mod watch;
 
 pub use lifecycle::run_namespace_lifecycle;
+pub use nodes::{NodeRegistration, register_node};
 pub use resources::{RESOURCES, Resource};
 pub use server::{MAX_OBJECT_BYTES, MAX_REQUEST_BYTES, ensure_default_namespaces, router};
 pub use status::ApiError;

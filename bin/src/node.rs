@@ -260,8 +260,13 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
 
-    tokio::spawn(create_default_namespaces(
+    tokio::spawn(create_default_objects(
         store.clone(),
+        flotilla_api::NodeRegistration::from_host(
+            &args.name,
+            &advertise.to_string(),
+            env!("CARGO_PKG_VERSION"),
+        ),
         shutdown_rx.clone(),
     ));
     tokio::spawn(flotilla_api::run_namespace_lifecycle(
@@ -365,12 +370,21 @@ async fn drop_stale_connections(
 
 /// Every node makes sure the standard namespaces exist once a leader is known; the create is
 /// conditional, so the first one wins and the rest change nothing.
-async fn create_default_namespaces(store: Store, mut shutdown: watch::Receiver<bool>) {
+/// The standard namespaces, and this node's Node object, once a leader is known.
+async fn create_default_objects(
+    store: Store,
+    node: flotilla_api::NodeRegistration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         if store.leader_name().is_some() {
-            match flotilla_api::ensure_default_namespaces(&store).await {
+            let done = async {
+                flotilla_api::ensure_default_namespaces(&store).await?;
+                flotilla_api::register_node(&store, &node).await
+            };
+            match done.await {
                 Ok(()) => return,
-                Err(e) => tracing::debug!(error = ?e, "default namespaces not created yet"),
+                Err(e) => tracing::debug!(error = ?e, "default objects not written yet"),
             }
         }
         tokio::select! {

@@ -50,10 +50,23 @@ impl HttpClient {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> anyhow::Result<Response> {
+        self.request_as(method, url, "application/json", body, timeout)
+            .await
+    }
+
+    /// A request whose body is of `content_type`.
+    pub async fn request_as(
+        &self,
+        method: &str,
+        url: &str,
+        content_type: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> anyhow::Result<Response> {
         let req = hyper::Request::builder()
             .method(method)
             .uri(url)
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .context("building request")?;
         let fut = async {

@@ -185,3 +185,206 @@ async fn api_errors_are_status_objects_and_deletecollection_honours_selectors() 
 
     cluster.stop().await.unwrap();
 }
+
+/// Bad input of every kind gets the right `Status` and changes nothing; two updates from the
+/// same resourceVersion through different nodes: exactly one wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_right_status_and_concurrent_updates_conflict() {
+    let cluster = TestCluster::start("apibad", 3, 3, &[]).await.unwrap();
+    let http = HttpClient::default();
+    let base = cluster.layout.api_url(0);
+    let cms = format!("{base}/api/v1/namespaces/default/configmaps");
+    let deploys = format!("{base}/apis/apps/v1/namespaces/default/deployments");
+    flotilla_tests::eventually(
+        flotilla_tests::CONVERGE,
+        "the default namespace",
+        || async {
+            let r = http
+                .request("GET", &format!("{base}/api/v1/namespaces/default"), None, T)
+                .await?;
+            anyhow::ensure!(r.status == 200, "{}", r.status);
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+
+    let send = |ct: &'static str, url: String, body: Vec<u8>| {
+        let http = http.clone();
+        async move {
+            http.request_as("POST", &url, ct, Some(body), T)
+                .await
+                .unwrap()
+        }
+    };
+    // Malformed JSON, YAML and protobuf: 400 BadRequest.
+    for (ct, body) in [
+        ("application/json", b"{\"apiVersion\": ".to_vec()),
+        ("application/yaml", b"metadata: [unclosed".to_vec()),
+        (
+            "application/vnd.kubernetes.protobuf",
+            b"k8s\x00\x0a\xff\xff\xff\xff\x0f".to_vec(),
+        ),
+        (
+            "application/vnd.kubernetes.protobuf",
+            b"not an envelope".to_vec(),
+        ),
+    ] {
+        let r = send(ct, cms.clone(), body).await;
+        assert_eq!(r.status, 400, "{ct}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(status(&r)["reason"], "BadRequest");
+    }
+    // An unsupported media type: 415.
+    let r = send("text/plain", cms.clone(), b"hello".to_vec()).await;
+    assert_eq!(r.status, 415);
+    assert_eq!(status(&r)["reason"], "UnsupportedMediaType");
+
+    // Unknown fields: refused under Strict (with the field's path), dropped under Ignore.
+    let typo = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "typo"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "t"}},
+            "template": {"metadata": {"labels": {"app": "t"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox", "imagePullPolcy": "Never"}]}}}});
+    let r = http
+        .send_json(
+            "POST",
+            &format!("{deploys}?fieldValidation=Strict"),
+            &typo,
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    let msg = status(&r)["message"].as_str().unwrap().to_owned();
+    assert!(
+        msg.contains("unknown field \"spec.template.spec.containers[0].imagePullPolcy\""),
+        "{msg}"
+    );
+    let r = http
+        .send_json(
+            "POST",
+            &format!("{deploys}?fieldValidation=Ignore"),
+            &typo,
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let stored: Value = r.json().unwrap();
+    assert!(
+        stored
+            .pointer("/spec/template/spec/containers/0/imagePullPolcy")
+            .is_none(),
+        "{stored}"
+    );
+    // A value of the wrong type: 400, whatever fieldValidation says.
+    let mut wrong = typo.clone();
+    wrong["metadata"]["name"] = json!("wrong");
+    wrong["spec"]["replicas"] = json!("three");
+    let r = http.send_json("POST", &deploys, &wrong, T).await.unwrap();
+    assert_eq!(r.status, 400);
+    assert!(
+        status(&r)["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.replicas"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+
+    // Invalid names and labels: 422 Invalid with the field of each cause.
+    let bad = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "Bad_Name", "labels": {"-bad-key": "ok", "good": "bad value!"}}});
+    let r = http.send_json("POST", &cms, &bad, T).await.unwrap();
+    assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
+    let s = status(&r);
+    assert_eq!(s["reason"], "Invalid");
+    let fields: Vec<&str> = s["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    assert!(fields.contains(&"metadata.name"), "{s}");
+    assert!(
+        fields.iter().any(|f| f.starts_with("metadata.labels")),
+        "{s}"
+    );
+    // A selector that does not match the template's labels.
+    let mut mismatch = typo.clone();
+    mismatch["metadata"]["name"] = json!("mismatch");
+    mismatch["spec"]["selector"]["matchLabels"]["app"] = json!("other");
+    let r = http
+        .send_json("POST", &deploys, &mismatch, T)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        r.body
+            .windows(29)
+            .any(|w| w == b"spec.template.metadata.labels"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    // A malformed label selector on a list: 400.
+    let r = http
+        .request("GET", &format!("{cms}?labelSelector=a%20in%20(b"), None, T)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    // Unknown resources and versions: 404 NotFound.
+    for path in [
+        "/api/v1/namespaces/default/widgets",
+        "/apis/apps/v9/namespaces/default/deployments",
+        "/apis/nope.example.com/v1/things",
+    ] {
+        let r = http
+            .request("GET", &format!("{base}{path}"), None, T)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 404, "{path}");
+        assert_eq!(status(&r)["reason"], "NotFound", "{path}");
+    }
+
+    // Two updates from the same resourceVersion through two nodes: one 200, one 409.
+    let r = http
+        .send_json(
+            "POST",
+            &cms,
+            &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "race"}, "data": {"v": "0"}}),
+            T,
+        )
+        .await
+        .unwrap();
+    let created: Value = r.json().unwrap();
+    let mut writes = Vec::new();
+    for (node, value) in [(1, "a"), (2, "b")] {
+        let mut obj = created.clone();
+        obj["data"]["v"] = json!(value);
+        let url = format!(
+            "{}/api/v1/namespaces/default/configmaps/race",
+            cluster.layout.api_url(node)
+        );
+        let http = http.clone();
+        writes.push(tokio::spawn(async move {
+            http.send_json("PUT", &url, &obj, T).await.unwrap()
+        }));
+    }
+    let mut codes = Vec::new();
+    for w in writes {
+        let r = w.await.unwrap();
+        if r.status == 409 {
+            assert_eq!(status(&r)["reason"], "Conflict");
+        }
+        codes.push(r.status);
+    }
+    codes.sort();
+    assert_eq!(codes, vec![200, 409]);
+
+    // The node still serves.
+    let r = http
+        .request("GET", &format!("{base}/version"), None, T)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}

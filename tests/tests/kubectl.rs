@@ -505,3 +505,335 @@ spec:
 
     cluster.stop().await.unwrap();
 }
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.25
+        ports:
+        - containerPort: 80
+        resources:
+          limits: {cpu: 500m, memory: 128Mi}
+";
+
+/// The everyday workflows with kubectl's defaults: validation through OpenAPI, client-side and
+/// server-side apply, the protobuf generators, expose, explain, describe, namespaces that
+/// empty themselves on delete, dry runs and paged lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_default_workflows_validate_apply_create_expose_and_delete() {
+    let binary = tokio::task::spawn_blocking(kubectl_binary).await.unwrap();
+    let cluster = TestCluster::start("kubectl-flows", 3, 3, &[])
+        .await
+        .unwrap();
+    let k = Kubectl {
+        binary,
+        kubeconfig: cluster.kubeconfig_path(),
+    };
+    eventually(CONVERGE, "the default namespace", || async {
+        let (ok, out, err) = k.run(0, &["get", "ns", "default"], None).await;
+        anyhow::ensure!(ok && out.contains("Active"), "{out}{err}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    let info = k.ok(1, &["cluster-info"], None).await;
+    assert!(
+        info.contains("Kubernetes control plane") && info.contains("https://127.0.0.1"),
+        "{info}"
+    );
+
+    // Client-side apply with default validation (OpenAPI v3, fieldValidation=Strict): created,
+    // configured when changed, unchanged when not.
+    let out = k.ok(0, &["apply", "-f", "-"], Some(DEPLOYMENT)).await;
+    assert!(out.contains("deployment.apps/web created"), "{out}");
+    let scaled = DEPLOYMENT.replace("replicas: 2", "replicas: 3");
+    let out = k.ok(1, &["apply", "-f", "-"], Some(&scaled)).await;
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    let out = k.ok(2, &["apply", "-f", "-"], Some(&scaled)).await;
+    assert!(out.contains("deployment.apps/web unchanged"), "{out}");
+    // Defaults the apiserver fills in are there, and the container kept its ports through the
+    // strategic merge.
+    let live = k
+        .ok(
+            0,
+            &[
+                "get",
+                "deploy",
+                "web",
+                "-o",
+                "jsonpath={.spec.replicas} {.spec.strategy.type} {.spec.template.spec.containers[0].ports[0].containerPort}",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(live, "3 RollingUpdate 80");
+
+    // An unknown field is refused with kubectl's strict-validation message, and nothing changes.
+    let typo = scaled.replace("replicas: 3", "replicass: 4");
+    let err = k.fails(1, &["apply", "-f", "-"], Some(&typo)).await;
+    assert!(
+        err.contains("strict decoding error: unknown field \"spec.replicass\""),
+        "{err}"
+    );
+    // With --validate=warn it goes through with a warning, and the unknown field is dropped.
+    let (ok, _, err) = k
+        .run(2, &["apply", "--validate=warn", "-f", "-"], Some(&typo))
+        .await;
+    assert!(
+        ok && err.contains("unknown field \"spec.replicass\""),
+        "{err}"
+    );
+    let yaml = k.ok(0, &["get", "deploy", "web", "-o", "yaml"], None).await;
+    assert!(!yaml.contains("replicass"), "{yaml}");
+
+    // Server-side apply: create, a conflict with another manager's change, then --force-conflicts.
+    let ssa = DEPLOYMENT.replace("name: web\n", "name: api\n");
+    let out = k
+        .ok(0, &["apply", "--server-side", "-f", "-"], Some(&ssa))
+        .await;
+    assert!(
+        out.contains("deployment.apps/api serverside-applied"),
+        "{out}"
+    );
+    k.ok(
+        1,
+        &[
+            "patch",
+            "deploy",
+            "api",
+            "--type=merge",
+            "--field-manager=ops",
+            "-p",
+            r#"{"spec":{"replicas":7}}"#,
+        ],
+        None,
+    )
+    .await;
+    let err = k
+        .fails(2, &["apply", "--server-side", "-f", "-"], Some(&ssa))
+        .await;
+    assert!(
+        err.contains("conflict with \"ops\"") && err.contains(".spec.replicas"),
+        "{err}"
+    );
+    k.ok(
+        0,
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        Some(&ssa),
+    )
+    .await;
+    let managed = k
+        .ok(
+            1,
+            &[
+                "get",
+                "deploy",
+                "api",
+                "--show-managed-fields",
+                "-o",
+                "jsonpath={.spec.replicas} {.metadata.managedFields[*].manager}",
+            ],
+            None,
+        )
+        .await;
+    assert!(managed.starts_with("2 "), "{managed}");
+    assert!(managed.contains("kubectl"), "{managed}");
+
+    // explain reads the OpenAPI schemas.
+    let explained = k
+        .ok(2, &["explain", "deployment.spec.strategy"], None)
+        .await;
+    assert!(
+        explained.contains("KIND:       Deployment") && explained.contains("rollingUpdate"),
+        "{explained}"
+    );
+
+    // The typed generators send protobuf.
+    k.ok(0, &["create", "namespace", "team-a"], None).await;
+    let out = k
+        .ok(
+            1,
+            &[
+                "create",
+                "deployment",
+                "hello",
+                "--image=nginx:1.27",
+                "-n",
+                "team-a",
+            ],
+            None,
+        )
+        .await;
+    assert!(out.contains("deployment.apps/hello created"), "{out}");
+    k.ok(
+        2,
+        &[
+            "create",
+            "configmap",
+            "settings",
+            "--from-literal=mode=fast",
+            "-n",
+            "team-a",
+        ],
+        None,
+    )
+    .await;
+    k.ok(
+        0,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "creds",
+            "--from-literal=password=s3cr3t",
+            "-n",
+            "team-a",
+        ],
+        None,
+    )
+    .await;
+    let secret = k
+        .ok(
+            1,
+            &[
+                "get",
+                "secret",
+                "creds",
+                "-n",
+                "team-a",
+                "-o",
+                "jsonpath={.data.password} {.type}",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(secret, "czNjcjN0 Opaque");
+    let image = k
+        .ok(
+            2,
+            &["get", "deploy", "hello", "-n", "team-a", "-o", "jsonpath={.spec.template.spec.containers[0].image} {.spec.strategy.rollingUpdate.maxSurge}"],
+            None,
+        )
+        .await;
+    assert_eq!(image, "nginx:1.27 25%");
+
+    // expose allocates a cluster IP from the service range and a node port.
+    k.ok(
+        0,
+        &[
+            "expose",
+            "deployment",
+            "hello",
+            "--port=8080",
+            "--type=NodePort",
+            "-n",
+            "team-a",
+        ],
+        None,
+    )
+    .await;
+    let svc = k
+        .ok(
+            1,
+            &[
+                "get",
+                "svc",
+                "hello",
+                "-n",
+                "team-a",
+                "-o",
+                "jsonpath={.spec.clusterIP} {.spec.ports[0].nodePort} {.spec.ports[0].targetPort}",
+            ],
+            None,
+        )
+        .await;
+    let parts: Vec<&str> = svc.split(' ').collect();
+    assert_eq!(parts.len(), 3, "{svc}");
+    assert!(parts[0].starts_with("10."), "cluster IP {svc}");
+    let port: u16 = parts[1].parse().unwrap();
+    assert!((30000..=32767).contains(&port), "node port {svc}");
+    assert_eq!(parts[2], "8080");
+
+    // describe, get all.
+    let described = k
+        .ok(
+            2,
+            &["describe", "deployment", "hello", "-n", "team-a"],
+            None,
+        )
+        .await;
+    assert!(
+        described.contains("Name:")
+            && described.contains("hello")
+            && described.contains("nginx:1.27"),
+        "{described}"
+    );
+    let all = k.ok(0, &["get", "all", "-n", "team-a"], None).await;
+    assert!(
+        all.contains("service/hello") && all.contains("deployment.apps/hello"),
+        "{all}"
+    );
+
+    // A server-side dry run validates and answers, and stores nothing.
+    k.ok(
+        1,
+        &[
+            "create",
+            "configmap",
+            "dry",
+            "--from-literal=a=b",
+            "--dry-run=server",
+        ],
+        None,
+    )
+    .await;
+    k.fails(2, &["get", "cm", "dry"], None).await;
+
+    // Paged lists: kubectl follows `continue` until the list is complete.
+    for i in 0..5 {
+        k.ok(
+            i % 3,
+            &[
+                "create",
+                "configmap",
+                &format!("page-{i}"),
+                "--from-literal=i=x",
+            ],
+            None,
+        )
+        .await;
+    }
+    let paged = k
+        .ok(0, &["get", "cm", "--chunk-size=2", "-o", "name"], None)
+        .await;
+    for i in 0..5 {
+        assert!(paged.contains(&format!("configmap/page-{i}")), "{paged}");
+    }
+
+    // Deleting a namespace marks it Terminating, empties it, then removes it; kubectl waits.
+    let out = k.ok(1, &["delete", "namespace", "team-a"], None).await;
+    assert!(out.contains("namespace \"team-a\" deleted"), "{out}");
+    k.fails(2, &["get", "namespace", "team-a"], None).await;
+    let left = k
+        .ok(0, &["get", "all", "-n", "team-a", "-o", "name"], None)
+        .await;
+    assert!(left.trim().is_empty(), "{left}");
+    // Its Service's node port was released with it: another Service may take it.
+    let reuse = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: reuse\nspec:\n  type: NodePort\n  selector: {{app: x}}\n  ports:\n  - port: 80\n    nodePort: {port}\n"
+    );
+    k.ok(1, &["apply", "-f", "-"], Some(&reuse)).await;
+}
