@@ -90,6 +90,9 @@ pub enum ChaosCommand {
 pub enum BenchCommand {
     /// Write throughput and latency of the store, optionally against etcd, plus failover time.
     Store(flotilla_chaos::bench::StoreBenchArgs),
+    /// Kubernetes API: create/get/list at 1, 16, 100 clients, a 10,000-pod list, and watch
+    /// delivery to 1,000 watchers.
+    Api(flotilla_chaos::bench_api::ApiBenchArgs),
 }
 
 /// Tries each server in turn until one answers.
@@ -293,5 +296,6 @@ pub async fn chaos(target: Target, command: ChaosCommand) -> anyhow::Result<()> 
 pub async fn bench(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Store(args) => flotilla_chaos::bench::store(args).await,
+        BenchCommand::Api(args) => flotilla_chaos::bench_api::api(args).await,
     }
 }

@@ -2,6 +2,7 @@
 //! Flotilla cluster from outside, shared by `flotilla up`, `flotilla bench` and the tests.
 
 pub mod bench;
+pub mod bench_api;
 pub mod etcd;
 pub mod http;
 pub mod kubeconfig;
