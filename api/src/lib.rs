@@ -8,6 +8,7 @@
 
 mod alloc;
 mod apply;
+mod defaults;
 mod lifecycle;
 mod meta;
 mod nodes;
@@ -19,6 +20,7 @@ mod resources;
 mod server;
 mod status;
 mod table;
+mod validate;
 mod watch;
 
 pub use lifecycle::run_namespace_lifecycle;

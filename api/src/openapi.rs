@@ -283,6 +283,60 @@ fn gv_path(group: &str, version: &str) -> String {
     }
 }
 
+/// The strategic-merge metadata kubectl reads from OpenAPI to compute apply patches: without
+/// it, kubectl treats every list as atomic and re-sends whole lists on each apply.
+/// k8s-openapi's schemas do not carry it, so it comes from the same merge-key table the
+/// server's strategic merge uses.
+fn add_patch_extensions(schema: &mut Value) {
+    let Some(Value::Object(props)) = schema.get_mut("properties") else {
+        return;
+    };
+    for (field, prop) in props.iter_mut() {
+        if prop.get("type").and_then(Value::as_str) != Some("array") {
+            continue;
+        }
+        let item_ref = prop
+            .pointer("/items/$ref")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        if field == "finalizers" && item_ref.is_empty() {
+            prop["x-kubernetes-list-type"] = json!("set");
+            prop["x-kubernetes-patch-strategy"] = json!("merge");
+            continue;
+        }
+        if item_ref.is_empty() {
+            continue;
+        }
+        // `ports` is keyed by containerPort in containers and by port in Services.
+        let sample = item_ref
+            .ends_with("ContainerPort")
+            .then(|| json!({"containerPort": 0}));
+        let key = match field.as_str() {
+            "ports"
+                if !item_ref.ends_with("ContainerPort") && !item_ref.ends_with("ServicePort") =>
+            {
+                None
+            }
+            _ => crate::patch::merge_key(field, sample.as_ref()),
+        };
+        let Some(key) = key else { continue };
+        let strategy = if field == "volumes" {
+            "merge,retainKeys"
+        } else {
+            "merge"
+        };
+        prop["x-kubernetes-patch-merge-key"] = json!(key);
+        prop["x-kubernetes-patch-strategy"] = json!(strategy);
+        prop["x-kubernetes-list-type"] = json!("map");
+        let keys = match key {
+            "containerPort" | "port" => json!([key, "protocol"]),
+            _ => json!([key]),
+        };
+        prop["x-kubernetes-list-map-keys"] = keys;
+    }
+}
+
 fn sha512_hex(bytes: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA512, bytes)
         .as_ref()
@@ -348,6 +402,9 @@ fn build() -> OpenApi {
             kinds.push((r, name));
         }
         let mut definitions = generator.take_definitions(true);
+        for schema in definitions.values_mut() {
+            add_patch_extensions(schema);
+        }
         for (r, name) in &kinds {
             if let Some(Value::Object(schema)) = definitions.get_mut(name) {
                 schema.insert(

@@ -604,7 +604,7 @@ fn encode_continue(token: &ContinueToken) -> String {
 
 fn decode_continue(s: &str, prefix: &str) -> Result<ContinueToken, ApiError> {
     let bad = || ApiError::bad_request("continue key is not valid: the token is malformed");
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return Err(bad());
     }
     let bytes = (0..s.len())
@@ -757,12 +757,13 @@ fn cause(field: &str, message: impl Into<String>) -> StatusCause {
 }
 
 /// Checks what the generic layer can check for any kind: apiVersion/kind, name, namespace.
+/// Returns the invalid fields, to be reported with the kind's own validation.
 fn validate_envelope(
     r: &Resource,
     obj: &Value,
     path_ns: Option<&str>,
     name: &str,
-) -> Result<(), ApiError> {
+) -> Result<Vec<StatusCause>, ApiError> {
     let mut causes = Vec::new();
     if let Some(av) = obj.get("apiVersion").and_then(Value::as_str)
         && av != r.api_version()
@@ -798,11 +799,7 @@ fn validate_envelope(
             "the namespace of the provided object does not match the namespace sent on the request",
         ));
     }
-    if causes.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(r, name, causes))
-    }
+    Ok(causes)
 }
 
 async fn ensure_namespace(
@@ -901,6 +898,7 @@ fn admit(
     obj: &mut Value,
     old: Option<&Value>,
     opts: &WriteOpts,
+    mut causes: Vec<StatusCause>,
 ) -> Result<Vec<String>, ApiError> {
     let api_version = r.api_version();
     let mut warnings = Vec::new();
@@ -930,7 +928,16 @@ fn admit(
             _ => {}
         }
     }
-    let _ = old;
+    crate::defaults::apply_defaults(&api_version, r.kind, obj);
+    causes.extend(crate::validate::validate(&api_version, r.kind, obj, old));
+    if !causes.is_empty() {
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        return Err(ApiError::invalid(r, &name, causes));
+    }
     Ok(warnings)
 }
 
@@ -1021,7 +1028,7 @@ async fn create_object(
             ));
         }
     };
-    validate_envelope(r, &obj, ns.as_deref(), &name)?;
+    let envelope = validate_envelope(r, &obj, ns.as_deref(), &name)?;
     ensure_namespace(api, r, ns.as_deref(), &name).await?;
 
     if !obj["metadata"].is_object() {
@@ -1071,7 +1078,7 @@ async fn create_object(
         }
     }
     obj["metadata"]["name"] = json!(name);
-    let warnings = admit(r, &mut obj, None, opts)?;
+    let warnings = admit(r, &mut obj, None, opts, envelope)?;
     if applied.is_none() {
         let api_version = r.api_version();
         crate::apply::record_update(
@@ -1277,7 +1284,7 @@ async fn replace_object(
     manager: Option<&str>,
 ) -> Result<Option<(Value, Vec<String>)>, ApiError> {
     let r = t.resource;
-    validate_envelope(r, &obj, t.namespace.as_deref(), name)?;
+    let envelope = validate_envelope(r, &obj, t.namespace.as_deref(), name)?;
     if obj.pointer("/metadata/name").and_then(Value::as_str) != Some(name) {
         return Err(ApiError::invalid(
             r,
@@ -1326,30 +1333,27 @@ async fn replace_object(
             }],
         ));
     }
-    let warnings = admit(r, &mut obj, Some(&old), opts)?;
+    let warnings = admit(r, &mut obj, Some(&old), opts, envelope)?;
     let api_version = r.api_version();
     let now = meta::rfc3339(meta::now_secs());
-    match manager {
-        Some(manager) => {
-            // Ownership records are the server's; what the client sent is replaced.
-            if let Some(mf) = old.pointer("/metadata/managedFields") {
-                obj["metadata"]["managedFields"] = mf.clone();
-            } else if let Some(m) = obj["metadata"].as_object_mut() {
-                m.remove("managedFields");
-            }
-            crate::apply::record_update(
-                &mut obj,
-                Some(&old),
-                &crate::apply::Writer {
-                    manager,
-                    api_version: &api_version,
-                    subresource: t.sub.map(Sub::name),
-                    time: &now,
-                },
-            );
+    // A server-side apply (no `manager` here) has recorded its own ownership.
+    if let Some(manager) = manager {
+        // Ownership records are the server's; what the client sent is replaced.
+        if let Some(mf) = old.pointer("/metadata/managedFields") {
+            obj["metadata"]["managedFields"] = mf.clone();
+        } else if let Some(m) = obj["metadata"].as_object_mut() {
+            m.remove("managedFields");
         }
-        // A server-side apply has recorded its own ownership.
-        None => {}
+        crate::apply::record_update(
+            &mut obj,
+            Some(&old),
+            &crate::apply::Writer {
+                manager,
+                api_version: &api_version,
+                subresource: t.sub.map(Sub::name),
+                time: &now,
+            },
+        );
     }
     let generation = old
         .pointer("/metadata/generation")

@@ -361,7 +361,8 @@ const DNS_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of 
 const QNAME_MSG: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
 const LABEL_VALUE_MSG: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
 const CONFIG_KEY_MSG: &str = "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')";
-const ENV_NAME_MSG: &str = "a valid environment variable name must consist of alphabetic characters, digits, '_', '-', or '.', and must not start with a digit (e.g. 'my.env-name',  or 'MY_ENV.NAME',  or 'MyEnvName1', regex used for validation is '[-._a-zA-Z][-._a-zA-Z0-9]*')";
+// Kubernetes 1.32+ (RelaxedEnvironmentVariableValidation): any printable ASCII but '='.
+const ENV_NAME_MSG: &str = "a valid environment variable name must consist only of printable ASCII characters other than '='";
 const PERCENT_MSG: &str = "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')";
 const QUANTITY_MSG: &str =
     "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
@@ -420,8 +421,7 @@ fn dns1123_subdomain(v: &str) -> Vec<String> {
 fn qname_syntax(v: &str) -> bool {
     let b = v.as_bytes();
     !b.is_empty()
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
         && b.first().is_some_and(u8::is_ascii_alphanumeric)
         && b.last().is_some_and(u8::is_ascii_alphanumeric)
@@ -526,9 +526,7 @@ fn config_map_key(v: &str) -> Vec<String> {
 }
 
 fn env_var_name(v: &str) -> Vec<String> {
-    let ok_char = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.');
-    let b = v.as_bytes();
-    let ok = b.first().is_some_and(|c| !c.is_ascii_digit()) && b.iter().all(|c| ok_char(*c));
+    let ok = !v.is_empty() && v.bytes().all(|c| (b' '..=b'~').contains(&c) && c != b'=');
     let mut errs = Vec::new();
     if !ok {
         errs.push(ENV_NAME_MSG.to_owned());
@@ -590,7 +588,7 @@ fn pow10(n: u32) -> Option<i128> {
 /// `ceil(x / 10^n)` for `x >= 0`.
 fn div_pow10_ceil(x: i128, n: u32) -> i128 {
     match pow10(n) {
-        Some(d) => (x + d - 1) / d,
+        Some(d) => x / d + i128::from(x % d != 0),
         None => i128::from(x > 0),
     }
 }
@@ -1151,7 +1149,11 @@ fn pod_spec(e: &mut Errs, spec: &Value, path: &str, is_pod: bool) {
             &["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"],
         ),
     }
-    labels(e, get(spec, "nodeSelector"), &format!("{path}.nodeSelector"));
+    labels(
+        e,
+        get(spec, "nodeSelector"),
+        &format!("{path}.nodeSelector"),
+    );
     for key in ["serviceAccountName", "nodeName"] {
         let v = text(spec, key);
         if !v.is_empty() {
@@ -1184,7 +1186,10 @@ fn pod_spec(e: &mut Errs, spec: &Value, path: &str, is_pod: bool) {
     );
     if is_pod {
         // Templates tolerate surrounding whitespace (some tools use " " as a placeholder).
-        for (key, list_of) in [("containers", containers), ("initContainers", list(spec, "initContainers"))] {
+        for (key, list_of) in [
+            ("containers", containers),
+            ("initContainers", list(spec, "initContainers")),
+        ] {
             for (i, c) in list_of.iter().enumerate() {
                 let image = text(c, "image");
                 if image.trim() != image {
@@ -1371,7 +1376,11 @@ fn volume_source(e: &mut Errs, v: &Value, path: &str) {
                 }
             }
             "secret" | "configMap" => {
-                let name_key = if key == "secret" { "secretName" } else { "name" };
+                let name_key = if key == "secret" {
+                    "secretName"
+                } else {
+                    "name"
+                };
                 if text(src, name_key).is_empty() {
                     e.required(&format!("{p}.{name_key}"), "");
                 }
@@ -1379,10 +1388,8 @@ fn volume_source(e: &mut Errs, v: &Value, path: &str) {
                 key_to_paths(e, list(src, "items"), &format!("{p}.items"));
             }
             "downwardAPI" | "projected" => file_mode(e, src, "defaultMode", &p),
-            "persistentVolumeClaim" => {
-                if text(src, "claimName").is_empty() {
-                    e.required(&format!("{p}.claimName"), "");
-                }
+            "persistentVolumeClaim" if text(src, "claimName").is_empty() => {
+                e.required(&format!("{p}.claimName"), "");
             }
             "nfs" => {
                 if text(src, "server").is_empty() {
@@ -1393,7 +1400,11 @@ fn volume_source(e: &mut Errs, v: &Value, path: &str) {
                     e.required(&format!("{p}.path"), "");
                 }
                 if !target.starts_with('/') {
-                    e.invalid(&format!("{p}.path"), &quote(target), "must be an absolute path");
+                    e.invalid(
+                        &format!("{p}.path"),
+                        &quote(target),
+                        "must be an absolute path",
+                    );
                 }
             }
             "emptyDir" => {
@@ -1471,12 +1482,21 @@ fn init_containers(
         let policy = get(c, "restartPolicy");
         let sidecar = policy.as_str() == Some("Always");
         if !policy.is_null() && !sidecar {
-            e.not_supported(&format!("{p}.restartPolicy"), &go_scalar(policy), &["Always"]);
+            e.not_supported(
+                &format!("{p}.restartPolicy"),
+                &go_scalar(policy),
+                &["Always"],
+            );
         }
         if sidecar {
             lifecycle_and_probes(e, c, &p);
         } else {
-            for key in ["lifecycle", "livenessProbe", "readinessProbe", "startupProbe"] {
+            for key in [
+                "lifecycle",
+                "livenessProbe",
+                "readinessProbe",
+                "startupProbe",
+            ] {
                 if has(c, key) {
                     e.forbidden(
                         &format!("{p}.{key}"),
@@ -1540,7 +1560,11 @@ fn lifecycle_and_probes(e: &mut Errs, c: &Value, path: &str) {
             && let Some(n) = int(probe, "successThreshold")
             && n != 1
         {
-            e.invalid(&format!("{p}.successThreshold"), &n.to_string(), "must be 1");
+            e.invalid(
+                &format!("{p}.successThreshold"),
+                &n.to_string(),
+                "must be 1",
+            );
         }
     }
 }
@@ -1560,10 +1584,8 @@ fn handler(e: &mut Errs, h: &Value, path: &str, kinds: &[&str]) {
         }
         count += 1;
         match *kind {
-            "exec" => {
-                if list(action, "command").is_empty() {
-                    e.required(&format!("{p}.command"), "");
-                }
+            "exec" if list(action, "command").is_empty() => {
+                e.required(&format!("{p}.command"), "");
             }
             "httpGet" => {
                 if text(action, "path").is_empty() {
@@ -1635,7 +1657,12 @@ fn container_common(e: &mut Errs, c: &Value, path: &str, volumes: &BTreeSet<Stri
     container_ports(e, list(c, "ports"), &format!("{path}.ports"));
     env(e, list(c, "env"), &format!("{path}.env"));
     env_from(e, list(c, "envFrom"), &format!("{path}.envFrom"));
-    volume_mounts(e, list(c, "volumeMounts"), volumes, &format!("{path}.volumeMounts"));
+    volume_mounts(
+        e,
+        list(c, "volumeMounts"),
+        volumes,
+        &format!("{path}.volumeMounts"),
+    );
     match text(c, "imagePullPolicy") {
         "Always" | "IfNotPresent" | "Never" => {}
         "" => e.required(&format!("{path}.imagePullPolicy"), ""),
@@ -1666,7 +1693,11 @@ fn container_ports(e: &mut Errs, ports: &[Value], path: &str) {
         match int(port, "containerPort") {
             None | Some(0) => e.required(&format!("{p}.containerPort"), ""),
             Some(n) if !valid_port(n) => {
-                e.invalid(&format!("{p}.containerPort"), &n.to_string(), PORT_RANGE_MSG);
+                e.invalid(
+                    &format!("{p}.containerPort"),
+                    &n.to_string(),
+                    PORT_RANGE_MSG,
+                );
             }
             Some(_) => {}
         }
@@ -1793,7 +1824,11 @@ fn env(e: &mut Errs, vars: &[Value], path: &str) {
                 "must specify one of: `fieldRef`, `resourceFieldRef`, `configMapKeyRef` or `secretKeyRef`",
             );
         } else if !text(ev, "value").is_empty() {
-            e.invalid(&fp, "\"\"", "may not be specified when `value` is not empty");
+            e.invalid(
+                &fp,
+                "\"\"",
+                "may not be specified when `value` is not empty",
+            );
         } else if sources > 1 {
             e.invalid(
                 &fp,
@@ -1829,7 +1864,9 @@ fn object_field_selector(e: &mut Errs, sel: &Value, path: &str) {
         if matches!(head, "metadata.annotations" | "metadata.labels") {
             Ok(())
         } else {
-            Err(format!("field label does not support subscript: {field_path}"))
+            Err(format!(
+                "field label does not support subscript: {field_path}"
+            ))
         }
     } else if DOWNWARD_LABELS.contains(&field_path) || field_path == "spec.host" {
         Ok(())
@@ -1837,7 +1874,11 @@ fn object_field_selector(e: &mut Errs, sel: &Value, path: &str) {
         Err(format!("field label not supported: {field_path}"))
     };
     if let Err(err) = conversion {
-        e.invalid(&fp, &quote(field_path), &format!("error converting fieldPath: {err}"));
+        e.invalid(
+            &fp,
+            &quote(field_path),
+            &format!("error converting fieldPath: {err}"),
+        );
         return;
     }
     let field_path = if field_path == "spec.host" {
@@ -1885,7 +1926,11 @@ fn env_from(e: &mut Errs, items: &[Value], path: &str) {
             }
         }
         if sources == 0 {
-            e.invalid(path, "\"\"", "must specify one of: `configMapRef` or `secretRef`");
+            e.invalid(
+                path,
+                "\"\"",
+                "must specify one of: `configMapRef` or `secretRef`",
+            );
         } else if sources > 1 {
             e.invalid(
                 path,
@@ -1912,7 +1957,11 @@ fn volume_mounts(e: &mut Errs, mounts: &[Value], volumes: &BTreeSet<String>, pat
             e.required(&format!("{p}.mountPath"), "");
         }
         if !points.insert(mount_path) {
-            e.invalid(&format!("{p}.mountPath"), &quote(mount_path), "must be unique");
+            e.invalid(
+                &format!("{p}.mountPath"),
+                &quote(mount_path),
+                "must be unique",
+            );
         }
         let sub = text(m, "subPath");
         if !sub.is_empty() {
@@ -1982,7 +2031,11 @@ fn resource_name(e: &mut Errs, name: &str, path: &str) -> bool {
             return false;
         }
         if !standard_container_resource(name) {
-            e.invalid(path, &quote(name), "must be a standard resource for containers");
+            e.invalid(
+                path,
+                &quote(name),
+                "must be a standard resource for containers",
+            );
             return false;
         }
     }
@@ -2037,7 +2090,11 @@ fn resources(e: &mut Errs, r: &Value, path: &str) {
 
 fn resource_quantity(e: &mut Errs, name: &str, q: &Quantity, path: &str) {
     if q.is_negative() {
-        e.invalid(path, &quote(&q.display()), "must be greater than or equal to 0");
+        e.invalid(
+            path,
+            &quote(&q.display()),
+            "must be greater than or equal to 0",
+        );
     }
     // Extended resources are counted in whole units.
     if !native_resource(name) && q.nanos % NANO != 0 {
@@ -2176,7 +2233,12 @@ fn deployment(e: &mut Errs, obj: &Value, old: Option<&Value>) {
             );
         }
     }
-    nonnegative_fields(e, spec, "spec", &["minReadySeconds", "revisionHistoryLimit"]);
+    nonnegative_fields(
+        e,
+        spec,
+        "spec",
+        &["minReadySeconds", "revisionHistoryLimit"],
+    );
     if let Some(deadline) = int(spec, "progressDeadlineSeconds") {
         e.nonnegative("spec.progressDeadlineSeconds", Some(deadline));
         if deadline <= int(spec, "minReadySeconds").unwrap_or(0) {
@@ -2399,7 +2461,11 @@ fn daemon_set(e: &mut Errs, obj: &Value, old: Option<&Value>) {
         e,
         spec,
         "spec",
-        &["minReadySeconds", "templateGeneration", "revisionHistoryLimit"],
+        &[
+            "minReadySeconds",
+            "templateGeneration",
+            "revisionHistoryLimit",
+        ],
     );
 
     let strategy = get(spec, "updateStrategy");
@@ -2748,8 +2814,7 @@ fn time_zone_errors(e: &mut Errs, tz: &str) {
             && p != ".."
             && !p.starts_with('-')
             && (1..=14).contains(&p.len())
-            && p
-                .bytes()
+            && p.bytes()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b'+'))
     };
     if !tz.split('/').all(part_ok) {
@@ -2818,11 +2883,36 @@ pub(crate) fn cron_error(spec: &str) -> Option<String> {
         ));
     }
     let bounds = [
-        Bounds { min: 0, max: 59, names: &[], first: 0 },
-        Bounds { min: 0, max: 23, names: &[], first: 0 },
-        Bounds { min: 1, max: 31, names: &[], first: 0 },
-        Bounds { min: 1, max: 12, names: &MONTHS, first: 1 },
-        Bounds { min: 0, max: 6, names: &DAYS, first: 0 },
+        Bounds {
+            min: 0,
+            max: 59,
+            names: &[],
+            first: 0,
+        },
+        Bounds {
+            min: 0,
+            max: 23,
+            names: &[],
+            first: 0,
+        },
+        Bounds {
+            min: 1,
+            max: 31,
+            names: &[],
+            first: 0,
+        },
+        Bounds {
+            min: 1,
+            max: 12,
+            names: &MONTHS,
+            first: 1,
+        },
+        Bounds {
+            min: 0,
+            max: 6,
+            names: &DAYS,
+            first: 0,
+        },
     ];
     for (field, b) in fields.iter().zip(bounds.iter()) {
         for expr in field.split(',').filter(|s| !s.is_empty()) {
@@ -2898,19 +2988,18 @@ fn cron_int_or_name(expr: &str, b: &Bounds) -> Result<i64, String> {
 fn cron_int(expr: &str) -> Result<i64, String> {
     let digits = expr.strip_prefix(['+', '-']).unwrap_or(expr);
     let syntax_ok = !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit());
-    let num: i64 = if !syntax_ok {
+    if !syntax_ok {
         return Err(format!(
             "failed to parse int from {expr}: strconv.Atoi: parsing {}: invalid syntax",
             quote(expr)
         ));
-    } else {
-        expr.parse().map_err(|_| {
-            format!(
-                "failed to parse int from {expr}: strconv.Atoi: parsing {}: value out of range",
-                quote(expr)
-            )
-        })?
-    };
+    }
+    let num: i64 = expr.parse().map_err(|_| {
+        format!(
+            "failed to parse int from {expr}: strconv.Atoi: parsing {}: value out of range",
+            quote(expr)
+        )
+    })?;
     if num < 0 {
         return Err(format!("negative number ({num}) not allowed: {expr}"));
     }
@@ -2933,7 +3022,9 @@ fn go_duration_error(orig: &str) -> Option<String> {
         let num = s.get(..num_len).unwrap_or("");
         // At most one '.', with digits on at least one side.
         let (int_part, frac_part) = num.split_once('.').unwrap_or((num, ""));
-        if num.is_empty() || frac_part.contains('.') || (int_part.is_empty() && frac_part.is_empty())
+        if num.is_empty()
+            || frac_part.contains('.')
+            || (int_part.is_empty() && frac_part.is_empty())
         {
             return invalid();
         }
@@ -2996,10 +3087,16 @@ fn service(e: &mut Errs, obj: &Value, old: Option<&Value>) {
         }
         "ExternalName" => {
             if !cluster_ip.is_empty() {
-                e.forbidden("spec.clusterIPs", "may not be set for ExternalName services");
+                e.forbidden(
+                    "spec.clusterIPs",
+                    "may not be set for ExternalName services",
+                );
             }
             if !list(spec, "ipFamilies").is_empty() {
-                e.forbidden("spec.ipFamilies", "may not be set for ExternalName services");
+                e.forbidden(
+                    "spec.ipFamilies",
+                    "may not be set for ExternalName services",
+                );
             }
             if has(spec, "ipFamilyPolicy") {
                 e.forbidden(
@@ -3053,14 +3150,13 @@ fn service(e: &mut Errs, obj: &Value, old: Option<&Value>) {
     match affinity {
         "ClientIP" | "None" => {}
         "" => e.required("spec.sessionAffinity", ""),
-        other => e.not_supported(
-            "spec.sessionAffinity",
-            &quote(other),
-            &["ClientIP", "None"],
-        ),
+        other => e.not_supported("spec.sessionAffinity", &quote(other), &["ClientIP", "None"]),
     }
     if affinity == "ClientIP"
-        && let Some(t) = int(get(get(spec, "sessionAffinityConfig"), "clientIP"), "timeoutSeconds")
+        && let Some(t) = int(
+            get(get(spec, "sessionAffinityConfig"), "clientIP"),
+            "timeoutSeconds",
+        )
         && !(1..=86400).contains(&t)
     {
         e.invalid(
@@ -3094,10 +3190,7 @@ fn service(e: &mut Errs, obj: &Value, old: Option<&Value>) {
                         .get(i)
                         .is_some_and(|o| int(o, "nodePort") == Some(node_port));
                     if !kept {
-                        e.forbidden(
-                            &np,
-                            &format!("may not be used when `type` is '{kind}'"),
-                        );
+                        e.forbidden(&np, &format!("may not be used when `type` is '{kind}'"));
                     }
                 }
                 _ => {
@@ -3129,8 +3222,10 @@ fn service(e: &mut Errs, obj: &Value, old: Option<&Value>) {
     let external = matches!(kind, "NodePort" | "LoadBalancer")
         || (kind == "ClusterIP" && !list(spec, "externalIPs").is_empty());
     let etp = text(spec, "externalTrafficPolicy");
+    // Like a node port, a policy kept from before a type change is dropped, not an error.
+    let etp_kept = old.is_some_and(|o| text(get(o, "spec"), "externalTrafficPolicy") == etp);
     if !external {
-        if !etp.is_empty() {
+        if !etp.is_empty() && !etp_kept {
             e.invalid(
                 "spec.externalTrafficPolicy",
                 &quote(etp),
@@ -3156,7 +3251,10 @@ fn service(e: &mut Errs, obj: &Value, old: Option<&Value>) {
         );
     }
     if let Some(policy) = get(spec, "ipFamilyPolicy").as_str()
-        && !matches!(policy, "SingleStack" | "PreferDualStack" | "RequireDualStack")
+        && !matches!(
+            policy,
+            "SingleStack" | "PreferDualStack" | "RequireDualStack"
+        )
     {
         e.not_supported(
             "spec.ipFamilyPolicy",
@@ -3167,7 +3265,11 @@ fn service(e: &mut Errs, obj: &Value, old: Option<&Value>) {
     for (i, family) in list(spec, "ipFamilies").iter().enumerate() {
         let f = family.as_str().unwrap_or("");
         if !matches!(f, "IPv4" | "IPv6") {
-            e.not_supported(&format!("spec.ipFamilies[{i}]"), &quote(f), &["IPv4", "IPv6"]);
+            e.not_supported(
+                &format!("spec.ipFamilies[{i}]"),
+                &quote(f),
+                &["IPv4", "IPv6"],
+            );
         }
     }
 
@@ -3333,24 +3435,18 @@ fn secret(e: &mut Errs, obj: &Value, old: Option<&Value>) {
                 );
             }
         }
-        "kubernetes.io/dockercfg" => {
-            if !present(".dockercfg") {
-                required(e, ".dockercfg");
-            }
+        "kubernetes.io/dockercfg" if !present(".dockercfg") => required(e, ".dockercfg"),
+        "kubernetes.io/dockerconfigjson" if !present(".dockerconfigjson") => {
+            required(e, ".dockerconfigjson");
         }
-        "kubernetes.io/dockerconfigjson" => {
-            if !present(".dockerconfigjson") {
-                required(e, ".dockerconfigjson");
-            }
-        }
-        "kubernetes.io/basic-auth" => {
-            if !present("username") && !present("password") {
-                required(e, "username");
-                required(e, "password");
-            }
+        "kubernetes.io/basic-auth" if !present("username") && !present("password") => {
+            required(e, "username");
+            required(e, "password");
         }
         "kubernetes.io/ssh-auth" => {
-            let key = data.and_then(|d| d.get("ssh-privatekey")).and_then(Value::as_str);
+            let key = data
+                .and_then(|d| d.get("ssh-privatekey"))
+                .and_then(Value::as_str);
             if key.is_none_or(str::is_empty) {
                 required(e, "ssh-privatekey");
             }
@@ -3470,10 +3566,12 @@ mod tests {
     #[test]
     fn ports_must_be_in_range() {
         let mut d = deployment_obj();
-        d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] =
-            json!(70000);
+        d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = json!(70000);
         let (field, message, _) = one("Deployment", &d);
-        assert_eq!(field, "spec.template.spec.containers[0].ports[0].containerPort");
+        assert_eq!(
+            field,
+            "spec.template.spec.containers[0].ports[0].containerPort"
+        );
         assert_eq!(
             message,
             "Invalid value: 70000: must be between 1 and 65535, inclusive"
@@ -3483,8 +3581,7 @@ mod tests {
     #[test]
     fn quantities_must_parse_and_requests_fit_limits() {
         let mut d = deployment_obj();
-        d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] =
-            json!("abc");
+        d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = json!("abc");
         let (field, message, _) = one("Deployment", &d);
         assert_eq!(
             field,
@@ -3496,8 +3593,7 @@ mod tests {
         );
 
         let mut d = deployment_obj();
-        d["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] =
-            json!("2");
+        d["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = json!("2");
         let (field, message, _) = one("Deployment", &d);
         assert_eq!(field, "spec.template.spec.containers[0].resources.requests");
         assert_eq!(
@@ -3668,6 +3764,18 @@ mod tests {
         assert_eq!(one("Service", &s).0, "spec.ports");
         let s = service_obj(json!({"type": "ExternalName", "externalName": "example.com"}));
         assert_eq!(causes("Service", &s), vec![]);
+
+        // NodePort → ClusterIP keeps the old node port and traffic policy without complaint.
+        let old =
+            service_obj(json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}));
+        let mut new = old.clone();
+        new["spec"]["type"] = json!("ClusterIP");
+        assert!(validate("v1", "Service", &new, Some(&old)).is_empty());
+        assert!(causes("Service", &new).contains(&(
+            "spec.ports[0].nodePort".into(),
+            "Forbidden: may not be used when `type` is 'ClusterIP'".into(),
+            "FieldValueForbidden".into()
+        )));
     }
 
     #[test]
@@ -3764,7 +3872,11 @@ mod tests {
         let all = validate("apps/v1", "StatefulSet", &renamed, Some(&s));
         assert_eq!(all.len(), 1, "{all:#?}");
         assert_eq!(all[0].field, "spec");
-        assert!(all[0].message.starts_with("Forbidden: updates to statefulset spec"));
+        assert!(
+            all[0]
+                .message
+                .starts_with("Forbidden: updates to statefulset spec")
+        );
     }
 
     #[test]
@@ -3810,7 +3922,8 @@ mod tests {
         assert_eq!(canon("0").as_deref(), Some("0"));
         assert_eq!(canon("-1").as_deref(), Some("-1"));
         assert_eq!(parse_quantity("abc").err(), Some(QuantityError::Format));
-        assert_eq!(parse_quantity("1Zi").err(), Some(QuantityError::Suffix));
+        assert_eq!(parse_quantity("1Zi").err(), Some(QuantityError::Format));
+        assert_eq!(parse_quantity("1mm").err(), Some(QuantityError::Suffix));
         assert_eq!(parse_quantity("1.2.3").err(), Some(QuantityError::Format));
         assert_eq!(parse_quantity("").err(), Some(QuantityError::Format));
         let mut q = parse_quantity("100u").unwrap();
@@ -3831,8 +3944,17 @@ mod tests {
             json!({"spec": {"ports": [1, "x", {"port": "x", "targetPort": null}]}, "data": [1]}),
         ];
         for kind in [
-            "Pod", "Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "CronJob",
-            "Service", "ConfigMap", "Secret", "ReplicationController",
+            "Pod",
+            "Deployment",
+            "ReplicaSet",
+            "StatefulSet",
+            "DaemonSet",
+            "Job",
+            "CronJob",
+            "Service",
+            "ConfigMap",
+            "Secret",
+            "ReplicationController",
         ] {
             let av = match kind {
                 "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => "apps/v1",
@@ -3846,7 +3968,15 @@ mod tests {
                 let _ = validate(av, kind, &d, None);
             }
         }
-        for s in ["", "@", "@every ", "TZ=", "1-2-3 * * * *", "1/2/3 * * * *", "-1 * * * *"] {
+        for s in [
+            "",
+            "@",
+            "@every ",
+            "TZ=",
+            "1-2-3 * * * *",
+            "1/2/3 * * * *",
+            "-1 * * * *",
+        ] {
             let _ = cron_error(s);
         }
         for s in ["=", "a=", "ab=c", "====", "YQ==\n", "\n"] {

@@ -123,7 +123,9 @@ async fn api_errors_are_status_objects_and_deletecollection_honours_selectors() 
     // ignores .status for kinds that have the subresource.
     let deps = format!("{base}/apis/apps/v1/namespaces/default/deployments");
     let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
-                   "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "d"}}}});
+                   "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "d"}},
+                            "template": {"metadata": {"labels": {"app": "d"}},
+                                         "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
     assert_eq!(
         http.send_json("POST", &deps, &d, T).await.unwrap().status,
         201

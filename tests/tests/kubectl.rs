@@ -596,8 +596,10 @@ async fn kubectl_default_workflows_validate_apply_create_expose_and_delete() {
         ok && err.contains("unknown field \"spec.replicass\""),
         "{err}"
     );
-    let yaml = k.ok(0, &["get", "deploy", "web", "-o", "yaml"], None).await;
-    assert!(!yaml.contains("replicass"), "{yaml}");
+    let spec = k
+        .ok(0, &["get", "deploy", "web", "-o", "jsonpath={.spec}"], None)
+        .await;
+    assert!(!spec.contains("replicass"), "{spec}");
 
     // Server-side apply: create, a conflict with another manager's change, then --force-conflicts.
     let ssa = DEPLOYMENT.replace("name: web\n", "name: api\n");
