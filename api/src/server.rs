@@ -1680,8 +1680,9 @@ async fn delete(api: &Api, t: &Target, name: &str, headers: &HeaderMap, body: &B
     if !resp.succeeded {
         return Err(ApiError::conflict(r, name));
     }
+    // The object's own delete; a Service's released allocations come first.
     let deleted = resp.results.iter().find_map(|res| match res {
-        OpResult::Delete { deleted } => deleted.first().cloned(),
+        OpResult::Delete { deleted } => deleted.iter().find(|kv| kv.key == key).cloned(),
         _ => None,
     });
     let obj = served(r, deleted.as_ref().unwrap_or(&current))?;

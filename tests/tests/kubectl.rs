@@ -838,4 +838,87 @@ async fn kubectl_default_workflows_validate_apply_create_expose_and_delete() {
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: reuse\nspec:\n  type: NodePort\n  selector: {{app: x}}\n  ports:\n  - port: 80\n    nodePort: {port}\n"
     );
     k.ok(1, &["apply", "-f", "-"], Some(&reuse)).await;
+    let out = k.ok(2, &["delete", "service", "reuse"], None).await;
+    assert!(out.contains("service \"reuse\" deleted"), "{out}");
+}
+
+/// helm 4 (server-side apply, protobuf release Secrets) installs, upgrades and uninstalls the
+/// chart `helm create` makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_installs_upgrades_and_uninstalls_a_chart() {
+    let kubectl = tokio::task::spawn_blocking(kubectl_binary).await.unwrap();
+    let helm = kubectl.with_file_name("helm");
+    let cluster = TestCluster::start("helm", 3, 3, &[]).await.unwrap();
+    let k = Kubectl {
+        binary: kubectl,
+        kubeconfig: cluster.kubeconfig_path(),
+    };
+    eventually(CONVERGE, "the default namespace", || async {
+        let (ok, out, err) = k.run(0, &["get", "ns", "default"], None).await;
+        anyhow::ensure!(ok && out.contains("Active"), "{out}{err}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let helm_run = |args: &[&str]| {
+        let out = std::process::Command::new(&helm)
+            .args(args)
+            .env("KUBECONFIG", cluster.kubeconfig_path())
+            .env("HOME", work.path())
+            .current_dir(work.path())
+            .output()
+            .expect("running helm");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "helm {args:?} failed:\n{text}");
+        text
+    };
+    helm_run(&["create", "web"]);
+    let out = helm_run(&["install", "demo", "./web", "--set", "image.tag=1.27"]);
+    assert!(out.contains("STATUS: deployed"), "{out}");
+    let list = helm_run(&["list"]);
+    assert!(list.contains("demo") && list.contains("deployed"), "{list}");
+    let image = k
+        .ok(
+            1,
+            &[
+                "get",
+                "deploy",
+                "demo-web",
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].image}",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(image, "nginx:1.27");
+    helm_run(&["upgrade", "demo", "./web", "--set", "replicaCount=3"]);
+    let replicas = k
+        .ok(
+            2,
+            &[
+                "get",
+                "deploy",
+                "demo-web",
+                "-o",
+                "jsonpath={.spec.replicas}",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(replicas, "3");
+    let history = helm_run(&["history", "demo"]);
+    assert!(
+        history.contains("superseded") && history.contains("deployed"),
+        "{history}"
+    );
+    helm_run(&["uninstall", "demo"]);
+    let left = k
+        .ok(0, &["get", "deploy,svc,sa,secret", "-o", "name"], None)
+        .await;
+    assert!(!left.contains("demo"), "{left}");
 }
