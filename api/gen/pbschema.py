@@ -10,7 +10,10 @@ The tables cover only the messages reachable from the kinds in TOP_LEVEL.
 Field numbers and types come from the `generated.proto` files. JSON names come from the Go
 struct tags next to them (`types.go`), because the proto name is not always the JSON name
 (`IngressClassParametersReference.aPIGroup` is `apiGroup` in JSON) and because embedded structs
-(`Volume.volumeSource`, `Probe.handler`, ...) are inlined into their parent in JSON.
+(`Volume.volumeSource`, `Probe.handler`, ...) are inlined into their parent in JSON. The tags
+also say which scalars Go's JSON encoder leaves out when zero (`omitempty`): Go's protobuf encoder
+writes every non-pointer field, so the decoder needs this to drop the zeros a JSON client never
+sends.
 
 The output is piped through rustfmt when it is on PATH so `cargo fmt` leaves it alone.
 """
@@ -71,7 +74,7 @@ SCALAR = {"string": "Str", "bytes": "Bytes", "bool": "Bool", "int32": "I32", "in
           "double": "F64", "float": "F32"}
 
 # Field flags, mirrored by the constants in the generated file.
-REPEATED, MAP, INLINE, POINTER = 1, 2, 4, 8
+REPEATED, MAP, INLINE, OMIT = 1, 2, 4, 8
 
 
 def die(msg):
@@ -137,8 +140,9 @@ def parse_proto(text, where):
 
 
 class GoField:
-    def __init__(self, json_name, inline, pointer):
+    def __init__(self, json_name, inline, pointer, omitempty, go_type):
         self.json_name, self.inline, self.pointer = json_name, inline, pointer
+        self.omitempty, self.go_type = omitempty, go_type
 
 
 def parse_go_structs(text):
@@ -168,13 +172,16 @@ def parse_go_structs(text):
         go_name = go_type.lstrip("*").split(".")[-1] if embedded else tokens[0]
         json_tag = tags.get("json")
         if json_tag is None:
-            json_name, inline = go_name, embedded
+            json_name, inline, opts = go_name, embedded, []
         else:
-            name, _, opts = json_tag.partition(",")
-            inline = (name == "" and embedded) or "inline" in opts.split(",")
+            name, _, rest = json_tag.partition(",")
+            opts = rest.split(",")
+            inline = (name == "" and embedded) or "inline" in opts
             json_name = name if name else go_name
         pointer = go_type.startswith("*")
-        current[int(parts[1])] = GoField(json_name, inline, pointer)
+        # For the scalars this is used for, `omitzero` drops exactly what `omitempty` does.
+        omitempty = "omitempty" in opts or "omitzero" in opts
+        current[int(parts[1])] = GoField(json_name, inline, pointer, omitempty, go_type)
     return structs
 
 
@@ -277,14 +284,18 @@ def build(schema):
                 if not kind.startswith("Ref(") or flags:
                     die(f"{pkg}.{name}.{f.name}: only singular messages can be inlined")
                 flags |= INLINE
-            if g.pointer and kind == "Str" and not flags:
-                flags |= POINTER
+            if g.omitempty and not g.pointer and not flags and f.typ in SCALAR:
+                # A pointer is only on the wire when set, and Go writes it even when zero.
+                # omitempty never drops a struct, so messages (Time, Quantity, ...) are kept too.
+                if not re.fullmatch(r"\[\]byte" if f.typ == "bytes" else r"[\w.]+", g.go_type):
+                    die(f"{pkg}.{name}.{f.name}: Go type {g.go_type} does not fit proto {f.typ}")
+                flags |= OMIT
             rows.append((f.tag, "" if g.inline else g.json_name, kind, flags))
         out[(pkg, name)] = rows
     return roots, delete_options, out
 
 
-FLAG_NAMES = [(REPEATED, "R"), (MAP, "MAP"), (INLINE, "INL"), (POINTER, "PTR")]
+FLAG_NAMES = [(REPEATED, "R"), (MAP, "MAP"), (INLINE, "INL"), (OMIT, "OMIT")]
 
 
 def flags_expr(flags):
@@ -309,7 +320,7 @@ pub struct Msg {{
     pub fields: &'static [F],
 }}
 
-/// A field: tag, JSON name (empty when inlined), value kind, flags (`R`, `MAP`, `INL`, `PTR`).
+/// A field: tag, JSON name (empty when inlined), value kind, flags (`R`, `MAP`, `INL`, `OMIT`).
 pub struct F(pub u32, pub &'static str, pub K, pub u8);
 
 /// Wire/JSON kind of a field (for maps: of the value; keys are always strings).
@@ -324,8 +335,9 @@ pub const R: u8 = {repeated};
 pub const MAP: u8 = {map};
 /// Embedded Go struct whose fields JSON inlines into the parent.
 pub const INL: u8 = {inline};
-/// Go `*string`: an empty string on the wire was set explicitly, so keep it.
-pub const PTR: u8 = {pointer};
+/// Non-pointer Go scalar tagged `omitempty`: Go's JSON encoder leaves it out when zero (`""`,
+/// `false`, `0`), while its protobuf encoder writes it anyway.
+pub const OMIT: u8 = {omit};
 
 /// The message of a top-level object from its TypeMeta.
 pub fn message_for(api_version: &str, kind: &str) -> Option<&'static Msg> {{
@@ -356,7 +368,7 @@ def render(schema, roots, delete_options, messages):
         f'        ("{v}", "{k}") => &{schema.rust_name(p, n)},' for v, k, p, n in roots)
     text = PREAMBLE.format(
         api=schema.api.commit[:12], machinery=schema.machinery.commit[:12],
-        repeated=REPEATED, map=MAP, inline=INLINE, pointer=POINTER, arms=arms, variants=render_variants(messages),
+        repeated=REPEATED, map=MAP, inline=INLINE, omit=OMIT, arms=arms, variants=render_variants(messages),
         delete_options=schema.rust_name(*delete_options))
     for (pkg, name) in sorted(messages, key=lambda k: schema.rust_name(*k)):
         short = schema.short[pkg].replace("_", ".")

@@ -1,7 +1,7 @@
 //! Object deletion with finalizers, and the namespace lifecycle.
 //!
 //! Deleting an object that has finalizers only marks it (`deletionTimestamp`); it goes when
-//! the last finalizer is removed. Deleting a namespace marks it `Terminating`; the sweep
+//! the last finalizer is removed. Every active namespace gets a `default` ServiceAccount. Deleting a namespace marks it `Terminating`; the sweep
 //! below (run on the Raft leader's node until the controller shards of the controllers issue
 //! take it over) deletes what is in it, then drops the `kubernetes` finalizer and the
 //! namespace itself. Every step is a conditional transaction, so a sweep that runs twice,
@@ -92,16 +92,48 @@ pub async fn sweep(store: &Store) -> Result<(), ApiError> {
         let Ok(ns) = serde_json::from_slice::<Value>(&kv.value) else {
             continue;
         };
-        if !is_deleting(&ns) {
-            continue;
-        }
         let Some(name) = ns.pointer("/metadata/name").and_then(Value::as_str) else {
             continue;
         };
+        if !is_deleting(&ns) {
+            ensure_default_service_account(store, name).await?;
+            continue;
+        }
         if empty_namespace(store, name).await? {
             finish_namespace(store, &kv.key, kv.mod_revision, ns.clone()).await?;
         }
     }
+    Ok(())
+}
+
+/// Every active namespace has a `default` ServiceAccount, as the apiserver's controllers make.
+async fn ensure_default_service_account(store: &Store, ns: &str) -> Result<(), ApiError> {
+    let sa = resources::find("", "v1", "serviceaccounts")
+        .ok_or_else(|| ApiError::internal("serviceaccounts not served"))?;
+    let key = sa.key(Some(ns), "default");
+    if store.get(&key, Read::Local).await?.kv.is_some() {
+        return Ok(());
+    }
+    let obj = json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": "default",
+            "namespace": ns,
+            "uid": meta::new_uid(),
+            "creationTimestamp": meta::rfc3339(meta::now_secs()),
+        },
+    });
+    store
+        .txn(TxnRequest {
+            compare: vec![Compare::Missing { key: key.clone() }],
+            success: vec![Op::Put {
+                key,
+                value: serde_json::to_vec(&obj).unwrap_or_default(),
+            }],
+            failure: vec![],
+        })
+        .await?;
     Ok(())
 }
 

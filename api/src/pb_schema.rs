@@ -14,7 +14,7 @@ pub struct Msg {
     pub fields: &'static [F],
 }
 
-/// A field: tag, JSON name (empty when inlined), value kind, flags (`R`, `MAP`, `INL`, `PTR`).
+/// A field: tag, JSON name (empty when inlined), value kind, flags (`R`, `MAP`, `INL`, `OMIT`).
 pub struct F(pub u32, pub &'static str, pub K, pub u8);
 
 /// Wire/JSON kind of a field (for maps: of the value; keys are always strings).
@@ -53,8 +53,9 @@ pub const R: u8 = 1;
 pub const MAP: u8 = 2;
 /// Embedded Go struct whose fields JSON inlines into the parent.
 pub const INL: u8 = 4;
-/// Go `*string`: an empty string on the wire was set explicitly, so keep it.
-pub const PTR: u8 = 8;
+/// Non-pointer Go scalar tagged `omitempty`: Go's JSON encoder leaves it out when zero (`""`,
+/// `false`, `0`), while its protobuf encoder writes it anyway.
+pub const OMIT: u8 = 8;
 
 /// The message of a top-level object from its TypeMeta.
 pub fn message_for(api_version: &str, kind: &str) -> Option<&'static Msg> {
@@ -121,8 +122,8 @@ pub static M_apps_v1_DaemonSetCondition: Msg = Msg {
         F(1, "type", Str, 0),
         F(2, "status", Str, 0),
         F(3, "lastTransitionTime", Time, 0),
-        F(4, "reason", Str, 0),
-        F(5, "message", Str, 0),
+        F(4, "reason", Str, OMIT),
+        F(5, "message", Str, OMIT),
     ],
 };
 
@@ -137,7 +138,7 @@ pub static M_apps_v1_DaemonSetSpec: Msg = Msg {
             Ref(&M_apps_v1_DaemonSetUpdateStrategy),
             0,
         ),
-        F(4, "minReadySeconds", I32, 0),
+        F(4, "minReadySeconds", I32, OMIT),
         F(6, "revisionHistoryLimit", I32, 0),
     ],
 };
@@ -149,10 +150,10 @@ pub static M_apps_v1_DaemonSetStatus: Msg = Msg {
         F(2, "numberMisscheduled", I32, 0),
         F(3, "desiredNumberScheduled", I32, 0),
         F(4, "numberReady", I32, 0),
-        F(5, "observedGeneration", I64, 0),
-        F(6, "updatedNumberScheduled", I32, 0),
-        F(7, "numberAvailable", I32, 0),
-        F(8, "numberUnavailable", I32, 0),
+        F(5, "observedGeneration", I64, OMIT),
+        F(6, "updatedNumberScheduled", I32, OMIT),
+        F(7, "numberAvailable", I32, OMIT),
+        F(8, "numberUnavailable", I32, OMIT),
         F(9, "collisionCount", I32, 0),
         F(10, "conditions", Ref(&M_apps_v1_DaemonSetCondition), R),
     ],
@@ -161,7 +162,7 @@ pub static M_apps_v1_DaemonSetStatus: Msg = Msg {
 pub static M_apps_v1_DaemonSetUpdateStrategy: Msg = Msg {
     name: "apps.v1.DaemonSetUpdateStrategy",
     fields: &[
-        F(1, "type", Str, 0),
+        F(1, "type", Str, OMIT),
         F(
             2,
             "rollingUpdate",
@@ -187,8 +188,8 @@ pub static M_apps_v1_DeploymentCondition: Msg = Msg {
         F(2, "status", Str, 0),
         F(6, "lastUpdateTime", Time, 0),
         F(7, "lastTransitionTime", Time, 0),
-        F(4, "reason", Str, 0),
-        F(5, "message", Str, 0),
+        F(4, "reason", Str, OMIT),
+        F(5, "message", Str, OMIT),
     ],
 };
 
@@ -199,9 +200,9 @@ pub static M_apps_v1_DeploymentSpec: Msg = Msg {
         F(2, "selector", Ref(&M_meta_v1_LabelSelector), 0),
         F(3, "template", Ref(&M_core_v1_PodTemplateSpec), 0),
         F(4, "strategy", Ref(&M_apps_v1_DeploymentStrategy), 0),
-        F(5, "minReadySeconds", I32, 0),
+        F(5, "minReadySeconds", I32, OMIT),
         F(6, "revisionHistoryLimit", I32, 0),
-        F(7, "paused", Bool, 0),
+        F(7, "paused", Bool, OMIT),
         F(9, "progressDeadlineSeconds", I32, 0),
     ],
 };
@@ -209,12 +210,12 @@ pub static M_apps_v1_DeploymentSpec: Msg = Msg {
 pub static M_apps_v1_DeploymentStatus: Msg = Msg {
     name: "apps.v1.DeploymentStatus",
     fields: &[
-        F(1, "observedGeneration", I64, 0),
-        F(2, "replicas", I32, 0),
-        F(3, "updatedReplicas", I32, 0),
-        F(7, "readyReplicas", I32, 0),
-        F(4, "availableReplicas", I32, 0),
-        F(5, "unavailableReplicas", I32, 0),
+        F(1, "observedGeneration", I64, OMIT),
+        F(2, "replicas", I32, OMIT),
+        F(3, "updatedReplicas", I32, OMIT),
+        F(7, "readyReplicas", I32, OMIT),
+        F(4, "availableReplicas", I32, OMIT),
+        F(5, "unavailableReplicas", I32, OMIT),
         F(9, "terminatingReplicas", I32, 0),
         F(6, "conditions", Ref(&M_apps_v1_DeploymentCondition), R),
         F(8, "collisionCount", I32, 0),
@@ -224,7 +225,7 @@ pub static M_apps_v1_DeploymentStatus: Msg = Msg {
 pub static M_apps_v1_DeploymentStrategy: Msg = Msg {
     name: "apps.v1.DeploymentStrategy",
     fields: &[
-        F(1, "type", Str, 0),
+        F(1, "type", Str, OMIT),
         F(
             2,
             "rollingUpdate",
@@ -249,8 +250,8 @@ pub static M_apps_v1_ReplicaSetCondition: Msg = Msg {
         F(1, "type", Str, 0),
         F(2, "status", Str, 0),
         F(3, "lastTransitionTime", Time, 0),
-        F(4, "reason", Str, 0),
-        F(5, "message", Str, 0),
+        F(4, "reason", Str, OMIT),
+        F(5, "message", Str, OMIT),
     ],
 };
 
@@ -258,7 +259,7 @@ pub static M_apps_v1_ReplicaSetSpec: Msg = Msg {
     name: "apps.v1.ReplicaSetSpec",
     fields: &[
         F(1, "replicas", I32, 0),
-        F(4, "minReadySeconds", I32, 0),
+        F(4, "minReadySeconds", I32, OMIT),
         F(2, "selector", Ref(&M_meta_v1_LabelSelector), 0),
         F(3, "template", Ref(&M_core_v1_PodTemplateSpec), 0),
     ],
@@ -268,11 +269,11 @@ pub static M_apps_v1_ReplicaSetStatus: Msg = Msg {
     name: "apps.v1.ReplicaSetStatus",
     fields: &[
         F(1, "replicas", I32, 0),
-        F(2, "fullyLabeledReplicas", I32, 0),
-        F(4, "readyReplicas", I32, 0),
-        F(5, "availableReplicas", I32, 0),
+        F(2, "fullyLabeledReplicas", I32, OMIT),
+        F(4, "readyReplicas", I32, OMIT),
+        F(5, "availableReplicas", I32, OMIT),
         F(7, "terminatingReplicas", I32, 0),
-        F(3, "observedGeneration", I64, 0),
+        F(3, "observedGeneration", I64, OMIT),
         F(6, "conditions", Ref(&M_apps_v1_ReplicaSetCondition), R),
     ],
 };
@@ -313,8 +314,8 @@ pub static M_apps_v1_StatefulSetCondition: Msg = Msg {
         F(1, "type", Str, 0),
         F(2, "status", Str, 0),
         F(3, "lastTransitionTime", Time, 0),
-        F(4, "reason", Str, 0),
-        F(5, "message", Str, 0),
+        F(4, "reason", Str, OMIT),
+        F(5, "message", Str, OMIT),
     ],
 };
 
@@ -325,7 +326,10 @@ pub static M_apps_v1_StatefulSetOrdinals: Msg = Msg {
 
 pub static M_apps_v1_StatefulSetPersistentVolumeClaimRetentionPolicy: Msg = Msg {
     name: "apps.v1.StatefulSetPersistentVolumeClaimRetentionPolicy",
-    fields: &[F(1, "whenDeleted", Str, 0), F(2, "whenScaled", Str, 0)],
+    fields: &[
+        F(1, "whenDeleted", Str, OMIT),
+        F(2, "whenScaled", Str, OMIT),
+    ],
 };
 
 pub static M_apps_v1_StatefulSetSpec: Msg = Msg {
@@ -341,7 +345,7 @@ pub static M_apps_v1_StatefulSetSpec: Msg = Msg {
             R,
         ),
         F(5, "serviceName", Str, 0),
-        F(6, "podManagementPolicy", Str, 0),
+        F(6, "podManagementPolicy", Str, OMIT),
         F(
             7,
             "updateStrategy",
@@ -349,7 +353,7 @@ pub static M_apps_v1_StatefulSetSpec: Msg = Msg {
             0,
         ),
         F(8, "revisionHistoryLimit", I32, 0),
-        F(9, "minReadySeconds", I32, 0),
+        F(9, "minReadySeconds", I32, OMIT),
         F(
             10,
             "persistentVolumeClaimRetentionPolicy",
@@ -363,13 +367,13 @@ pub static M_apps_v1_StatefulSetSpec: Msg = Msg {
 pub static M_apps_v1_StatefulSetStatus: Msg = Msg {
     name: "apps.v1.StatefulSetStatus",
     fields: &[
-        F(1, "observedGeneration", I64, 0),
+        F(1, "observedGeneration", I64, OMIT),
         F(2, "replicas", I32, 0),
-        F(3, "readyReplicas", I32, 0),
-        F(4, "currentReplicas", I32, 0),
-        F(5, "updatedReplicas", I32, 0),
-        F(6, "currentRevision", Str, 0),
-        F(7, "updateRevision", Str, 0),
+        F(3, "readyReplicas", I32, OMIT),
+        F(4, "currentReplicas", I32, OMIT),
+        F(5, "updatedReplicas", I32, OMIT),
+        F(6, "currentRevision", Str, OMIT),
+        F(7, "updateRevision", Str, OMIT),
         F(9, "collisionCount", I32, 0),
         F(10, "conditions", Ref(&M_apps_v1_StatefulSetCondition), R),
         F(11, "availableReplicas", I32, 0),
@@ -379,7 +383,7 @@ pub static M_apps_v1_StatefulSetStatus: Msg = Msg {
 pub static M_apps_v1_StatefulSetUpdateStrategy: Msg = Msg {
     name: "apps.v1.StatefulSetUpdateStrategy",
     fields: &[
-        F(1, "type", Str, 0),
+        F(1, "type", Str, OMIT),
         F(
             2,
             "rollingUpdate",
@@ -394,7 +398,7 @@ pub static M_autoscaling_v1_CrossVersionObjectReference: Msg = Msg {
     fields: &[
         F(1, "kind", Str, 0),
         F(2, "name", Str, 0),
-        F(3, "apiVersion", Str, 0),
+        F(3, "apiVersion", Str, OMIT),
     ],
 };
 
@@ -454,12 +458,12 @@ pub static M_autoscaling_v1_Scale: Msg = Msg {
 
 pub static M_autoscaling_v1_ScaleSpec: Msg = Msg {
     name: "autoscaling.v1.ScaleSpec",
-    fields: &[F(1, "replicas", I32, 0)],
+    fields: &[F(1, "replicas", I32, OMIT)],
 };
 
 pub static M_autoscaling_v1_ScaleStatus: Msg = Msg {
     name: "autoscaling.v1.ScaleStatus",
-    fields: &[F(1, "replicas", I32, 0), F(2, "selector", Str, 0)],
+    fields: &[F(1, "replicas", I32, 0), F(2, "selector", Str, OMIT)],
 };
 
 pub static M_autoscaling_v2_ContainerResourceMetricSource: Msg = Msg {
@@ -485,7 +489,7 @@ pub static M_autoscaling_v2_CrossVersionObjectReference: Msg = Msg {
     fields: &[
         F(1, "kind", Str, 0),
         F(2, "name", Str, 0),
-        F(3, "apiVersion", Str, 0),
+        F(3, "apiVersion", Str, OMIT),
     ],
 };
 
@@ -518,7 +522,7 @@ pub static M_autoscaling_v2_HPAScalingRules: Msg = Msg {
     name: "autoscaling.v2.HPAScalingRules",
     fields: &[
         F(3, "stabilizationWindowSeconds", I32, 0),
-        F(1, "selectPolicy", Str, PTR),
+        F(1, "selectPolicy", Str, 0),
         F(2, "policies", Ref(&M_autoscaling_v2_HPAScalingPolicy), R),
         F(4, "tolerance", Quantity, 0),
     ],
@@ -557,8 +561,8 @@ pub static M_autoscaling_v2_HorizontalPodAutoscalerCondition: Msg = Msg {
         F(1, "type", Str, 0),
         F(2, "status", Str, 0),
         F(3, "lastTransitionTime", Time, 0),
-        F(4, "reason", Str, 0),
-        F(5, "message", Str, 0),
+        F(4, "reason", Str, OMIT),
+        F(5, "message", Str, OMIT),
         F(6, "observedGeneration", I64, 0),
     ],
 };
@@ -589,7 +593,7 @@ pub static M_autoscaling_v2_HorizontalPodAutoscalerStatus: Msg = Msg {
     fields: &[
         F(1, "observedGeneration", I64, 0),
         F(2, "lastScaleTime", Time, 0),
-        F(3, "currentReplicas", I32, 0),
+        F(3, "currentReplicas", I32, OMIT),
         F(4, "desiredReplicas", I32, 0),
         F(5, "currentMetrics", Ref(&M_autoscaling_v2_MetricStatus), R),
         F(
@@ -755,9 +759,9 @@ pub static M_batch_v1_CronJobSpec: Msg = Msg {
     name: "batch.v1.CronJobSpec",
     fields: &[
         F(1, "schedule", Str, 0),
-        F(8, "timeZone", Str, PTR),
+        F(8, "timeZone", Str, 0),
         F(2, "startingDeadlineSeconds", I64, 0),
-        F(3, "concurrencyPolicy", Str, 0),
+        F(3, "concurrencyPolicy", Str, OMIT),
         F(4, "suspend", Bool, 0),
         F(5, "jobTemplate", Ref(&M_batch_v1_JobTemplateSpec), 0),
         F(6, "successfulJobsHistoryLimit", I32, 0),
@@ -790,8 +794,8 @@ pub static M_batch_v1_JobCondition: Msg = Msg {
         F(2, "status", Str, 0),
         F(3, "lastProbeTime", Time, 0),
         F(4, "lastTransitionTime", Time, 0),
-        F(5, "reason", Str, 0),
-        F(6, "message", Str, 0),
+        F(5, "reason", Str, OMIT),
+        F(6, "message", Str, OMIT),
     ],
 };
 
@@ -840,10 +844,10 @@ pub static M_batch_v1_JobSpec: Msg = Msg {
         F(5, "manualSelector", Bool, 0),
         F(6, "template", Ref(&M_core_v1_PodTemplateSpec), 0),
         F(8, "ttlSecondsAfterFinished", I32, 0),
-        F(9, "completionMode", Str, PTR),
+        F(9, "completionMode", Str, 0),
         F(10, "suspend", Bool, 0),
-        F(14, "podReplacementPolicy", Str, PTR),
-        F(15, "managedBy", Str, PTR),
+        F(14, "podReplacementPolicy", Str, 0),
+        F(15, "managedBy", Str, 0),
         F(
             17,
             "scheduling",
@@ -859,12 +863,12 @@ pub static M_batch_v1_JobStatus: Msg = Msg {
         F(1, "conditions", Ref(&M_batch_v1_JobCondition), R),
         F(2, "startTime", Time, 0),
         F(3, "completionTime", Time, 0),
-        F(4, "active", I32, 0),
-        F(5, "succeeded", I32, 0),
-        F(6, "failed", I32, 0),
+        F(4, "active", I32, OMIT),
+        F(5, "succeeded", I32, OMIT),
+        F(6, "failed", I32, OMIT),
         F(11, "terminating", I32, 0),
-        F(7, "completedIndexes", Str, 0),
-        F(10, "failedIndexes", Str, PTR),
+        F(7, "completedIndexes", Str, OMIT),
+        F(10, "failedIndexes", Str, 0),
         F(
             8,
             "uncountedTerminatedPods",
@@ -891,7 +895,7 @@ pub static M_batch_v1_PodFailurePolicy: Msg = Msg {
 pub static M_batch_v1_PodFailurePolicyOnExitCodesRequirement: Msg = Msg {
     name: "batch.v1.PodFailurePolicyOnExitCodesRequirement",
     fields: &[
-        F(1, "containerName", Str, PTR),
+        F(1, "containerName", Str, 0),
         F(2, "operator", Str, 0),
         F(3, "values", I32, R),
     ],
@@ -929,7 +933,7 @@ pub static M_batch_v1_SuccessPolicy: Msg = Msg {
 pub static M_batch_v1_SuccessPolicyRule: Msg = Msg {
     name: "batch.v1.SuccessPolicyRule",
     fields: &[
-        F(1, "succeededIndexes", Str, PTR),
+        F(1, "succeededIndexes", Str, 0),
         F(2, "succeededCount", I32, 0),
     ],
 };
@@ -950,13 +954,13 @@ pub static M_coordination_v1_Lease: Msg = Msg {
 pub static M_coordination_v1_LeaseSpec: Msg = Msg {
     name: "coordination.v1.LeaseSpec",
     fields: &[
-        F(1, "holderIdentity", Str, PTR),
+        F(1, "holderIdentity", Str, 0),
         F(2, "leaseDurationSeconds", I32, 0),
         F(3, "acquireTime", MicroTime, 0),
         F(4, "renewTime", MicroTime, 0),
         F(5, "leaseTransitions", I32, 0),
-        F(6, "strategy", Str, PTR),
-        F(7, "preferredHolder", Str, PTR),
+        F(6, "strategy", Str, 0),
+        F(7, "preferredHolder", Str, 0),
     ],
 };
 
@@ -964,9 +968,9 @@ pub static M_core_v1_AWSElasticBlockStoreVolumeSource: Msg = Msg {
     name: "core.v1.AWSElasticBlockStoreVolumeSource",
     fields: &[
         F(1, "volumeID", Str, 0),
-        F(2, "fsType", Str, 0),
-        F(3, "partition", I32, 0),
-        F(4, "readOnly", Bool, 0),
+        F(2, "fsType", Str, OMIT),
+        F(3, "partition", I32, OMIT),
+        F(4, "readOnly", Bool, OMIT),
     ],
 };
 
@@ -981,7 +985,7 @@ pub static M_core_v1_Affinity: Msg = Msg {
 
 pub static M_core_v1_AppArmorProfile: Msg = Msg {
     name: "core.v1.AppArmorProfile",
-    fields: &[F(1, "type", Str, 0), F(2, "localhostProfile", Str, PTR)],
+    fields: &[F(1, "type", Str, 0), F(2, "localhostProfile", Str, 0)],
 };
 
 pub static M_core_v1_AttachedVolume: Msg = Msg {
@@ -994,10 +998,10 @@ pub static M_core_v1_AzureDiskVolumeSource: Msg = Msg {
     fields: &[
         F(1, "diskName", Str, 0),
         F(2, "diskURI", Str, 0),
-        F(3, "cachingMode", Str, PTR),
-        F(4, "fsType", Str, PTR),
+        F(3, "cachingMode", Str, 0),
+        F(4, "fsType", Str, 0),
         F(5, "readOnly", Bool, 0),
-        F(6, "kind", Str, PTR),
+        F(6, "kind", Str, 0),
     ],
 };
 
@@ -1006,8 +1010,8 @@ pub static M_core_v1_AzureFilePersistentVolumeSource: Msg = Msg {
     fields: &[
         F(1, "secretName", Str, 0),
         F(2, "shareName", Str, 0),
-        F(3, "readOnly", Bool, 0),
-        F(4, "secretNamespace", Str, PTR),
+        F(3, "readOnly", Bool, OMIT),
+        F(4, "secretNamespace", Str, 0),
     ],
 };
 
@@ -1016,7 +1020,7 @@ pub static M_core_v1_AzureFileVolumeSource: Msg = Msg {
     fields: &[
         F(1, "secretName", Str, 0),
         F(2, "shareName", Str, 0),
-        F(3, "readOnly", Bool, 0),
+        F(3, "readOnly", Bool, OMIT),
     ],
 };
 
@@ -1033,8 +1037,8 @@ pub static M_core_v1_CSIPersistentVolumeSource: Msg = Msg {
     fields: &[
         F(1, "driver", Str, 0),
         F(2, "volumeHandle", Str, 0),
-        F(3, "readOnly", Bool, 0),
-        F(4, "fsType", Str, 0),
+        F(3, "readOnly", Bool, OMIT),
+        F(4, "fsType", Str, OMIT),
         F(5, "volumeAttributes", Str, MAP),
         F(
             6,
@@ -1069,7 +1073,7 @@ pub static M_core_v1_CSIVolumeSource: Msg = Msg {
     fields: &[
         F(1, "driver", Str, 0),
         F(2, "readOnly", Bool, 0),
-        F(3, "fsType", Str, PTR),
+        F(3, "fsType", Str, 0),
         F(4, "volumeAttributes", Str, MAP),
         F(
             5,
@@ -1089,11 +1093,11 @@ pub static M_core_v1_CephFSPersistentVolumeSource: Msg = Msg {
     name: "core.v1.CephFSPersistentVolumeSource",
     fields: &[
         F(1, "monitors", Str, R),
-        F(2, "path", Str, 0),
-        F(3, "user", Str, 0),
-        F(4, "secretFile", Str, 0),
+        F(2, "path", Str, OMIT),
+        F(3, "user", Str, OMIT),
+        F(4, "secretFile", Str, OMIT),
         F(5, "secretRef", Ref(&M_core_v1_SecretReference), 0),
-        F(6, "readOnly", Bool, 0),
+        F(6, "readOnly", Bool, OMIT),
     ],
 };
 
@@ -1101,11 +1105,11 @@ pub static M_core_v1_CephFSVolumeSource: Msg = Msg {
     name: "core.v1.CephFSVolumeSource",
     fields: &[
         F(1, "monitors", Str, R),
-        F(2, "path", Str, 0),
-        F(3, "user", Str, 0),
-        F(4, "secretFile", Str, 0),
+        F(2, "path", Str, OMIT),
+        F(3, "user", Str, OMIT),
+        F(4, "secretFile", Str, OMIT),
         F(5, "secretRef", Ref(&M_core_v1_LocalObjectReference), 0),
-        F(6, "readOnly", Bool, 0),
+        F(6, "readOnly", Bool, OMIT),
     ],
 };
 
@@ -1113,8 +1117,8 @@ pub static M_core_v1_CinderPersistentVolumeSource: Msg = Msg {
     name: "core.v1.CinderPersistentVolumeSource",
     fields: &[
         F(1, "volumeID", Str, 0),
-        F(2, "fsType", Str, 0),
-        F(3, "readOnly", Bool, 0),
+        F(2, "fsType", Str, OMIT),
+        F(3, "readOnly", Bool, OMIT),
         F(4, "secretRef", Ref(&M_core_v1_SecretReference), 0),
     ],
 };
@@ -1123,8 +1127,8 @@ pub static M_core_v1_CinderVolumeSource: Msg = Msg {
     name: "core.v1.CinderVolumeSource",
     fields: &[
         F(1, "volumeID", Str, 0),
-        F(2, "fsType", Str, 0),
-        F(3, "readOnly", Bool, 0),
+        F(2, "fsType", Str, OMIT),
+        F(3, "readOnly", Bool, OMIT),
         F(4, "secretRef", Ref(&M_core_v1_LocalObjectReference), 0),
     ],
 };
@@ -1137,8 +1141,8 @@ pub static M_core_v1_ClientIPConfig: Msg = Msg {
 pub static M_core_v1_ClusterTrustBundleProjection: Msg = Msg {
     name: "core.v1.ClusterTrustBundleProjection",
     fields: &[
-        F(1, "name", Str, PTR),
-        F(2, "signerName", Str, PTR),
+        F(1, "name", Str, 0),
+        F(2, "signerName", Str, 0),
         F(3, "labelSelector", Ref(&M_meta_v1_LabelSelector), 0),
         F(5, "optional", Bool, 0),
         F(4, "path", Str, 0),
@@ -1178,8 +1182,8 @@ pub static M_core_v1_ConfigMapNodeConfigSource: Msg = Msg {
     fields: &[
         F(1, "namespace", Str, 0),
         F(2, "name", Str, 0),
-        F(3, "uid", Str, 0),
-        F(4, "resourceVersion", Str, 0),
+        F(3, "uid", Str, OMIT),
+        F(4, "resourceVersion", Str, OMIT),
         F(5, "kubeletConfigKey", Str, 0),
     ],
 };
@@ -1208,16 +1212,16 @@ pub static M_core_v1_Container: Msg = Msg {
     name: "core.v1.Container",
     fields: &[
         F(1, "name", Str, 0),
-        F(2, "image", Str, 0),
+        F(2, "image", Str, OMIT),
         F(3, "command", Str, R),
         F(4, "args", Str, R),
-        F(5, "workingDir", Str, 0),
+        F(5, "workingDir", Str, OMIT),
         F(6, "ports", Ref(&M_core_v1_ContainerPort), R),
         F(19, "envFrom", Ref(&M_core_v1_EnvFromSource), R),
         F(7, "env", Ref(&M_core_v1_EnvVar), R),
         F(8, "resources", Ref(&M_core_v1_ResourceRequirements), 0),
         F(23, "resizePolicy", Ref(&M_core_v1_ContainerResizePolicy), R),
-        F(24, "restartPolicy", Str, PTR),
+        F(24, "restartPolicy", Str, 0),
         F(
             25,
             "restartPolicyRules",
@@ -1230,13 +1234,13 @@ pub static M_core_v1_Container: Msg = Msg {
         F(11, "readinessProbe", Ref(&M_core_v1_Probe), 0),
         F(22, "startupProbe", Ref(&M_core_v1_Probe), 0),
         F(12, "lifecycle", Ref(&M_core_v1_Lifecycle), 0),
-        F(13, "terminationMessagePath", Str, 0),
-        F(20, "terminationMessagePolicy", Str, 0),
-        F(14, "imagePullPolicy", Str, 0),
+        F(13, "terminationMessagePath", Str, OMIT),
+        F(20, "terminationMessagePolicy", Str, OMIT),
+        F(14, "imagePullPolicy", Str, OMIT),
         F(15, "securityContext", Ref(&M_core_v1_SecurityContext), 0),
-        F(16, "stdin", Bool, 0),
-        F(17, "stdinOnce", Bool, 0),
-        F(18, "tty", Bool, 0),
+        F(16, "stdin", Bool, OMIT),
+        F(17, "stdinOnce", Bool, OMIT),
+        F(18, "tty", Bool, OMIT),
     ],
 };
 
@@ -1251,17 +1255,17 @@ pub static M_core_v1_ContainerExtendedResourceRequest: Msg = Msg {
 
 pub static M_core_v1_ContainerImage: Msg = Msg {
     name: "core.v1.ContainerImage",
-    fields: &[F(1, "names", Str, R), F(2, "sizeBytes", I64, 0)],
+    fields: &[F(1, "names", Str, R), F(2, "sizeBytes", I64, OMIT)],
 };
 
 pub static M_core_v1_ContainerPort: Msg = Msg {
     name: "core.v1.ContainerPort",
     fields: &[
-        F(1, "name", Str, 0),
-        F(2, "hostPort", I32, 0),
+        F(1, "name", Str, OMIT),
+        F(2, "hostPort", I32, OMIT),
         F(3, "containerPort", I32, 0),
-        F(4, "protocol", Str, 0),
-        F(5, "hostIP", Str, 0),
+        F(4, "protocol", Str, OMIT),
+        F(5, "hostIP", Str, OMIT),
     ],
 };
 
@@ -1273,7 +1277,7 @@ pub static M_core_v1_ContainerResizePolicy: Msg = Msg {
 pub static M_core_v1_ContainerRestartRule: Msg = Msg {
     name: "core.v1.ContainerRestartRule",
     fields: &[
-        F(1, "action", Str, 0),
+        F(1, "action", Str, OMIT),
         F(
             2,
             "exitCodes",
@@ -1285,7 +1289,7 @@ pub static M_core_v1_ContainerRestartRule: Msg = Msg {
 
 pub static M_core_v1_ContainerRestartRuleOnExitCodes: Msg = Msg {
     name: "core.v1.ContainerRestartRuleOnExitCodes",
-    fields: &[F(1, "operator", Str, 0), F(2, "values", I32, R)],
+    fields: &[F(1, "operator", Str, OMIT), F(2, "values", I32, R)],
 };
 
 pub static M_core_v1_ContainerState: Msg = Msg {
@@ -1306,18 +1310,18 @@ pub static M_core_v1_ContainerStateTerminated: Msg = Msg {
     name: "core.v1.ContainerStateTerminated",
     fields: &[
         F(1, "exitCode", I32, 0),
-        F(2, "signal", I32, 0),
-        F(3, "reason", Str, 0),
-        F(4, "message", Str, 0),
+        F(2, "signal", I32, OMIT),
+        F(3, "reason", Str, OMIT),
+        F(4, "message", Str, OMIT),
         F(5, "startedAt", Time, 0),
         F(6, "finishedAt", Time, 0),
-        F(7, "containerID", Str, 0),
+        F(7, "containerID", Str, OMIT),
     ],
 };
 
 pub static M_core_v1_ContainerStateWaiting: Msg = Msg {
     name: "core.v1.ContainerStateWaiting",
-    fields: &[F(1, "reason", Str, 0), F(2, "message", Str, 0)],
+    fields: &[F(1, "reason", Str, OMIT), F(2, "message", Str, OMIT)],
 };
 
 pub static M_core_v1_ContainerStatus: Msg = Msg {
@@ -1330,7 +1334,7 @@ pub static M_core_v1_ContainerStatus: Msg = Msg {
         F(5, "restartCount", I32, 0),
         F(6, "image", Str, 0),
         F(7, "imageID", Str, 0),
-        F(8, "containerID", Str, 0),
+        F(8, "containerID", Str, OMIT),
         F(9, "started", Bool, 0),
         F(10, "allocatedResources", Quantity, MAP),
         F(11, "resources", Ref(&M_core_v1_ResourceRequirements), 0),
@@ -1342,7 +1346,7 @@ pub static M_core_v1_ContainerStatus: Msg = Msg {
             Ref(&M_core_v1_ResourceStatus),
             R,
         ),
-        F(15, "stopSignal", Str, PTR),
+        F(15, "stopSignal", Str, 0),
     ],
 };
 
@@ -1389,7 +1393,7 @@ pub static M_core_v1_DownwardAPIVolumeSource: Msg = Msg {
 pub static M_core_v1_EmptyDirVolumeSource: Msg = Msg {
     name: "core.v1.EmptyDirVolumeSource",
     fields: &[
-        F(1, "medium", Str, 0),
+        F(1, "medium", Str, OMIT),
         F(2, "sizeLimit", Quantity, 0),
         F(3, "mode", I32, 0),
     ],
@@ -1399,8 +1403,8 @@ pub static M_core_v1_EndpointAddress: Msg = Msg {
     name: "core.v1.EndpointAddress",
     fields: &[
         F(1, "ip", Str, 0),
-        F(3, "hostname", Str, 0),
-        F(4, "nodeName", Str, PTR),
+        F(3, "hostname", Str, OMIT),
+        F(4, "nodeName", Str, 0),
         F(2, "targetRef", Ref(&M_core_v1_ObjectReference), 0),
     ],
 };
@@ -1408,10 +1412,10 @@ pub static M_core_v1_EndpointAddress: Msg = Msg {
 pub static M_core_v1_EndpointPort: Msg = Msg {
     name: "core.v1.EndpointPort",
     fields: &[
-        F(1, "name", Str, 0),
+        F(1, "name", Str, OMIT),
         F(2, "port", I32, 0),
-        F(3, "protocol", Str, 0),
-        F(4, "appProtocol", Str, PTR),
+        F(3, "protocol", Str, OMIT),
+        F(4, "appProtocol", Str, 0),
     ],
 };
 
@@ -1435,7 +1439,7 @@ pub static M_core_v1_Endpoints: Msg = Msg {
 pub static M_core_v1_EnvFromSource: Msg = Msg {
     name: "core.v1.EnvFromSource",
     fields: &[
-        F(1, "prefix", Str, 0),
+        F(1, "prefix", Str, OMIT),
         F(2, "configMapRef", Ref(&M_core_v1_ConfigMapEnvSource), 0),
         F(3, "secretRef", Ref(&M_core_v1_SecretEnvSource), 0),
     ],
@@ -1445,7 +1449,7 @@ pub static M_core_v1_EnvVar: Msg = Msg {
     name: "core.v1.EnvVar",
     fields: &[
         F(1, "name", Str, 0),
-        F(2, "value", Str, 0),
+        F(2, "value", Str, OMIT),
         F(3, "valueFrom", Ref(&M_core_v1_EnvVarSource), 0),
     ],
 };
@@ -1475,7 +1479,7 @@ pub static M_core_v1_EphemeralContainer: Msg = Msg {
     name: "core.v1.EphemeralContainer",
     fields: &[
         F(1, "", Ref(&M_core_v1_EphemeralContainerCommon), INL),
-        F(2, "targetContainerName", Str, 0),
+        F(2, "targetContainerName", Str, OMIT),
     ],
 };
 
@@ -1483,16 +1487,16 @@ pub static M_core_v1_EphemeralContainerCommon: Msg = Msg {
     name: "core.v1.EphemeralContainerCommon",
     fields: &[
         F(1, "name", Str, 0),
-        F(2, "image", Str, 0),
+        F(2, "image", Str, OMIT),
         F(3, "command", Str, R),
         F(4, "args", Str, R),
-        F(5, "workingDir", Str, 0),
+        F(5, "workingDir", Str, OMIT),
         F(6, "ports", Ref(&M_core_v1_ContainerPort), R),
         F(19, "envFrom", Ref(&M_core_v1_EnvFromSource), R),
         F(7, "env", Ref(&M_core_v1_EnvVar), R),
         F(8, "resources", Ref(&M_core_v1_ResourceRequirements), 0),
         F(23, "resizePolicy", Ref(&M_core_v1_ContainerResizePolicy), R),
-        F(24, "restartPolicy", Str, PTR),
+        F(24, "restartPolicy", Str, 0),
         F(
             25,
             "restartPolicyRules",
@@ -1505,13 +1509,13 @@ pub static M_core_v1_EphemeralContainerCommon: Msg = Msg {
         F(11, "readinessProbe", Ref(&M_core_v1_Probe), 0),
         F(22, "startupProbe", Ref(&M_core_v1_Probe), 0),
         F(12, "lifecycle", Ref(&M_core_v1_Lifecycle), 0),
-        F(13, "terminationMessagePath", Str, 0),
-        F(20, "terminationMessagePolicy", Str, 0),
-        F(14, "imagePullPolicy", Str, 0),
+        F(13, "terminationMessagePath", Str, OMIT),
+        F(20, "terminationMessagePolicy", Str, OMIT),
+        F(14, "imagePullPolicy", Str, OMIT),
         F(15, "securityContext", Ref(&M_core_v1_SecurityContext), 0),
-        F(16, "stdin", Bool, 0),
-        F(17, "stdinOnce", Bool, 0),
-        F(18, "tty", Bool, 0),
+        F(16, "stdin", Bool, OMIT),
+        F(17, "stdinOnce", Bool, OMIT),
+        F(18, "tty", Bool, OMIT),
     ],
 };
 
@@ -1530,16 +1534,16 @@ pub static M_core_v1_Event: Msg = Msg {
     fields: &[
         F(1, "metadata", Ref(&M_meta_v1_ObjectMeta), 0),
         F(2, "involvedObject", Ref(&M_core_v1_ObjectReference), 0),
-        F(3, "reason", Str, 0),
-        F(4, "message", Str, 0),
+        F(3, "reason", Str, OMIT),
+        F(4, "message", Str, OMIT),
         F(5, "source", Ref(&M_core_v1_EventSource), 0),
         F(6, "firstTimestamp", Time, 0),
         F(7, "lastTimestamp", Time, 0),
-        F(8, "count", I32, 0),
-        F(9, "type", Str, 0),
+        F(8, "count", I32, OMIT),
+        F(9, "type", Str, OMIT),
         F(10, "eventTime", MicroTime, 0),
         F(11, "series", Ref(&M_core_v1_EventSeries), 0),
-        F(12, "action", Str, 0),
+        F(12, "action", Str, OMIT),
         F(13, "related", Ref(&M_core_v1_ObjectReference), 0),
         F(14, "reportingComponent", Str, 0),
         F(15, "reportingInstance", Str, 0),
@@ -1549,14 +1553,14 @@ pub static M_core_v1_Event: Msg = Msg {
 pub static M_core_v1_EventSeries: Msg = Msg {
     name: "core.v1.EventSeries",
     fields: &[
-        F(1, "count", I32, 0),
+        F(1, "count", I32, OMIT),
         F(2, "lastObservedTime", MicroTime, 0),
     ],
 };
 
 pub static M_core_v1_EventSource: Msg = Msg {
     name: "core.v1.EventSource",
-    fields: &[F(1, "component", Str, 0), F(2, "host", Str, 0)],
+    fields: &[F(1, "component", Str, OMIT), F(2, "host", Str, OMIT)],
 };
 
 pub static M_core_v1_EvictionResponder: Msg = Msg {
@@ -1574,8 +1578,8 @@ pub static M_core_v1_FCVolumeSource: Msg = Msg {
     fields: &[
         F(1, "targetWWNs", Str, R),
         F(2, "lun", I32, 0),
-        F(3, "fsType", Str, 0),
-        F(4, "readOnly", Bool, 0),
+        F(3, "fsType", Str, OMIT),
+        F(4, "readOnly", Bool, OMIT),
         F(5, "wwids", Str, R),
     ],
 };
@@ -1594,9 +1598,9 @@ pub static M_core_v1_FlexPersistentVolumeSource: Msg = Msg {
     name: "core.v1.FlexPersistentVolumeSource",
     fields: &[
         F(1, "driver", Str, 0),
-        F(2, "fsType", Str, 0),
+        F(2, "fsType", Str, OMIT),
         F(3, "secretRef", Ref(&M_core_v1_SecretReference), 0),
-        F(4, "readOnly", Bool, 0),
+        F(4, "readOnly", Bool, OMIT),
         F(5, "options", Str, MAP),
     ],
 };
@@ -1605,25 +1609,28 @@ pub static M_core_v1_FlexVolumeSource: Msg = Msg {
     name: "core.v1.FlexVolumeSource",
     fields: &[
         F(1, "driver", Str, 0),
-        F(2, "fsType", Str, 0),
+        F(2, "fsType", Str, OMIT),
         F(3, "secretRef", Ref(&M_core_v1_LocalObjectReference), 0),
-        F(4, "readOnly", Bool, 0),
+        F(4, "readOnly", Bool, OMIT),
         F(5, "options", Str, MAP),
     ],
 };
 
 pub static M_core_v1_FlockerVolumeSource: Msg = Msg {
     name: "core.v1.FlockerVolumeSource",
-    fields: &[F(1, "datasetName", Str, 0), F(2, "datasetUUID", Str, 0)],
+    fields: &[
+        F(1, "datasetName", Str, OMIT),
+        F(2, "datasetUUID", Str, OMIT),
+    ],
 };
 
 pub static M_core_v1_GCEPersistentDiskVolumeSource: Msg = Msg {
     name: "core.v1.GCEPersistentDiskVolumeSource",
     fields: &[
         F(1, "pdName", Str, 0),
-        F(2, "fsType", Str, 0),
-        F(3, "partition", I32, 0),
-        F(4, "readOnly", Bool, 0),
+        F(2, "fsType", Str, OMIT),
+        F(3, "partition", I32, OMIT),
+        F(4, "readOnly", Bool, OMIT),
     ],
 };
 
@@ -1631,8 +1638,8 @@ pub static M_core_v1_GRPCAction: Msg = Msg {
     name: "core.v1.GRPCAction",
     fields: &[
         F(1, "port", I32, 0),
-        F(2, "service", Str, PTR),
-        F(3, "mode", Str, PTR),
+        F(2, "service", Str, 0),
+        F(3, "mode", Str, 0),
     ],
 };
 
@@ -1640,8 +1647,8 @@ pub static M_core_v1_GitRepoVolumeSource: Msg = Msg {
     name: "core.v1.GitRepoVolumeSource",
     fields: &[
         F(1, "repository", Str, 0),
-        F(2, "revision", Str, 0),
-        F(3, "directory", Str, 0),
+        F(2, "revision", Str, OMIT),
+        F(3, "directory", Str, OMIT),
     ],
 };
 
@@ -1650,8 +1657,8 @@ pub static M_core_v1_GlusterfsPersistentVolumeSource: Msg = Msg {
     fields: &[
         F(1, "endpoints", Str, 0),
         F(2, "path", Str, 0),
-        F(3, "readOnly", Bool, 0),
-        F(4, "endpointsNamespace", Str, PTR),
+        F(3, "readOnly", Bool, OMIT),
+        F(4, "endpointsNamespace", Str, 0),
     ],
 };
 
@@ -1660,19 +1667,19 @@ pub static M_core_v1_GlusterfsVolumeSource: Msg = Msg {
     fields: &[
         F(1, "endpoints", Str, 0),
         F(2, "path", Str, 0),
-        F(3, "readOnly", Bool, 0),
+        F(3, "readOnly", Bool, OMIT),
     ],
 };
 
 pub static M_core_v1_HTTPGetAction: Msg = Msg {
     name: "core.v1.HTTPGetAction",
     fields: &[
-        F(1, "path", Str, 0),
+        F(1, "path", Str, OMIT),
         F(2, "port", IntStr, 0),
-        F(3, "host", Str, 0),
-        F(4, "scheme", Str, 0),
+        F(3, "host", Str, OMIT),
+        F(4, "scheme", Str, OMIT),
         F(5, "httpHeaders", Ref(&M_core_v1_HTTPHeader), R),
-        F(6, "protocol", Str, PTR),
+        F(6, "protocol", Str, 0),
     ],
 };
 
@@ -1693,7 +1700,7 @@ pub static M_core_v1_HostIP: Msg = Msg {
 
 pub static M_core_v1_HostPathVolumeSource: Msg = Msg {
     name: "core.v1.HostPathVolumeSource",
-    fields: &[F(1, "path", Str, 0), F(2, "type", Str, PTR)],
+    fields: &[F(1, "path", Str, 0), F(2, "type", Str, 0)],
 };
 
 pub static M_core_v1_ISCSIPersistentVolumeSource: Msg = Msg {
@@ -1702,14 +1709,14 @@ pub static M_core_v1_ISCSIPersistentVolumeSource: Msg = Msg {
         F(1, "targetPortal", Str, 0),
         F(2, "iqn", Str, 0),
         F(3, "lun", I32, 0),
-        F(4, "iscsiInterface", Str, 0),
-        F(5, "fsType", Str, 0),
-        F(6, "readOnly", Bool, 0),
+        F(4, "iscsiInterface", Str, OMIT),
+        F(5, "fsType", Str, OMIT),
+        F(6, "readOnly", Bool, OMIT),
         F(7, "portals", Str, R),
-        F(8, "chapAuthDiscovery", Bool, 0),
-        F(11, "chapAuthSession", Bool, 0),
+        F(8, "chapAuthDiscovery", Bool, OMIT),
+        F(11, "chapAuthSession", Bool, OMIT),
         F(10, "secretRef", Ref(&M_core_v1_SecretReference), 0),
-        F(12, "initiatorName", Str, PTR),
+        F(12, "initiatorName", Str, 0),
     ],
 };
 
@@ -1719,25 +1726,25 @@ pub static M_core_v1_ISCSIVolumeSource: Msg = Msg {
         F(1, "targetPortal", Str, 0),
         F(2, "iqn", Str, 0),
         F(3, "lun", I32, 0),
-        F(4, "iscsiInterface", Str, 0),
-        F(5, "fsType", Str, 0),
-        F(6, "readOnly", Bool, 0),
+        F(4, "iscsiInterface", Str, OMIT),
+        F(5, "fsType", Str, OMIT),
+        F(6, "readOnly", Bool, OMIT),
         F(7, "portals", Str, R),
-        F(8, "chapAuthDiscovery", Bool, 0),
-        F(11, "chapAuthSession", Bool, 0),
+        F(8, "chapAuthDiscovery", Bool, OMIT),
+        F(11, "chapAuthSession", Bool, OMIT),
         F(10, "secretRef", Ref(&M_core_v1_LocalObjectReference), 0),
-        F(12, "initiatorName", Str, PTR),
+        F(12, "initiatorName", Str, 0),
     ],
 };
 
 pub static M_core_v1_ImageVolumeSource: Msg = Msg {
     name: "core.v1.ImageVolumeSource",
-    fields: &[F(1, "reference", Str, 0), F(2, "pullPolicy", Str, 0)],
+    fields: &[F(1, "reference", Str, OMIT), F(2, "pullPolicy", Str, OMIT)],
 };
 
 pub static M_core_v1_ImageVolumeStatus: Msg = Msg {
     name: "core.v1.ImageVolumeStatus",
-    fields: &[F(1, "imageRef", Str, 0)],
+    fields: &[F(1, "imageRef", Str, OMIT)],
 };
 
 pub static M_core_v1_KeyToPath: Msg = Msg {
@@ -1755,7 +1762,7 @@ pub static M_core_v1_Lifecycle: Msg = Msg {
     fields: &[
         F(1, "postStart", Ref(&M_core_v1_LifecycleHandler), 0),
         F(2, "preStop", Ref(&M_core_v1_LifecycleHandler), 0),
-        F(3, "stopSignal", Str, PTR),
+        F(3, "stopSignal", Str, 0),
     ],
 };
 
@@ -1781,9 +1788,9 @@ pub static M_core_v1_LinuxContainerUser: Msg = Msg {
 pub static M_core_v1_LoadBalancerIngress: Msg = Msg {
     name: "core.v1.LoadBalancerIngress",
     fields: &[
-        F(1, "ip", Str, 0),
-        F(2, "hostname", Str, 0),
-        F(3, "ipMode", Str, PTR),
+        F(1, "ip", Str, OMIT),
+        F(2, "hostname", Str, OMIT),
+        F(3, "ipMode", Str, 0),
         F(4, "ports", Ref(&M_core_v1_PortStatus), R),
     ],
 };
@@ -1795,18 +1802,18 @@ pub static M_core_v1_LoadBalancerStatus: Msg = Msg {
 
 pub static M_core_v1_LocalObjectReference: Msg = Msg {
     name: "core.v1.LocalObjectReference",
-    fields: &[F(1, "name", Str, 0)],
+    fields: &[F(1, "name", Str, OMIT)],
 };
 
 pub static M_core_v1_LocalVolumeSource: Msg = Msg {
     name: "core.v1.LocalVolumeSource",
-    fields: &[F(1, "path", Str, 0), F(2, "fsType", Str, PTR)],
+    fields: &[F(1, "path", Str, 0), F(2, "fsType", Str, 0)],
 };
 
 pub static M_core_v1_ModifyVolumeStatus: Msg = Msg {
     name: "core.v1.ModifyVolumeStatus",
     fields: &[
-        F(1, "targetVolumeAttributesClassName", Str, 0),
+        F(1, "targetVolumeAttributesClassName", Str, OMIT),
         F(2, "status", Str, 0),
     ],
 };
@@ -1816,7 +1823,7 @@ pub static M_core_v1_NFSVolumeSource: Msg = Msg {
     fields: &[
         F(1, "server", Str, 0),
         F(2, "path", Str, 0),
-        F(3, "readOnly", Bool, 0),
+        F(3, "readOnly", Bool, OMIT),
     ],
 };
 
@@ -1835,8 +1842,8 @@ pub static M_core_v1_NamespaceCondition: Msg = Msg {
         F(1, "type", Str, 0),
         F(2, "status", Str, 0),
         F(4, "lastTransitionTime", Time, 0),
-        F(5, "reason", Str, 0),
-        F(6, "message", Str, 0),
+        F(5, "reason", Str, OMIT),
+        F(6, "message", Str, OMIT),
     ],
 };
 
@@ -1848,7 +1855,7 @@ pub static M_core_v1_NamespaceSpec: Msg = Msg {
 pub static M_core_v1_NamespaceStatus: Msg = Msg {
     name: "core.v1.NamespaceStatus",
     fields: &[
-        F(1, "phase", Str, 0),
+        F(1, "phase", Str, OMIT),
         F(2, "conditions", Ref(&M_core_v1_NamespaceCondition), R),
     ],
 };
@@ -1926,8 +1933,8 @@ pub static M_core_v1_NodeCondition: Msg = Msg {
         F(2, "status", Str, 0),
         F(3, "lastHeartbeatTime", Time, 0),
         F(4, "lastTransitionTime", Time, 0),
-        F(5, "reason", Str, 0),
-        F(6, "message", Str, 0),
+        F(5, "reason", Str, OMIT),
+        F(6, "message", Str, OMIT),
     ],
 };
 
@@ -1947,7 +1954,7 @@ pub static M_core_v1_NodeConfigStatus: Msg = Msg {
         F(1, "assigned", Ref(&M_core_v1_NodeConfigSource), 0),
         F(2, "active", Ref(&M_core_v1_NodeConfigSource), 0),
         F(3, "lastKnownGood", Ref(&M_core_v1_NodeConfigSource), 0),
-        F(4, "error", Str, 0),
+        F(4, "error", Str, OMIT),
     ],
 };
 
@@ -2017,13 +2024,13 @@ pub static M_core_v1_NodeSelectorTerm: Msg = Msg {
 pub static M_core_v1_NodeSpec: Msg = Msg {
     name: "core.v1.NodeSpec",
     fields: &[
-        F(1, "podCIDR", Str, 0),
+        F(1, "podCIDR", Str, OMIT),
         F(7, "podCIDRs", Str, R),
-        F(3, "providerID", Str, 0),
-        F(4, "unschedulable", Bool, 0),
+        F(3, "providerID", Str, OMIT),
+        F(4, "unschedulable", Bool, OMIT),
         F(5, "taints", Ref(&M_core_v1_Taint), R),
         F(6, "configSource", Ref(&M_core_v1_NodeConfigSource), 0),
-        F(2, "externalID", Str, 0),
+        F(2, "externalID", Str, OMIT),
         F(
             8,
             "podPreemptionPolicy",
@@ -2038,7 +2045,7 @@ pub static M_core_v1_NodeStatus: Msg = Msg {
     fields: &[
         F(1, "capacity", Quantity, MAP),
         F(2, "allocatable", Quantity, MAP),
-        F(3, "phase", Str, 0),
+        F(3, "phase", Str, OMIT),
         F(4, "conditions", Ref(&M_core_v1_NodeCondition), R),
         F(5, "addresses", Ref(&M_core_v1_NodeAddress), R),
         F(6, "daemonEndpoints", Ref(&M_core_v1_NodeDaemonEndpoints), 0),
@@ -2077,19 +2084,19 @@ pub static M_core_v1_NodeSystemInfo: Msg = Msg {
 
 pub static M_core_v1_ObjectFieldSelector: Msg = Msg {
     name: "core.v1.ObjectFieldSelector",
-    fields: &[F(1, "apiVersion", Str, 0), F(2, "fieldPath", Str, 0)],
+    fields: &[F(1, "apiVersion", Str, OMIT), F(2, "fieldPath", Str, 0)],
 };
 
 pub static M_core_v1_ObjectReference: Msg = Msg {
     name: "core.v1.ObjectReference",
     fields: &[
-        F(1, "kind", Str, 0),
-        F(2, "namespace", Str, 0),
-        F(3, "name", Str, 0),
-        F(4, "uid", Str, 0),
-        F(5, "apiVersion", Str, 0),
-        F(6, "resourceVersion", Str, 0),
-        F(7, "fieldPath", Str, 0),
+        F(1, "kind", Str, OMIT),
+        F(2, "namespace", Str, OMIT),
+        F(3, "name", Str, OMIT),
+        F(4, "uid", Str, OMIT),
+        F(5, "apiVersion", Str, OMIT),
+        F(6, "resourceVersion", Str, OMIT),
+        F(7, "fieldPath", Str, OMIT),
     ],
 };
 
@@ -2118,8 +2125,8 @@ pub static M_core_v1_PersistentVolumeClaimCondition: Msg = Msg {
         F(2, "status", Str, 0),
         F(3, "lastProbeTime", Time, 0),
         F(4, "lastTransitionTime", Time, 0),
-        F(5, "reason", Str, 0),
-        F(6, "message", Str, 0),
+        F(5, "reason", Str, OMIT),
+        F(6, "message", Str, OMIT),
     ],
 };
 
@@ -2134,9 +2141,9 @@ pub static M_core_v1_PersistentVolumeClaimSpec: Msg = Msg {
             Ref(&M_core_v1_VolumeResourceRequirements),
             0,
         ),
-        F(3, "volumeName", Str, 0),
-        F(5, "storageClassName", Str, PTR),
-        F(6, "volumeMode", Str, PTR),
+        F(3, "volumeName", Str, OMIT),
+        F(5, "storageClassName", Str, 0),
+        F(6, "volumeMode", Str, 0),
         F(
             7,
             "dataSource",
@@ -2144,14 +2151,14 @@ pub static M_core_v1_PersistentVolumeClaimSpec: Msg = Msg {
             0,
         ),
         F(8, "dataSourceRef", Ref(&M_core_v1_TypedObjectReference), 0),
-        F(9, "volumeAttributesClassName", Str, PTR),
+        F(9, "volumeAttributesClassName", Str, 0),
     ],
 };
 
 pub static M_core_v1_PersistentVolumeClaimStatus: Msg = Msg {
     name: "core.v1.PersistentVolumeClaimStatus",
     fields: &[
-        F(1, "phase", Str, 0),
+        F(1, "phase", Str, OMIT),
         F(2, "accessModes", Str, R),
         F(3, "capacity", Quantity, MAP),
         F(
@@ -2162,7 +2169,7 @@ pub static M_core_v1_PersistentVolumeClaimStatus: Msg = Msg {
         ),
         F(5, "allocatedResources", Quantity, MAP),
         F(7, "allocatedResourceStatuses", Str, MAP),
-        F(8, "currentVolumeAttributesClassName", Str, PTR),
+        F(8, "currentVolumeAttributesClassName", Str, 0),
         F(
             9,
             "modifyVolumeStatus",
@@ -2183,7 +2190,7 @@ pub static M_core_v1_PersistentVolumeClaimTemplate: Msg = Msg {
 
 pub static M_core_v1_PersistentVolumeClaimVolumeSource: Msg = Msg {
     name: "core.v1.PersistentVolumeClaimVolumeSource",
-    fields: &[F(1, "claimName", Str, 0), F(2, "readOnly", Bool, 0)],
+    fields: &[F(1, "claimName", Str, 0), F(2, "readOnly", Bool, OMIT)],
 };
 
 pub static M_core_v1_PersistentVolumeSource: Msg = Msg {
@@ -2271,28 +2278,28 @@ pub static M_core_v1_PersistentVolumeSpec: Msg = Msg {
         F(2, "", Ref(&M_core_v1_PersistentVolumeSource), INL),
         F(3, "accessModes", Str, R),
         F(4, "claimRef", Ref(&M_core_v1_ObjectReference), 0),
-        F(5, "persistentVolumeReclaimPolicy", Str, 0),
-        F(6, "storageClassName", Str, 0),
+        F(5, "persistentVolumeReclaimPolicy", Str, OMIT),
+        F(6, "storageClassName", Str, OMIT),
         F(7, "mountOptions", Str, R),
-        F(8, "volumeMode", Str, PTR),
+        F(8, "volumeMode", Str, 0),
         F(9, "nodeAffinity", Ref(&M_core_v1_VolumeNodeAffinity), 0),
-        F(10, "volumeAttributesClassName", Str, PTR),
+        F(10, "volumeAttributesClassName", Str, 0),
     ],
 };
 
 pub static M_core_v1_PersistentVolumeStatus: Msg = Msg {
     name: "core.v1.PersistentVolumeStatus",
     fields: &[
-        F(1, "phase", Str, 0),
-        F(2, "message", Str, 0),
-        F(3, "reason", Str, 0),
+        F(1, "phase", Str, OMIT),
+        F(2, "message", Str, OMIT),
+        F(3, "reason", Str, OMIT),
         F(4, "lastPhaseTransitionTime", Time, 0),
     ],
 };
 
 pub static M_core_v1_PhotonPersistentDiskVolumeSource: Msg = Msg {
     name: "core.v1.PhotonPersistentDiskVolumeSource",
-    fields: &[F(1, "pdID", Str, 0), F(2, "fsType", Str, 0)],
+    fields: &[F(1, "pdID", Str, 0), F(2, "fsType", Str, OMIT)],
 };
 
 pub static M_core_v1_Pod: Msg = Msg {
@@ -2355,12 +2362,12 @@ pub static M_core_v1_PodAntiAffinity: Msg = Msg {
 pub static M_core_v1_PodCertificateProjection: Msg = Msg {
     name: "core.v1.PodCertificateProjection",
     fields: &[
-        F(1, "signerName", Str, 0),
-        F(2, "keyType", Str, 0),
+        F(1, "signerName", Str, OMIT),
+        F(2, "keyType", Str, OMIT),
         F(3, "maxExpirationSeconds", I32, 0),
-        F(4, "credentialBundlePath", Str, 0),
-        F(5, "keyPath", Str, 0),
-        F(6, "certificateChainPath", Str, 0),
+        F(4, "credentialBundlePath", Str, OMIT),
+        F(5, "keyPath", Str, OMIT),
+        F(6, "certificateChainPath", Str, OMIT),
         F(7, "userAnnotations", Str, MAP),
         F(8, "user", I64, 0),
     ],
@@ -2370,12 +2377,12 @@ pub static M_core_v1_PodCondition: Msg = Msg {
     name: "core.v1.PodCondition",
     fields: &[
         F(1, "type", Str, 0),
-        F(7, "observedGeneration", I64, 0),
+        F(7, "observedGeneration", I64, OMIT),
         F(2, "status", Str, 0),
         F(3, "lastProbeTime", Time, 0),
         F(4, "lastTransitionTime", Time, 0),
-        F(5, "reason", Str, 0),
-        F(6, "message", Str, 0),
+        F(5, "reason", Str, OMIT),
+        F(6, "message", Str, OMIT),
     ],
 };
 
@@ -2390,7 +2397,7 @@ pub static M_core_v1_PodDNSConfig: Msg = Msg {
 
 pub static M_core_v1_PodDNSConfigOption: Msg = Msg {
     name: "core.v1.PodDNSConfigOption",
-    fields: &[F(1, "name", Str, 0), F(2, "value", Str, PTR)],
+    fields: &[F(1, "name", Str, OMIT), F(2, "value", Str, 0)],
 };
 
 pub static M_core_v1_PodExtendedResourceClaimStatus: Msg = Msg {
@@ -2425,14 +2432,14 @@ pub static M_core_v1_PodResourceClaim: Msg = Msg {
     name: "core.v1.PodResourceClaim",
     fields: &[
         F(1, "name", Str, 0),
-        F(3, "resourceClaimName", Str, PTR),
-        F(4, "resourceClaimTemplateName", Str, PTR),
+        F(3, "resourceClaimName", Str, 0),
+        F(4, "resourceClaimTemplateName", Str, 0),
     ],
 };
 
 pub static M_core_v1_PodResourceClaimStatus: Msg = Msg {
     name: "core.v1.PodResourceClaimStatus",
-    fields: &[F(1, "name", Str, 0), F(2, "resourceClaimName", Str, PTR)],
+    fields: &[F(1, "name", Str, 0), F(2, "resourceClaimName", Str, 0)],
 };
 
 pub static M_core_v1_PodSchedulingGate: Msg = Msg {
@@ -2442,7 +2449,7 @@ pub static M_core_v1_PodSchedulingGate: Msg = Msg {
 
 pub static M_core_v1_PodSchedulingGroup: Msg = Msg {
     name: "core.v1.PodSchedulingGroup",
-    fields: &[F(1, "podGroupName", Str, PTR)],
+    fields: &[F(1, "podGroupName", Str, 0)],
 };
 
 pub static M_core_v1_PodSecurityContext: Msg = Msg {
@@ -2459,13 +2466,13 @@ pub static M_core_v1_PodSecurityContext: Msg = Msg {
         F(6, "runAsGroup", I64, 0),
         F(3, "runAsNonRoot", Bool, 0),
         F(4, "supplementalGroups", I64, R),
-        F(12, "supplementalGroupsPolicy", Str, PTR),
+        F(12, "supplementalGroupsPolicy", Str, 0),
         F(5, "fsGroup", I64, 0),
         F(7, "sysctls", Ref(&M_core_v1_Sysctl), R),
-        F(9, "fsGroupChangePolicy", Str, PTR),
+        F(9, "fsGroupChangePolicy", Str, 0),
         F(10, "seccompProfile", Ref(&M_core_v1_SeccompProfile), 0),
         F(11, "appArmorProfile", Ref(&M_core_v1_AppArmorProfile), 0),
-        F(13, "seLinuxChangePolicy", Str, PTR),
+        F(13, "seLinuxChangePolicy", Str, 0),
     ],
 };
 
@@ -2481,18 +2488,18 @@ pub static M_core_v1_PodSpec: Msg = Msg {
             Ref(&M_core_v1_EphemeralContainer),
             R,
         ),
-        F(3, "restartPolicy", Str, 0),
+        F(3, "restartPolicy", Str, OMIT),
         F(4, "terminationGracePeriodSeconds", I64, 0),
         F(5, "activeDeadlineSeconds", I64, 0),
-        F(6, "dnsPolicy", Str, 0),
+        F(6, "dnsPolicy", Str, OMIT),
         F(7, "nodeSelector", Str, MAP),
-        F(8, "serviceAccountName", Str, 0),
-        F(9, "serviceAccount", Str, 0),
+        F(8, "serviceAccountName", Str, OMIT),
+        F(9, "serviceAccount", Str, OMIT),
         F(21, "automountServiceAccountToken", Bool, 0),
-        F(10, "nodeName", Str, 0),
-        F(11, "hostNetwork", Bool, 0),
-        F(12, "hostPID", Bool, 0),
-        F(13, "hostIPC", Bool, 0),
+        F(10, "nodeName", Str, OMIT),
+        F(11, "hostNetwork", Bool, OMIT),
+        F(12, "hostPID", Bool, OMIT),
+        F(13, "hostIPC", Bool, OMIT),
         F(27, "shareProcessNamespace", Bool, 0),
         F(14, "securityContext", Ref(&M_core_v1_PodSecurityContext), 0),
         F(
@@ -2501,19 +2508,19 @@ pub static M_core_v1_PodSpec: Msg = Msg {
             Ref(&M_core_v1_LocalObjectReference),
             R,
         ),
-        F(16, "hostname", Str, 0),
-        F(17, "subdomain", Str, 0),
+        F(16, "hostname", Str, OMIT),
+        F(17, "subdomain", Str, OMIT),
         F(18, "affinity", Ref(&M_core_v1_Affinity), 0),
-        F(19, "schedulerName", Str, 0),
+        F(19, "schedulerName", Str, OMIT),
         F(22, "tolerations", Ref(&M_core_v1_Toleration), R),
         F(23, "hostAliases", Ref(&M_core_v1_HostAlias), R),
-        F(24, "priorityClassName", Str, 0),
+        F(24, "priorityClassName", Str, OMIT),
         F(25, "priority", I32, 0),
         F(26, "dnsConfig", Ref(&M_core_v1_PodDNSConfig), 0),
         F(28, "readinessGates", Ref(&M_core_v1_PodReadinessGate), R),
-        F(29, "runtimeClassName", Str, PTR),
+        F(29, "runtimeClassName", Str, 0),
         F(30, "enableServiceLinks", Bool, 0),
-        F(31, "preemptionPolicy", Str, PTR),
+        F(31, "preemptionPolicy", Str, 0),
         F(32, "overhead", Quantity, MAP),
         F(
             33,
@@ -2527,7 +2534,7 @@ pub static M_core_v1_PodSpec: Msg = Msg {
         F(38, "schedulingGates", Ref(&M_core_v1_PodSchedulingGate), R),
         F(39, "resourceClaims", Ref(&M_core_v1_PodResourceClaim), R),
         F(40, "resources", Ref(&M_core_v1_ResourceRequirements), 0),
-        F(41, "hostnameOverride", Str, PTR),
+        F(41, "hostnameOverride", Str, 0),
         F(43, "schedulingGroup", Ref(&M_core_v1_PodSchedulingGroup), 0),
         F(
             44,
@@ -2541,15 +2548,15 @@ pub static M_core_v1_PodSpec: Msg = Msg {
 pub static M_core_v1_PodStatus: Msg = Msg {
     name: "core.v1.PodStatus",
     fields: &[
-        F(17, "observedGeneration", I64, 0),
-        F(1, "phase", Str, 0),
+        F(17, "observedGeneration", I64, OMIT),
+        F(1, "phase", Str, OMIT),
         F(2, "conditions", Ref(&M_core_v1_PodCondition), R),
-        F(3, "message", Str, 0),
-        F(4, "reason", Str, 0),
-        F(11, "nominatedNodeName", Str, 0),
-        F(5, "hostIP", Str, 0),
+        F(3, "message", Str, OMIT),
+        F(4, "reason", Str, OMIT),
+        F(11, "nominatedNodeName", Str, OMIT),
+        F(5, "hostIP", Str, OMIT),
         F(16, "hostIPs", Ref(&M_core_v1_HostIP), R),
-        F(6, "podIP", Str, 0),
+        F(6, "podIP", Str, OMIT),
         F(12, "podIPs", Ref(&M_core_v1_PodIP), R),
         F(7, "startTime", Time, 0),
         F(
@@ -2559,14 +2566,14 @@ pub static M_core_v1_PodStatus: Msg = Msg {
             R,
         ),
         F(8, "containerStatuses", Ref(&M_core_v1_ContainerStatus), R),
-        F(9, "qosClass", Str, 0),
+        F(9, "qosClass", Str, OMIT),
         F(
             13,
             "ephemeralContainerStatuses",
             Ref(&M_core_v1_ContainerStatus),
             R,
         ),
-        F(14, "resize", Str, 0),
+        F(14, "resize", Str, OMIT),
         F(
             15,
             "resourceClaimStatuses",
@@ -2618,7 +2625,7 @@ pub static M_core_v1_PortStatus: Msg = Msg {
     fields: &[
         F(1, "port", I32, 0),
         F(2, "protocol", Str, 0),
-        F(3, "error", Str, PTR),
+        F(3, "error", Str, 0),
     ],
 };
 
@@ -2626,8 +2633,8 @@ pub static M_core_v1_PortworxVolumeSource: Msg = Msg {
     name: "core.v1.PortworxVolumeSource",
     fields: &[
         F(1, "volumeID", Str, 0),
-        F(2, "fsType", Str, 0),
-        F(3, "readOnly", Bool, 0),
+        F(2, "fsType", Str, OMIT),
+        F(3, "readOnly", Bool, OMIT),
     ],
 };
 
@@ -2643,11 +2650,11 @@ pub static M_core_v1_Probe: Msg = Msg {
     name: "core.v1.Probe",
     fields: &[
         F(1, "", Ref(&M_core_v1_ProbeHandler), INL),
-        F(2, "initialDelaySeconds", I32, 0),
-        F(3, "timeoutSeconds", I32, 0),
-        F(4, "periodSeconds", I32, 0),
-        F(5, "successThreshold", I32, 0),
-        F(6, "failureThreshold", I32, 0),
+        F(2, "initialDelaySeconds", I32, OMIT),
+        F(3, "timeoutSeconds", I32, OMIT),
+        F(4, "periodSeconds", I32, OMIT),
+        F(5, "successThreshold", I32, OMIT),
+        F(6, "failureThreshold", I32, OMIT),
         F(7, "terminationGracePeriodSeconds", I64, 0),
     ],
 };
@@ -2676,10 +2683,10 @@ pub static M_core_v1_QuobyteVolumeSource: Msg = Msg {
     fields: &[
         F(1, "registry", Str, 0),
         F(2, "volume", Str, 0),
-        F(3, "readOnly", Bool, 0),
-        F(4, "user", Str, 0),
-        F(5, "group", Str, 0),
-        F(6, "tenant", Str, 0),
+        F(3, "readOnly", Bool, OMIT),
+        F(4, "user", Str, OMIT),
+        F(5, "group", Str, OMIT),
+        F(6, "tenant", Str, OMIT),
     ],
 };
 
@@ -2688,12 +2695,12 @@ pub static M_core_v1_RBDPersistentVolumeSource: Msg = Msg {
     fields: &[
         F(1, "monitors", Str, R),
         F(2, "image", Str, 0),
-        F(3, "fsType", Str, 0),
-        F(4, "pool", Str, 0),
-        F(5, "user", Str, 0),
-        F(6, "keyring", Str, 0),
+        F(3, "fsType", Str, OMIT),
+        F(4, "pool", Str, OMIT),
+        F(5, "user", Str, OMIT),
+        F(6, "keyring", Str, OMIT),
         F(7, "secretRef", Ref(&M_core_v1_SecretReference), 0),
-        F(8, "readOnly", Bool, 0),
+        F(8, "readOnly", Bool, OMIT),
     ],
 };
 
@@ -2702,12 +2709,12 @@ pub static M_core_v1_RBDVolumeSource: Msg = Msg {
     fields: &[
         F(1, "monitors", Str, R),
         F(2, "image", Str, 0),
-        F(3, "fsType", Str, 0),
-        F(4, "pool", Str, 0),
-        F(5, "user", Str, 0),
-        F(6, "keyring", Str, 0),
+        F(3, "fsType", Str, OMIT),
+        F(4, "pool", Str, OMIT),
+        F(5, "user", Str, OMIT),
+        F(6, "keyring", Str, OMIT),
         F(7, "secretRef", Ref(&M_core_v1_LocalObjectReference), 0),
-        F(8, "readOnly", Bool, 0),
+        F(8, "readOnly", Bool, OMIT),
     ],
 };
 
@@ -2726,8 +2733,8 @@ pub static M_core_v1_ReplicationControllerCondition: Msg = Msg {
         F(1, "type", Str, 0),
         F(2, "status", Str, 0),
         F(3, "lastTransitionTime", Time, 0),
-        F(4, "reason", Str, 0),
-        F(5, "message", Str, 0),
+        F(4, "reason", Str, OMIT),
+        F(5, "message", Str, OMIT),
     ],
 };
 
@@ -2735,7 +2742,7 @@ pub static M_core_v1_ReplicationControllerSpec: Msg = Msg {
     name: "core.v1.ReplicationControllerSpec",
     fields: &[
         F(1, "replicas", I32, 0),
-        F(4, "minReadySeconds", I32, 0),
+        F(4, "minReadySeconds", I32, OMIT),
         F(2, "selector", Str, MAP),
         F(3, "template", Ref(&M_core_v1_PodTemplateSpec), 0),
     ],
@@ -2745,10 +2752,10 @@ pub static M_core_v1_ReplicationControllerStatus: Msg = Msg {
     name: "core.v1.ReplicationControllerStatus",
     fields: &[
         F(1, "replicas", I32, 0),
-        F(2, "fullyLabeledReplicas", I32, 0),
-        F(4, "readyReplicas", I32, 0),
-        F(5, "availableReplicas", I32, 0),
-        F(3, "observedGeneration", I64, 0),
+        F(2, "fullyLabeledReplicas", I32, OMIT),
+        F(4, "readyReplicas", I32, OMIT),
+        F(5, "availableReplicas", I32, OMIT),
+        F(3, "observedGeneration", I64, OMIT),
         F(
             6,
             "conditions",
@@ -2760,13 +2767,13 @@ pub static M_core_v1_ReplicationControllerStatus: Msg = Msg {
 
 pub static M_core_v1_ResourceClaim: Msg = Msg {
     name: "core.v1.ResourceClaim",
-    fields: &[F(1, "name", Str, 0), F(2, "request", Str, 0)],
+    fields: &[F(1, "name", Str, 0), F(2, "request", Str, OMIT)],
 };
 
 pub static M_core_v1_ResourceFieldSelector: Msg = Msg {
     name: "core.v1.ResourceFieldSelector",
     fields: &[
-        F(1, "containerName", Str, 0),
+        F(1, "containerName", Str, OMIT),
         F(2, "resource", Str, 0),
         F(3, "divisor", Quantity, 0),
     ],
@@ -2776,8 +2783,8 @@ pub static M_core_v1_ResourceHealth: Msg = Msg {
     name: "core.v1.ResourceHealth",
     fields: &[
         F(1, "resourceID", Str, 0),
-        F(2, "health", Str, 0),
-        F(6, "message", Str, PTR),
+        F(2, "health", Str, OMIT),
+        F(6, "message", Str, 0),
     ],
 };
 
@@ -2801,10 +2808,10 @@ pub static M_core_v1_ResourceStatus: Msg = Msg {
 pub static M_core_v1_SELinuxOptions: Msg = Msg {
     name: "core.v1.SELinuxOptions",
     fields: &[
-        F(1, "user", Str, 0),
-        F(2, "role", Str, 0),
-        F(3, "type", Str, 0),
-        F(4, "level", Str, 0),
+        F(1, "user", Str, OMIT),
+        F(2, "role", Str, OMIT),
+        F(3, "type", Str, OMIT),
+        F(4, "level", Str, OMIT),
     ],
 };
 
@@ -2814,13 +2821,13 @@ pub static M_core_v1_ScaleIOPersistentVolumeSource: Msg = Msg {
         F(1, "gateway", Str, 0),
         F(2, "system", Str, 0),
         F(3, "secretRef", Ref(&M_core_v1_SecretReference), 0),
-        F(4, "sslEnabled", Bool, 0),
-        F(5, "protectionDomain", Str, 0),
-        F(6, "storagePool", Str, 0),
-        F(7, "storageMode", Str, 0),
-        F(8, "volumeName", Str, 0),
-        F(9, "fsType", Str, 0),
-        F(10, "readOnly", Bool, 0),
+        F(4, "sslEnabled", Bool, OMIT),
+        F(5, "protectionDomain", Str, OMIT),
+        F(6, "storagePool", Str, OMIT),
+        F(7, "storageMode", Str, OMIT),
+        F(8, "volumeName", Str, OMIT),
+        F(9, "fsType", Str, OMIT),
+        F(10, "readOnly", Bool, OMIT),
     ],
 };
 
@@ -2830,19 +2837,19 @@ pub static M_core_v1_ScaleIOVolumeSource: Msg = Msg {
         F(1, "gateway", Str, 0),
         F(2, "system", Str, 0),
         F(3, "secretRef", Ref(&M_core_v1_LocalObjectReference), 0),
-        F(4, "sslEnabled", Bool, 0),
-        F(5, "protectionDomain", Str, 0),
-        F(6, "storagePool", Str, 0),
-        F(7, "storageMode", Str, 0),
-        F(8, "volumeName", Str, 0),
-        F(9, "fsType", Str, 0),
-        F(10, "readOnly", Bool, 0),
+        F(4, "sslEnabled", Bool, OMIT),
+        F(5, "protectionDomain", Str, OMIT),
+        F(6, "storagePool", Str, OMIT),
+        F(7, "storageMode", Str, OMIT),
+        F(8, "volumeName", Str, OMIT),
+        F(9, "fsType", Str, OMIT),
+        F(10, "readOnly", Bool, OMIT),
     ],
 };
 
 pub static M_core_v1_SeccompProfile: Msg = Msg {
     name: "core.v1.SeccompProfile",
-    fields: &[F(1, "type", Str, 0), F(2, "localhostProfile", Str, PTR)],
+    fields: &[F(1, "type", Str, 0), F(2, "localhostProfile", Str, 0)],
 };
 
 pub static M_core_v1_Secret: Msg = Msg {
@@ -2852,7 +2859,7 @@ pub static M_core_v1_Secret: Msg = Msg {
         F(5, "immutable", Bool, 0),
         F(2, "data", Bytes, MAP),
         F(4, "stringData", Str, MAP),
-        F(3, "type", Str, 0),
+        F(3, "type", Str, OMIT),
     ],
 };
 
@@ -2884,13 +2891,13 @@ pub static M_core_v1_SecretProjection: Msg = Msg {
 
 pub static M_core_v1_SecretReference: Msg = Msg {
     name: "core.v1.SecretReference",
-    fields: &[F(1, "name", Str, 0), F(2, "namespace", Str, 0)],
+    fields: &[F(1, "name", Str, OMIT), F(2, "namespace", Str, OMIT)],
 };
 
 pub static M_core_v1_SecretVolumeSource: Msg = Msg {
     name: "core.v1.SecretVolumeSource",
     fields: &[
-        F(1, "secretName", Str, 0),
+        F(1, "secretName", Str, OMIT),
         F(2, "items", Ref(&M_core_v1_KeyToPath), R),
         F(3, "defaultMode", I32, 0),
         F(4, "optional", Bool, 0),
@@ -2915,7 +2922,7 @@ pub static M_core_v1_SecurityContext: Msg = Msg {
         F(5, "runAsNonRoot", Bool, 0),
         F(6, "readOnlyRootFilesystem", Bool, 0),
         F(7, "allowPrivilegeEscalation", Bool, 0),
-        F(9, "procMount", Str, PTR),
+        F(9, "procMount", Str, 0),
         F(11, "seccompProfile", Ref(&M_core_v1_SeccompProfile), 0),
         F(12, "appArmorProfile", Ref(&M_core_v1_AppArmorProfile), 0),
     ],
@@ -2948,7 +2955,7 @@ pub static M_core_v1_ServiceAccount: Msg = Msg {
 pub static M_core_v1_ServiceAccountTokenProjection: Msg = Msg {
     name: "core.v1.ServiceAccountTokenProjection",
     fields: &[
-        F(1, "audience", Str, 0),
+        F(1, "audience", Str, OMIT),
         F(2, "expirationSeconds", I64, 0),
         F(3, "path", Str, 0),
         F(4, "user", I64, 0),
@@ -2958,12 +2965,12 @@ pub static M_core_v1_ServiceAccountTokenProjection: Msg = Msg {
 pub static M_core_v1_ServicePort: Msg = Msg {
     name: "core.v1.ServicePort",
     fields: &[
-        F(1, "name", Str, 0),
-        F(2, "protocol", Str, 0),
-        F(6, "appProtocol", Str, PTR),
+        F(1, "name", Str, OMIT),
+        F(2, "protocol", Str, OMIT),
+        F(6, "appProtocol", Str, 0),
         F(3, "port", I32, 0),
         F(4, "targetPort", IntStr, 0),
-        F(5, "nodePort", I32, 0),
+        F(5, "nodePort", I32, OMIT),
     ],
 };
 
@@ -2972,17 +2979,17 @@ pub static M_core_v1_ServiceSpec: Msg = Msg {
     fields: &[
         F(1, "ports", Ref(&M_core_v1_ServicePort), R),
         F(2, "selector", Str, MAP),
-        F(3, "clusterIP", Str, 0),
+        F(3, "clusterIP", Str, OMIT),
         F(18, "clusterIPs", Str, R),
-        F(4, "type", Str, 0),
+        F(4, "type", Str, OMIT),
         F(5, "externalIPs", Str, R),
-        F(7, "sessionAffinity", Str, 0),
-        F(8, "loadBalancerIP", Str, 0),
+        F(7, "sessionAffinity", Str, OMIT),
+        F(8, "loadBalancerIP", Str, OMIT),
         F(9, "loadBalancerSourceRanges", Str, R),
-        F(10, "externalName", Str, 0),
-        F(11, "externalTrafficPolicy", Str, 0),
-        F(12, "healthCheckNodePort", I32, 0),
-        F(13, "publishNotReadyAddresses", Bool, 0),
+        F(10, "externalName", Str, OMIT),
+        F(11, "externalTrafficPolicy", Str, OMIT),
+        F(12, "healthCheckNodePort", I32, OMIT),
+        F(13, "publishNotReadyAddresses", Bool, OMIT),
         F(
             14,
             "sessionAffinityConfig",
@@ -2990,11 +2997,11 @@ pub static M_core_v1_ServiceSpec: Msg = Msg {
             0,
         ),
         F(19, "ipFamilies", Str, R),
-        F(17, "ipFamilyPolicy", Str, PTR),
+        F(17, "ipFamilyPolicy", Str, 0),
         F(20, "allocateLoadBalancerNodePorts", Bool, 0),
-        F(21, "loadBalancerClass", Str, PTR),
-        F(22, "internalTrafficPolicy", Str, PTR),
-        F(23, "trafficDistribution", Str, PTR),
+        F(21, "loadBalancerClass", Str, 0),
+        F(22, "internalTrafficPolicy", Str, 0),
+        F(23, "trafficDistribution", Str, 0),
     ],
 };
 
@@ -3019,10 +3026,10 @@ pub static M_core_v1_SleepAction: Msg = Msg {
 pub static M_core_v1_StorageOSPersistentVolumeSource: Msg = Msg {
     name: "core.v1.StorageOSPersistentVolumeSource",
     fields: &[
-        F(1, "volumeName", Str, 0),
-        F(2, "volumeNamespace", Str, 0),
-        F(3, "fsType", Str, 0),
-        F(4, "readOnly", Bool, 0),
+        F(1, "volumeName", Str, OMIT),
+        F(2, "volumeNamespace", Str, OMIT),
+        F(3, "fsType", Str, OMIT),
+        F(4, "readOnly", Bool, OMIT),
         F(5, "secretRef", Ref(&M_core_v1_ObjectReference), 0),
     ],
 };
@@ -3030,10 +3037,10 @@ pub static M_core_v1_StorageOSPersistentVolumeSource: Msg = Msg {
 pub static M_core_v1_StorageOSVolumeSource: Msg = Msg {
     name: "core.v1.StorageOSVolumeSource",
     fields: &[
-        F(1, "volumeName", Str, 0),
-        F(2, "volumeNamespace", Str, 0),
-        F(3, "fsType", Str, 0),
-        F(4, "readOnly", Bool, 0),
+        F(1, "volumeName", Str, OMIT),
+        F(2, "volumeNamespace", Str, OMIT),
+        F(3, "fsType", Str, OMIT),
+        F(4, "readOnly", Bool, OMIT),
         F(5, "secretRef", Ref(&M_core_v1_LocalObjectReference), 0),
     ],
 };
@@ -3045,14 +3052,14 @@ pub static M_core_v1_Sysctl: Msg = Msg {
 
 pub static M_core_v1_TCPSocketAction: Msg = Msg {
     name: "core.v1.TCPSocketAction",
-    fields: &[F(1, "port", IntStr, 0), F(2, "host", Str, 0)],
+    fields: &[F(1, "port", IntStr, 0), F(2, "host", Str, OMIT)],
 };
 
 pub static M_core_v1_Taint: Msg = Msg {
     name: "core.v1.Taint",
     fields: &[
         F(1, "key", Str, 0),
-        F(2, "value", Str, 0),
+        F(2, "value", Str, OMIT),
         F(3, "effect", Str, 0),
         F(4, "timeAdded", Time, 0),
     ],
@@ -3061,10 +3068,10 @@ pub static M_core_v1_Taint: Msg = Msg {
 pub static M_core_v1_Toleration: Msg = Msg {
     name: "core.v1.Toleration",
     fields: &[
-        F(1, "key", Str, 0),
-        F(2, "operator", Str, 0),
-        F(3, "value", Str, 0),
-        F(4, "effect", Str, 0),
+        F(1, "key", Str, OMIT),
+        F(2, "operator", Str, OMIT),
+        F(3, "value", Str, OMIT),
+        F(4, "effect", Str, OMIT),
         F(5, "tolerationSeconds", I64, 0),
     ],
 };
@@ -3077,8 +3084,8 @@ pub static M_core_v1_TopologySpreadConstraint: Msg = Msg {
         F(3, "whenUnsatisfiable", Str, 0),
         F(4, "labelSelector", Ref(&M_meta_v1_LabelSelector), 0),
         F(5, "minDomains", I32, 0),
-        F(6, "nodeAffinityPolicy", Str, PTR),
-        F(7, "nodeTaintsPolicy", Str, PTR),
+        F(6, "nodeAffinityPolicy", Str, 0),
+        F(7, "nodeTaintsPolicy", Str, 0),
         F(8, "matchLabelKeys", Str, R),
     ],
 };
@@ -3086,7 +3093,7 @@ pub static M_core_v1_TopologySpreadConstraint: Msg = Msg {
 pub static M_core_v1_TypedLocalObjectReference: Msg = Msg {
     name: "core.v1.TypedLocalObjectReference",
     fields: &[
-        F(1, "apiGroup", Str, PTR),
+        F(1, "apiGroup", Str, 0),
         F(2, "kind", Str, 0),
         F(3, "name", Str, 0),
     ],
@@ -3095,10 +3102,10 @@ pub static M_core_v1_TypedLocalObjectReference: Msg = Msg {
 pub static M_core_v1_TypedObjectReference: Msg = Msg {
     name: "core.v1.TypedObjectReference",
     fields: &[
-        F(1, "apiGroup", Str, PTR),
+        F(1, "apiGroup", Str, 0),
         F(2, "kind", Str, 0),
         F(3, "name", Str, 0),
-        F(4, "namespace", Str, PTR),
+        F(4, "namespace", Str, 0),
     ],
 };
 
@@ -3120,7 +3127,7 @@ pub static M_core_v1_VolumeHealthCondition: Msg = Msg {
     fields: &[
         F(1, "status", Str, 0),
         F(2, "reason", Str, 0),
-        F(3, "message", Str, 0),
+        F(3, "message", Str, OMIT),
     ],
 };
 
@@ -3141,12 +3148,12 @@ pub static M_core_v1_VolumeMount: Msg = Msg {
     name: "core.v1.VolumeMount",
     fields: &[
         F(1, "name", Str, 0),
-        F(2, "readOnly", Bool, 0),
-        F(7, "recursiveReadOnly", Str, PTR),
+        F(2, "readOnly", Bool, OMIT),
+        F(7, "recursiveReadOnly", Str, 0),
         F(3, "mountPath", Str, 0),
-        F(4, "subPath", Str, 0),
-        F(5, "mountPropagation", Str, PTR),
-        F(6, "subPathExpr", Str, 0),
+        F(4, "subPath", Str, OMIT),
+        F(5, "mountPropagation", Str, 0),
+        F(6, "subPathExpr", Str, OMIT),
         F(8, "bindMountOptions", Str, R),
     ],
 };
@@ -3156,8 +3163,8 @@ pub static M_core_v1_VolumeMountStatus: Msg = Msg {
     fields: &[
         F(1, "name", Str, 0),
         F(2, "mountPath", Str, 0),
-        F(3, "readOnly", Bool, 0),
-        F(4, "recursiveReadOnly", Str, PTR),
+        F(3, "readOnly", Bool, OMIT),
+        F(4, "recursiveReadOnly", Str, 0),
         F(5, "volumeStatus", Ref(&M_core_v1_VolumeStatus), 0),
     ],
 };
@@ -3282,9 +3289,9 @@ pub static M_core_v1_VsphereVirtualDiskVolumeSource: Msg = Msg {
     name: "core.v1.VsphereVirtualDiskVolumeSource",
     fields: &[
         F(1, "volumePath", Str, 0),
-        F(2, "fsType", Str, 0),
-        F(3, "storagePolicyName", Str, 0),
-        F(4, "storagePolicyID", Str, 0),
+        F(2, "fsType", Str, OMIT),
+        F(3, "storagePolicyName", Str, OMIT),
+        F(4, "storagePolicyID", Str, OMIT),
     ],
 };
 
@@ -3299,9 +3306,9 @@ pub static M_core_v1_WeightedPodAffinityTerm: Msg = Msg {
 pub static M_core_v1_WindowsSecurityContextOptions: Msg = Msg {
     name: "core.v1.WindowsSecurityContextOptions",
     fields: &[
-        F(1, "gmsaCredentialSpecName", Str, PTR),
-        F(2, "gmsaCredentialSpec", Str, PTR),
-        F(3, "runAsUserName", Str, PTR),
+        F(1, "gmsaCredentialSpecName", Str, 0),
+        F(2, "gmsaCredentialSpec", Str, 0),
+        F(3, "runAsUserName", Str, 0),
         F(4, "hostProcess", Bool, 0),
     ],
 };
@@ -3311,11 +3318,11 @@ pub static M_discovery_v1_Endpoint: Msg = Msg {
     fields: &[
         F(1, "addresses", Str, R),
         F(2, "conditions", Ref(&M_discovery_v1_EndpointConditions), 0),
-        F(3, "hostname", Str, PTR),
+        F(3, "hostname", Str, 0),
         F(4, "targetRef", Ref(&M_core_v1_ObjectReference), 0),
         F(5, "deprecatedTopology", Str, MAP),
-        F(6, "nodeName", Str, PTR),
-        F(7, "zone", Str, PTR),
+        F(6, "nodeName", Str, 0),
+        F(7, "zone", Str, 0),
         F(8, "hints", Ref(&M_discovery_v1_EndpointHints), 0),
     ],
 };
@@ -3340,10 +3347,10 @@ pub static M_discovery_v1_EndpointHints: Msg = Msg {
 pub static M_discovery_v1_EndpointPort: Msg = Msg {
     name: "discovery.v1.EndpointPort",
     fields: &[
-        F(1, "name", Str, PTR),
-        F(2, "protocol", Str, PTR),
+        F(1, "name", Str, 0),
+        F(2, "protocol", Str, 0),
         F(3, "port", I32, 0),
-        F(4, "appProtocol", Str, PTR),
+        F(4, "appProtocol", Str, 0),
     ],
 };
 
@@ -3373,18 +3380,18 @@ pub static M_events_v1_Event: Msg = Msg {
         F(1, "metadata", Ref(&M_meta_v1_ObjectMeta), 0),
         F(2, "eventTime", MicroTime, 0),
         F(3, "series", Ref(&M_events_v1_EventSeries), 0),
-        F(4, "reportingController", Str, 0),
-        F(5, "reportingInstance", Str, 0),
-        F(6, "action", Str, 0),
-        F(7, "reason", Str, 0),
+        F(4, "reportingController", Str, OMIT),
+        F(5, "reportingInstance", Str, OMIT),
+        F(6, "action", Str, OMIT),
+        F(7, "reason", Str, OMIT),
         F(8, "regarding", Ref(&M_core_v1_ObjectReference), 0),
         F(9, "related", Ref(&M_core_v1_ObjectReference), 0),
-        F(10, "note", Str, 0),
-        F(11, "type", Str, 0),
+        F(10, "note", Str, OMIT),
+        F(11, "type", Str, OMIT),
         F(12, "deprecatedSource", Ref(&M_core_v1_EventSource), 0),
         F(13, "deprecatedFirstTimestamp", Time, 0),
         F(14, "deprecatedLastTimestamp", Time, 0),
-        F(15, "deprecatedCount", I32, 0),
+        F(15, "deprecatedCount", I32, OMIT),
     ],
 };
 
@@ -3401,7 +3408,7 @@ pub static M_meta_v1_Condition: Msg = Msg {
     fields: &[
         F(1, "type", Str, 0),
         F(2, "status", Str, 0),
-        F(3, "observedGeneration", I64, 0),
+        F(3, "observedGeneration", I64, OMIT),
         F(4, "lastTransitionTime", Time, 0),
         F(5, "reason", Str, 0),
         F(6, "message", Str, 0),
@@ -3414,7 +3421,7 @@ pub static M_meta_v1_DeleteOptions: Msg = Msg {
         F(1, "gracePeriodSeconds", I64, 0),
         F(2, "preconditions", Ref(&M_meta_v1_Preconditions), 0),
         F(3, "orphanDependents", Bool, 0),
-        F(4, "propagationPolicy", Str, PTR),
+        F(4, "propagationPolicy", Str, 0),
         F(5, "dryRun", Str, R),
         F(
             6,
@@ -3450,26 +3457,26 @@ pub static M_meta_v1_LabelSelectorRequirement: Msg = Msg {
 pub static M_meta_v1_ManagedFieldsEntry: Msg = Msg {
     name: "meta.v1.ManagedFieldsEntry",
     fields: &[
-        F(1, "manager", Str, 0),
-        F(2, "operation", Str, 0),
-        F(3, "apiVersion", Str, 0),
+        F(1, "manager", Str, OMIT),
+        F(2, "operation", Str, OMIT),
+        F(3, "apiVersion", Str, OMIT),
         F(4, "time", Time, 0),
-        F(6, "fieldsType", Str, 0),
+        F(6, "fieldsType", Str, OMIT),
         F(7, "fieldsV1", FieldsV1, 0),
-        F(8, "subresource", Str, 0),
+        F(8, "subresource", Str, OMIT),
     ],
 };
 
 pub static M_meta_v1_ObjectMeta: Msg = Msg {
     name: "meta.v1.ObjectMeta",
     fields: &[
-        F(1, "name", Str, 0),
-        F(2, "generateName", Str, 0),
-        F(3, "namespace", Str, 0),
-        F(4, "selfLink", Str, 0),
-        F(5, "uid", Str, 0),
-        F(6, "resourceVersion", Str, 0),
-        F(7, "generation", I64, 0),
+        F(1, "name", Str, OMIT),
+        F(2, "generateName", Str, OMIT),
+        F(3, "namespace", Str, OMIT),
+        F(4, "selfLink", Str, OMIT),
+        F(5, "uid", Str, OMIT),
+        F(6, "resourceVersion", Str, OMIT),
+        F(7, "generation", I64, OMIT),
         F(8, "creationTimestamp", Time, 0),
         F(9, "deletionTimestamp", Time, 0),
         F(10, "deletionGracePeriodSeconds", I64, 0),
@@ -3495,14 +3502,14 @@ pub static M_meta_v1_OwnerReference: Msg = Msg {
 
 pub static M_meta_v1_Preconditions: Msg = Msg {
     name: "meta.v1.Preconditions",
-    fields: &[F(1, "uid", Str, PTR), F(2, "resourceVersion", Str, PTR)],
+    fields: &[F(1, "uid", Str, 0), F(2, "resourceVersion", Str, 0)],
 };
 
 pub static M_networking_v1_HTTPIngressPath: Msg = Msg {
     name: "networking.v1.HTTPIngressPath",
     fields: &[
-        F(1, "path", Str, 0),
-        F(3, "pathType", Str, PTR),
+        F(1, "path", Str, OMIT),
+        F(3, "pathType", Str, 0),
         F(2, "backend", Ref(&M_networking_v1_IngressBackend), 0),
     ],
 };
@@ -3540,18 +3547,18 @@ pub static M_networking_v1_IngressClass: Msg = Msg {
 pub static M_networking_v1_IngressClassParametersReference: Msg = Msg {
     name: "networking.v1.IngressClassParametersReference",
     fields: &[
-        F(1, "apiGroup", Str, PTR),
+        F(1, "apiGroup", Str, 0),
         F(2, "kind", Str, 0),
         F(3, "name", Str, 0),
-        F(4, "scope", Str, PTR),
-        F(5, "namespace", Str, PTR),
+        F(4, "scope", Str, 0),
+        F(5, "namespace", Str, 0),
     ],
 };
 
 pub static M_networking_v1_IngressClassSpec: Msg = Msg {
     name: "networking.v1.IngressClassSpec",
     fields: &[
-        F(1, "controller", Str, 0),
+        F(1, "controller", Str, OMIT),
         F(
             2,
             "parameters",
@@ -3564,8 +3571,8 @@ pub static M_networking_v1_IngressClassSpec: Msg = Msg {
 pub static M_networking_v1_IngressLoadBalancerIngress: Msg = Msg {
     name: "networking.v1.IngressLoadBalancerIngress",
     fields: &[
-        F(1, "ip", Str, 0),
-        F(2, "hostname", Str, 0),
+        F(1, "ip", Str, OMIT),
+        F(2, "hostname", Str, OMIT),
         F(4, "ports", Ref(&M_networking_v1_IngressPortStatus), R),
     ],
 };
@@ -3585,14 +3592,14 @@ pub static M_networking_v1_IngressPortStatus: Msg = Msg {
     fields: &[
         F(1, "port", I32, 0),
         F(2, "protocol", Str, 0),
-        F(3, "error", Str, PTR),
+        F(3, "error", Str, 0),
     ],
 };
 
 pub static M_networking_v1_IngressRule: Msg = Msg {
     name: "networking.v1.IngressRule",
     fields: &[
-        F(1, "host", Str, 0),
+        F(1, "host", Str, OMIT),
         F(2, "", Ref(&M_networking_v1_IngressRuleValue), INL),
     ],
 };
@@ -3613,7 +3620,7 @@ pub static M_networking_v1_IngressServiceBackend: Msg = Msg {
 pub static M_networking_v1_IngressSpec: Msg = Msg {
     name: "networking.v1.IngressSpec",
     fields: &[
-        F(4, "ingressClassName", Str, PTR),
+        F(4, "ingressClassName", Str, 0),
         F(1, "defaultBackend", Ref(&M_networking_v1_IngressBackend), 0),
         F(2, "tls", Ref(&M_networking_v1_IngressTLS), R),
         F(3, "rules", Ref(&M_networking_v1_IngressRule), R),
@@ -3632,12 +3639,12 @@ pub static M_networking_v1_IngressStatus: Msg = Msg {
 
 pub static M_networking_v1_IngressTLS: Msg = Msg {
     name: "networking.v1.IngressTLS",
-    fields: &[F(1, "hosts", Str, R), F(2, "secretName", Str, 0)],
+    fields: &[F(1, "hosts", Str, R), F(2, "secretName", Str, OMIT)],
 };
 
 pub static M_networking_v1_ServiceBackendPort: Msg = Msg {
     name: "networking.v1.ServiceBackendPort",
-    fields: &[F(1, "name", Str, 0), F(2, "number", I32, 0)],
+    fields: &[F(1, "name", Str, OMIT), F(2, "number", I32, OMIT)],
 };
 
 pub static M_policy_v1_Eviction: Msg = Msg {
@@ -3717,9 +3724,9 @@ pub static M_rbac_v1_Subject: Msg = Msg {
     name: "rbac.v1.Subject",
     fields: &[
         F(1, "kind", Str, 0),
-        F(2, "apiGroup", Str, 0),
+        F(2, "apiGroup", Str, OMIT),
         F(3, "name", Str, 0),
-        F(4, "namespace", Str, 0),
+        F(4, "namespace", Str, OMIT),
     ],
 };
 
@@ -3765,8 +3772,8 @@ pub static M_scheduling_v1alpha3_WorkloadPodGroupResourceClaim: Msg = Msg {
     name: "scheduling.v1alpha3.WorkloadPodGroupResourceClaim",
     fields: &[
         F(1, "name", Str, 0),
-        F(2, "resourceClaimName", Str, PTR),
-        F(3, "resourceClaimTemplateName", Str, PTR),
+        F(2, "resourceClaimName", Str, 0),
+        F(3, "resourceClaimTemplateName", Str, 0),
     ],
 };
 

@@ -474,6 +474,10 @@ async fn dispatch(
     body: Bytes,
 ) -> ApiResult {
     let target = parse_target(group, version, segs)?;
+    if let Some(fs) = &q.field_selector {
+        // Refuse an unsupported field up front, even when nothing would be compared.
+        field_matches(target.resource, &Value::Null, fs)?;
+    }
     match (&method, &target.name) {
         (&Method::GET, None) if is_true(&q.watch) => {
             let labels = label_selector(q)?;
@@ -558,7 +562,53 @@ fn wants_table(headers: &HeaderMap) -> bool {
 }
 
 /// Filters `metadata.name` / `metadata.namespace` field selectors (`a=b`, `a==b`, `a!=b`).
-pub(crate) fn field_matches(obj: &Value, selector: &str) -> Result<bool, ApiError> {
+/// Where a field selector's field lives in objects of `r`: the metadata fields every kind
+/// has, plus the kind-specific ones the apiserver supports (what kubectl, kubelets and
+/// controllers select on).
+fn selectable_field(r: &Resource, field: &str) -> Option<&'static str> {
+    Some(match (r.plural, field) {
+        (_, "metadata.name") => "/metadata/name",
+        (_, "metadata.namespace") if r.namespaced => "/metadata/namespace",
+        ("pods", "spec.nodeName") => "/spec/nodeName",
+        ("pods", "spec.restartPolicy") => "/spec/restartPolicy",
+        ("pods", "spec.schedulerName") => "/spec/schedulerName",
+        ("pods", "spec.serviceAccountName") => "/spec/serviceAccountName",
+        ("pods", "spec.hostNetwork") => "/spec/hostNetwork",
+        ("pods", "status.phase") => "/status/phase",
+        ("pods", "status.podIP") => "/status/podIP",
+        ("pods", "status.nominatedNodeName") => "/status/nominatedNodeName",
+        ("events", "involvedObject.kind") if r.group.is_empty() => "/involvedObject/kind",
+        ("events", "involvedObject.namespace") if r.group.is_empty() => "/involvedObject/namespace",
+        ("events", "involvedObject.name") if r.group.is_empty() => "/involvedObject/name",
+        ("events", "involvedObject.uid") if r.group.is_empty() => "/involvedObject/uid",
+        ("events", "involvedObject.apiVersion") if r.group.is_empty() => {
+            "/involvedObject/apiVersion"
+        }
+        ("events", "involvedObject.resourceVersion") if r.group.is_empty() => {
+            "/involvedObject/resourceVersion"
+        }
+        ("events", "involvedObject.fieldPath") if r.group.is_empty() => "/involvedObject/fieldPath",
+        ("events", "reason") => "/reason",
+        ("events", "type") => "/type",
+        ("events", "reportingComponent") => "/reportingComponent",
+        ("events", "source") if r.group.is_empty() => "/source/component",
+        ("events", "regarding.kind") => "/regarding/kind",
+        ("events", "regarding.name") => "/regarding/name",
+        ("events", "regarding.namespace") => "/regarding/namespace",
+        ("events", "regarding.uid") => "/regarding/uid",
+        ("secrets", "type") => "/type",
+        ("namespaces", "status.phase") => "/status/phase",
+        ("nodes", "spec.unschedulable") => "/spec/unschedulable",
+        ("replicasets" | "replicationcontrollers", "status.replicas") => "/status/replicas",
+        ("jobs", "status.successful") => "/status/successful",
+        ("services", "spec.clusterIP") => "/spec/clusterIP",
+        ("services", "spec.type") => "/spec/type",
+        _ => return None,
+    })
+}
+
+/// Whether `obj` (of resource `r`) matches a field selector (`a=b,c!=d`).
+pub(crate) fn field_matches(r: &Resource, obj: &Value, selector: &str) -> Result<bool, ApiError> {
     for part in selector.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (field, want, negate) = if let Some((f, v)) = part.split_once("!=") {
             (f, v, true)
@@ -569,17 +619,17 @@ pub(crate) fn field_matches(obj: &Value, selector: &str) -> Result<bool, ApiErro
                 "invalid field selector {part:?}"
             )));
         };
-        let actual = match field.trim() {
-            "metadata.name" => obj.pointer("/metadata/name"),
-            "metadata.namespace" => obj.pointer("/metadata/namespace"),
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "field label not supported: {other}"
-                )));
-            }
-        }
-        .and_then(Value::as_str)
-        .unwrap_or("");
+        let field = field.trim();
+        let pointer = selectable_field(r, field)
+            .ok_or_else(|| ApiError::bad_request(format!("field label not supported: {field}")))?;
+        // Unset fields compare as their zero value, as in the apiserver.
+        let actual = match obj.pointer(pointer) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Bool(b)) => b.to_string(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ if field == "spec.hostNetwork" || field == "spec.unschedulable" => "false".into(),
+            _ => String::new(),
+        };
         if (actual == want.trim()) == negate {
             return Ok(false);
         }
@@ -653,7 +703,7 @@ async fn list(api: &Api, t: &Target, q: &ListQuery, headers: &HeaderMap) -> ApiR
                 continue;
             }
             if let Some(fs) = &q.field_selector
-                && !field_matches(&obj, fs)?
+                && !field_matches(t.resource, &obj, fs)?
             {
                 continue;
             }
@@ -952,6 +1002,51 @@ fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
     resp
 }
 
+/// The status an object starts with, whatever the client sent (the apiserver's
+/// PrepareForCreate): status is written through the subresource, by controllers.
+fn initial_status(r: &Resource, obj: &mut Value) {
+    if !r.has_status() || matches!(r.plural, "namespaces" | "nodes") {
+        return;
+    }
+    obj["status"] = match r.plural {
+        "pods" => json!({"phase": "Pending", "qosClass": qos_class(obj)}),
+        "services" | "ingresses" => json!({"loadBalancer": {}}),
+        "persistentvolumeclaims" | "persistentvolumes" => json!({"phase": "Pending"}),
+        _ => json!({}),
+    };
+}
+
+/// A pod's QoS class from its containers' requests and limits (after defaulting, where
+/// requests default to limits).
+fn qos_class(pod: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|k| pod.pointer(&format!("/spec/{k}")).and_then(Value::as_array))
+        .flatten()
+        .collect();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in containers {
+        let requests = c.pointer("/resources/requests").and_then(Value::as_object);
+        let limits = c.pointer("/resources/limits").and_then(Value::as_object);
+        if requests.is_some_and(|m| !m.is_empty()) || limits.is_some_and(|m| !m.is_empty()) {
+            any = true;
+        }
+        for res in ["cpu", "memory"] {
+            let limit = limits.and_then(|m| m.get(res));
+            let request = requests.and_then(|m| m.get(res));
+            if limit.is_none() || request != limit {
+                guaranteed = false;
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
+    }
+}
+
 fn generated_name(prefix: &str) -> String {
     const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let suffix: String = (0..5)
@@ -1071,14 +1166,10 @@ async fn create_object(
             // Left for admission to reject.
             Some(_) => {}
         }
-    } else if r.has_status() && applied.is_some() {
-        // Status is written through its subresource only.
-        if let Some(m) = obj.as_object_mut() {
-            m.remove("status");
-        }
     }
     obj["metadata"]["name"] = json!(name);
     let warnings = admit(r, &mut obj, None, opts, envelope)?;
+    initial_status(r, &mut obj);
     if applied.is_none() {
         let api_version = r.api_version();
         crate::apply::record_update(
@@ -1715,7 +1806,7 @@ async fn delete_collection(api: &Api, t: &Target, q: &ListQuery) -> ApiResult {
             continue;
         }
         if let Some(fs) = &q.field_selector
-            && !field_matches(&obj, fs)?
+            && !field_matches(r, &obj, fs)?
         {
             continue;
         }

@@ -41,7 +41,7 @@ fn selected(w: &WatchRequest, obj: &Value) -> Result<bool, ApiError> {
         return Ok(false);
     }
     match &w.fields {
-        Some(fs) => crate::server::field_matches(obj, fs),
+        Some(fs) => crate::server::field_matches(w.resource, obj, fs),
         None => Ok(true),
     }
 }

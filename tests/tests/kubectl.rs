@@ -825,6 +825,59 @@ async fn kubectl_default_workflows_validate_apply_create_expose_and_delete() {
         assert!(paged.contains(&format!("configmap/page-{i}")), "{paged}");
     }
 
+    // A pod starts Pending with its QoS class; field selectors the kubelet and kubectl use.
+    k.ok(
+        1,
+        &[
+            "run",
+            "solo",
+            "--image=nginx:1.27",
+            "-n",
+            "team-a",
+            r#"--overrides={"spec":{"containers":[{"name":"solo","image":"nginx:1.27","resources":{"requests":{"cpu":"100m"}}}]}}"#,
+        ],
+        None,
+    )
+    .await;
+    let pending = k
+        .ok(
+            2,
+            &[
+                "get",
+                "pods",
+                "-n",
+                "team-a",
+                "--field-selector",
+                "status.phase=Pending,spec.nodeName=",
+                "-o",
+                "jsonpath={.items[*].metadata.name} {.items[*].status.qosClass}",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(pending, "solo Burstable");
+    let err = k
+        .fails(
+            0,
+            &["get", "pods", "--field-selector", "spec.colour=blue"],
+            None,
+        )
+        .await;
+    assert!(
+        err.contains("field label not supported: spec.colour"),
+        "{err}"
+    );
+    // Every namespace gets a default ServiceAccount.
+    eventually(CONVERGE, "the default ServiceAccount of team-a", || async {
+        let (ok, out, err) = k
+            .run(0, &["get", "sa", "default", "-n", "team-a"], None)
+            .await;
+        anyhow::ensure!(ok, "{out}{err}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+
     // Deleting a namespace marks it Terminating, empties it, then removes it; kubectl waits.
     let out = k.ok(1, &["delete", "namespace", "team-a"], None).await;
     assert!(out.contains("namespace \"team-a\" deleted"), "{out}");
