@@ -3,3 +3,5 @@
 //! Not built yet: they arrive with the kubelet and controller issues and use `flotilla_api`.
 
 pub use flotilla_api as api;
+
+pub mod runtime;
