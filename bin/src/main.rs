@@ -2,6 +2,7 @@
 
 mod cli;
 mod https;
+mod kubectl;
 mod node;
 mod up;
 
@@ -62,6 +63,8 @@ enum Commands {
         #[command(subcommand)]
         command: cli::BenchCommand,
     },
+    #[command(flatten)]
+    Kube(kubectl::KubeCommand),
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
                 init_logging(LogFormat::Text, "warn");
                 cli::bench(command).await
             }
+            Commands::Kube(command) => kubectl::run(command).await,
         }
     });
     match result {
