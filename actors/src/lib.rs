@@ -4,4 +4,5 @@
 
 pub use flotilla_api as api;
 
+pub mod kubelet;
 pub mod runtime;

@@ -46,6 +46,41 @@ pub fn mark_deleting(obj: &mut Value) {
     }
 }
 
+/// The grace period a pod's deletion gets, or None when it goes at once: not on a node yet,
+/// already finished, or a grace period of 0 (`--force`).
+pub fn pod_grace_period(pod: &Value, requested: Option<i64>) -> Option<i64> {
+    let on_node = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
+    let grace = requested
+        .or_else(|| {
+            pod.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
+        .unwrap_or(30);
+    (on_node && !finished && grace > 0).then_some(grace)
+}
+
+/// Marks a pod for graceful deletion; a shorter grace period may replace a longer one.
+/// Returns false when nothing changed.
+pub fn mark_pod_deleting(pod: &mut Value, grace: i64) -> bool {
+    let current = pod
+        .pointer("/metadata/deletionGracePeriodSeconds")
+        .and_then(Value::as_i64);
+    if is_deleting(pod) && current.is_some_and(|c| c <= grace) {
+        return false;
+    }
+    let at = meta::now_secs().saturating_add(grace.max(0) as u64);
+    pod["metadata"]["deletionTimestamp"] = json!(meta::rfc3339(at));
+    pod["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+    true
+}
+
 /// Finalizers in `new` that `old` (being deleted) did not have: the apiserver forbids them.
 pub fn added_finalizers(old: &Value, new: &Value) -> Vec<String> {
     let list = |v: &Value| -> Vec<String> {

@@ -126,6 +126,50 @@ enum Requirement {
     NotExists(String),
 }
 
+fn label_name_ok(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// A label key: an optional DNS-subdomain prefix and `/`, then a name of at most 63 characters.
+fn label_key_ok(key: &str) -> bool {
+    match key.split_once('/') {
+        Some((prefix, name)) => dns1123_subdomain_errors(prefix).is_none() && label_name_ok(name),
+        None => label_name_ok(key),
+    }
+}
+
+fn check_requirement(r: &Requirement) -> Result<(), String> {
+    let (key, values): (&str, Vec<&String>) = match r {
+        Requirement::Equals(k, v) | Requirement::NotEquals(k, v) => (k, vec![v]),
+        Requirement::In(k, vs) | Requirement::NotIn(k, vs) => (k, vs.iter().collect()),
+        Requirement::Exists(k) | Requirement::NotExists(k) => (k, vec![]),
+    };
+    if !label_key_ok(key) {
+        return Err(format!(
+            "invalid label key {key:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+        ));
+    }
+    for v in values {
+        if !v.is_empty() && !label_name_ok(v) {
+            return Err(format!(
+                "invalid label value: {v:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+            ));
+        }
+    }
+    if let Requirement::In(_, vs) | Requirement::NotIn(_, vs) = r
+        && vs.is_empty()
+    {
+        return Err("for 'in', 'notin' operators, values set can't be empty".into());
+    }
+    Ok(())
+}
+
 /// A parsed label selector (`a=b,c!=d,e in (f,g),!h`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LabelSelector(Vec<Requirement>);
@@ -189,6 +233,7 @@ impl LabelSelector {
             } else {
                 return Err(format!("invalid label selector {part:?}"));
             };
+            check_requirement(&req).map_err(|e| format!("unable to parse requirement: {e}"))?;
             reqs.push(req);
         }
         Ok(LabelSelector(reqs))

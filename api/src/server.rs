@@ -370,6 +370,8 @@ struct ListQuery {
     force: Option<String>,
     #[serde(rename = "dryRun")]
     dry_run: Option<String>,
+    #[serde(rename = "gracePeriodSeconds")]
+    grace_period_seconds: Option<i64>,
 }
 
 /// Turns extractor failures into `Status` errors (axum's own are plain text).
@@ -534,7 +536,7 @@ async fn dispatch(
             .await
         }
         (&Method::DELETE, Some(name)) if target.sub.is_none() => {
-            delete(api, &target, name, headers, &body).await
+            delete(api, &target, name, headers, &body, q).await
         }
         (&Method::DELETE, None) => delete_collection(api, &target, q).await,
         _ => Err(ApiError::method_not_allowed(&format!(
@@ -1047,6 +1049,23 @@ fn qos_class(pod: &Value) -> &'static str {
     }
 }
 
+/// Kinds whose controllers report `status.observedGeneration`, so the apiserver keeps
+/// `metadata.generation` (bumped on spec changes) for them.
+fn tracks_generation(r: &Resource) -> bool {
+    matches!(
+        r.plural,
+        "deployments"
+            | "replicasets"
+            | "statefulsets"
+            | "daemonsets"
+            | "replicationcontrollers"
+            | "jobs"
+            | "cronjobs"
+            | "ingresses"
+            | "horizontalpodautoscalers"
+    )
+}
+
 fn generated_name(prefix: &str) -> String {
     const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let suffix: String = (0..5)
@@ -1139,7 +1158,11 @@ async fn create_object(
         }
         m["uid"] = json!(meta::new_uid());
         m["creationTimestamp"] = json!(now);
-        m["generation"] = json!(1);
+        if tracks_generation(r) {
+            m["generation"] = json!(1);
+        } else if let Some(map) = m.as_object_mut() {
+            map.remove("generation");
+        }
         if let Some(map) = m.as_object_mut() {
             map.remove("resourceVersion");
             map.remove("deletionTimestamp");
@@ -1446,16 +1469,20 @@ async fn replace_object(
             },
         );
     }
-    let generation = old
-        .pointer("/metadata/generation")
-        .and_then(Value::as_i64)
-        .unwrap_or(1);
-    let spec_changed = obj.get("spec") != old.get("spec");
-    obj["metadata"]["generation"] = json!(if spec_changed {
-        generation + 1
-    } else {
-        generation
-    });
+    if tracks_generation(r) {
+        let generation = old
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let spec_changed = obj.get("spec") != old.get("spec");
+        obj["metadata"]["generation"] = json!(if spec_changed {
+            generation + 1
+        } else {
+            generation
+        });
+    } else if let Some(map) = obj["metadata"].as_object_mut() {
+        map.remove("generation");
+    }
     if let Some(map) = obj["metadata"].as_object_mut() {
         map.remove("resourceVersion");
     }
@@ -1681,13 +1708,24 @@ async fn server_side_apply(
     Err(ApiError::conflict(r, name))
 }
 
-async fn delete(api: &Api, t: &Target, name: &str, headers: &HeaderMap, body: &Bytes) -> ApiResult {
+async fn delete(
+    api: &Api,
+    t: &Target,
+    name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    q: &ListQuery,
+) -> ApiResult {
     let r = t.resource;
     let key = r.key(t.namespace.as_deref(), name);
     let current = read_current(api, t, name).await?;
+    let mut grace = q.grace_period_seconds;
     // DeleteOptions (JSON) may carry preconditions on uid and resourceVersion.
     if !body.is_empty() {
         let options = parse_body(headers, body)?;
+        if let Some(g) = options.get("gracePeriodSeconds").and_then(Value::as_i64) {
+            grace = Some(g);
+        }
         let stored = served(r, &current)?;
         if let Some(uid) = options
             .pointer("/preconditions/uid")
@@ -1723,6 +1761,38 @@ async fn delete(api: &Api, t: &Target, name: &str, headers: &HeaderMap, body: &B
         }
     }
     let stored = served(r, &current)?;
+    if r.plural == "pods"
+        && let Some(grace) = crate::lifecycle::pod_grace_period(&stored, grace)
+    {
+        // A pod on a node is stopped by its kubelet, which then removes the object.
+        let mut marked = stored.clone();
+        if !crate::lifecycle::mark_pod_deleting(&mut marked, grace) {
+            return Ok(json_response(StatusCode::OK, &stored));
+        }
+        if let Some(m) = marked["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        let resp = api
+            .store
+            .txn(TxnRequest {
+                compare: vec![Compare::ModRevision {
+                    key: key.clone(),
+                    op: flotilla_consensus::CmpOp::Equal,
+                    revision: current.mod_revision,
+                }],
+                success: vec![Op::Put {
+                    key: key.clone(),
+                    value: encode_object(r, name, &marked)?,
+                }],
+                failure: vec![],
+            })
+            .await?;
+        if !resp.succeeded {
+            return Err(ApiError::conflict(r, name));
+        }
+        marked["metadata"]["resourceVersion"] = json!(resp.revision.to_string());
+        return Ok(json_response(StatusCode::OK, &marked));
+    }
     if crate::lifecycle::has_finalizers(&stored) {
         // Finalizers hold the object: mark it, and let their owners remove them.
         if crate::lifecycle::is_deleting(&stored) {
@@ -1885,7 +1955,6 @@ pub async fn ensure_default_namespaces(store: &Store) -> Result<(), ApiError> {
             "namespace": "default",
             "uid": meta::new_uid(),
             "creationTimestamp": meta::rfc3339(meta::now_secs()),
-            "generation": 1,
             "labels": {"component": "apiserver", "provider": "kubernetes"},
         },
         "spec": {

@@ -1,0 +1,845 @@
+//! One pod's worker: drives the runtime towards the pod's spec (sandbox, init containers in
+//! order, containers with their restart policy and CrashLoopBackOff), handles graceful
+//! deletion, and writes the pod's status when it changes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use flotilla_consensus::{CmpOp, Compare, Op, Read, TxnRequest};
+use kameo::Actor;
+use kameo::actor::{ActorRef, Spawn};
+use kameo::message::{Context, Message};
+use serde_json::Value;
+
+use super::KubeletConfig;
+use super::status::{Observed, PodView, comparable, pod_status, rfc3339};
+use crate::runtime::{
+    ContainerConfig, ContainerState, ContainerStatus, Limits, Mount, PullPolicy, SandboxConfig,
+};
+
+/// How often a worker re-checks its containers without being told.
+const TICK: Duration = Duration::from_secs(1);
+/// CrashLoopBackOff: 10 s doubling to 5 min, forgotten after 10 min of running.
+const BACKOFF_START: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// The pod's latest desired state.
+pub struct Desired(pub Value);
+/// The pod is gone from this node: tear down and stop.
+pub struct Removed;
+/// Periodic resync.
+pub struct Tick;
+
+#[derive(Default)]
+struct Record {
+    id: Option<String>,
+    restarts: u32,
+    previous: Option<ContainerStatus>,
+    backoff: Option<Duration>,
+    next_start: Option<Instant>,
+    waiting: Option<(String, String)>,
+}
+
+#[derive(Actor)]
+pub struct PodWorker {
+    config: KubeletConfig,
+    uid: String,
+    pod: Option<Value>,
+    sandbox: Option<(String, Option<String>)>,
+    records: HashMap<String, Record>,
+    last_status: Option<Value>,
+    start_time: String,
+    done: bool,
+}
+
+impl PodWorker {
+    pub fn start(config: KubeletConfig, uid: String) -> ActorRef<PodWorker> {
+        let worker = PodWorker::spawn(PodWorker {
+            config,
+            uid,
+            pod: None,
+            sandbox: None,
+            records: HashMap::new(),
+            last_status: None,
+            start_time: rfc3339(SystemTime::now()),
+            done: false,
+        });
+        let ticker = worker.downgrade();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(TICK).await;
+                let Some(w) = ticker.upgrade() else { return };
+                if !w.is_alive() || w.tell(Tick).try_send().is_err() && !w.is_alive() {
+                    return;
+                }
+            }
+        });
+        worker
+    }
+
+    fn pod_dir(&self) -> PathBuf {
+        self.config.pods_dir.join(&self.uid)
+    }
+
+    async fn sync(&mut self) {
+        if self.done {
+            return;
+        }
+        let Some(pod) = self.pod.clone() else { return };
+        if pod
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|t| !t.is_null())
+        {
+            self.terminate(&pod).await;
+            return;
+        }
+        let phase = self
+            .last_status
+            .as_ref()
+            .and_then(|s| s.get("phase"))
+            .and_then(Value::as_str);
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            // A finished pod keeps its final status; nothing restarts.
+            return;
+        }
+        if let Err(e) = self.ensure_sandbox(&pod).await {
+            tracing::warn!(pod = %name_of(&pod), error = %e, "sandbox failed");
+            return;
+        }
+        let restart_policy = pod
+            .pointer("/spec/restartPolicy")
+            .and_then(Value::as_str)
+            .unwrap_or("Always")
+            .to_owned();
+        let init: Vec<Value> = list(&pod, "/spec/initContainers");
+        let main: Vec<Value> = list(&pod, "/spec/containers");
+        let mut init_obs = Vec::new();
+        let mut init_done = true;
+        for c in &init {
+            let o = self.drive(&pod, c, true, &restart_policy).await;
+            let ok = o
+                .current
+                .as_ref()
+                .is_some_and(|s| s.state == ContainerState::Exited && s.exit_code == Some(0));
+            init_obs.push(o);
+            if !ok {
+                init_done = false;
+                break;
+            }
+        }
+        // Containers after a failed or running init container have not started.
+        for c in init.iter().skip(init_obs.len()) {
+            init_obs.push(Observed {
+                name: str_at(c, "/name"),
+                image: str_at(c, "/image"),
+                waiting: Some(("PodInitializing".into(), String::new())),
+                ..Default::default()
+            });
+        }
+        let mut main_obs = Vec::new();
+        for c in &main {
+            if init_done {
+                main_obs.push(self.drive(&pod, c, false, &restart_policy).await);
+            } else {
+                main_obs.push(Observed {
+                    name: str_at(c, "/name"),
+                    image: str_at(c, "/image"),
+                    waiting: Some(("PodInitializing".into(), String::new())),
+                    ..Default::default()
+                });
+            }
+        }
+        let view = PodView {
+            init: &init_obs,
+            main: &main_obs,
+            init_done,
+            restart_policy: &restart_policy,
+            pod_ip: self.sandbox.as_ref().and_then(|(_, ip)| ip.clone()),
+            host_ip: &self.config.host_ip,
+            start_time: &self.start_time,
+            qos: pod.pointer("/status/qosClass").cloned(),
+            previous: pod.get("status"),
+        };
+        let status = pod_status(&view, &rfc3339(SystemTime::now()));
+        self.write_status(status).await;
+    }
+
+    async fn ensure_sandbox(&mut self, pod: &Value) -> crate::runtime::Result<()> {
+        if self.sandbox.is_some() {
+            return Ok(());
+        }
+        let rt = &self.config.runtime;
+        // Re-adopt the sandbox of a pod this node ran before the daemon restarted.
+        if let Ok(sandboxes) = rt.list_sandboxes().await
+            && let Some(sb) = sandboxes.into_iter().find(|s| s.config.pod_uid == self.uid)
+        {
+            if let Ok(containers) = rt.list_containers().await {
+                for c in containers.into_iter().filter(|c| c.sandbox_id == sb.id) {
+                    let rec = self.records.entry(c.name.clone()).or_default();
+                    if rec.id.is_none() || c.attempt >= rec.restarts {
+                        rec.restarts = c.attempt;
+                        rec.id = Some(c.id.clone());
+                    }
+                }
+            }
+            self.sandbox = Some((sb.id, sb.ip.map(|ip| ip.to_string())));
+            return Ok(());
+        }
+        let dir = self.pod_dir();
+        std::fs::create_dir_all(&dir)?;
+        let config = SandboxConfig {
+            pod_uid: self.uid.clone(),
+            namespace: str_at(pod, "/metadata/namespace"),
+            name: name_of(pod),
+            hostname: pod
+                .pointer("/spec/hostname")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| name_of(pod)),
+            host_network: pod
+                .pointer("/spec/hostNetwork")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            dir,
+            ..Default::default()
+        };
+        let sb = rt.run_sandbox(config).await?;
+        self.sandbox = Some((sb.id, sb.ip.map(|ip| ip.to_string())));
+        Ok(())
+    }
+
+    /// Brings one container towards its spec; returns what to report about it.
+    async fn drive(
+        &mut self,
+        pod: &Value,
+        spec: &Value,
+        init: bool,
+        restart_policy: &str,
+    ) -> Observed {
+        let name = str_at(spec, "/name");
+        let image = str_at(spec, "/image");
+        let rt = self.config.runtime.clone();
+        let sandbox = self
+            .sandbox
+            .as_ref()
+            .map(|(id, _)| id.clone())
+            .unwrap_or_default();
+        let mut obs = Observed {
+            name: name.clone(),
+            image: image.clone(),
+            ..Default::default()
+        };
+        let current = match self.records.get(&name).and_then(|r| r.id.clone()) {
+            Some(id) => rt.container_status(&id).await.ok(),
+            None => None,
+        };
+        let rec = self.records.entry(name.clone()).or_default();
+        let restart = match &current {
+            None => true,
+            Some(s) if s.state == ContainerState::Exited => {
+                let code = s.exit_code.unwrap_or(-1);
+                match (init, restart_policy) {
+                    // Init containers run until they succeed (unless the pod never restarts).
+                    (true, "Never") => false,
+                    (true, _) => code != 0,
+                    (false, "Always") => true,
+                    (false, "OnFailure") => code != 0,
+                    _ => false,
+                }
+            }
+            Some(s) if s.state == ContainerState::Running => {
+                // Long enough up: the next crash starts the backoff afresh.
+                if s.started_at
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|d| d > BACKOFF_RESET)
+                {
+                    rec.backoff = None;
+                }
+                false
+            }
+            Some(_) => false,
+        };
+        if !restart {
+            obs.current = current;
+            obs.previous = rec.previous.clone();
+            obs.restarts = rec.restarts;
+            obs.ready = obs
+                .current
+                .as_ref()
+                .is_some_and(|s| s.state == ContainerState::Running);
+            return obs;
+        }
+        let now = Instant::now();
+        if let Some(exited) = &current {
+            // A restart: wait out the backoff first.
+            if rec.next_start.is_none() {
+                let delay = match rec.backoff {
+                    None => Duration::ZERO,
+                    Some(d) => d,
+                };
+                rec.next_start = Some(now + delay);
+                rec.backoff = Some(
+                    rec.backoff
+                        .map_or(BACKOFF_START, |d| (d * 2).min(BACKOFF_MAX)),
+                );
+            }
+            if rec.next_start.is_some_and(|t| t > now) {
+                obs.current = current.clone();
+                obs.previous = rec.previous.clone();
+                obs.restarts = rec.restarts;
+                obs.waiting = Some((
+                    "CrashLoopBackOff".into(),
+                    format!(
+                        "back-off restarting failed container {name} in pod {}",
+                        name_of(pod)
+                    ),
+                ));
+                obs.current = Some(exited.clone());
+                return obs;
+            }
+            rec.previous = Some(exited.clone());
+            rec.restarts += 1;
+            if let Some(old) = rec.id.take() {
+                let _ = rt.remove_container(&old).await;
+            }
+        }
+        rec.next_start = None;
+        let attempt = rec.restarts;
+        let policy = match spec.get("imagePullPolicy").and_then(Value::as_str) {
+            Some("Always") => PullPolicy::Always,
+            Some("Never") => PullPolicy::Never,
+            _ => PullPolicy::IfNotPresent,
+        };
+        if let Err(e) = rt.pull_image(&image, policy).await {
+            let rec = self.records.entry(name.clone()).or_default();
+            let reason = if rec
+                .waiting
+                .as_ref()
+                .is_some_and(|(r, _)| r == "ErrImagePull")
+            {
+                "ImagePullBackOff"
+            } else {
+                "ErrImagePull"
+            };
+            rec.waiting = Some((reason.into(), e.to_string()));
+            obs.waiting = rec.waiting.clone();
+            obs.restarts = rec.restarts;
+            return obs;
+        }
+        let config = match self.container_config(pod, spec, attempt).await {
+            Ok(c) => c,
+            Err(message) => {
+                obs.waiting = Some(("CreateContainerConfigError".into(), message));
+                return obs;
+            }
+        };
+        let started = async {
+            let id = rt.create_container(&sandbox, config).await?;
+            rt.start_container(&id).await?;
+            crate::runtime::Result::Ok(id)
+        }
+        .await;
+        let rec = self.records.entry(name.clone()).or_default();
+        rec.waiting = None;
+        match started {
+            Ok(id) => {
+                obs.current = rt.container_status(&id).await.ok();
+                rec.id = Some(id);
+            }
+            Err(e) => {
+                obs.waiting = Some(("CreateContainerError".into(), e.to_string()));
+            }
+        }
+        obs.previous = rec.previous.clone();
+        obs.restarts = rec.restarts;
+        obs.ready = obs
+            .current
+            .as_ref()
+            .is_some_and(|s| s.state == ContainerState::Running);
+        obs
+    }
+
+    /// The runtime's view of a container: command, env (resolved), mounts, limits.
+    async fn container_config(
+        &self,
+        pod: &Value,
+        spec: &Value,
+        attempt: u32,
+    ) -> Result<ContainerConfig, String> {
+        let strings = |p: &str| -> Vec<String> {
+            spec.pointer(p)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut env = Vec::new();
+        for e in list(spec, "/env") {
+            let name = str_at(&e, "/name");
+            if let Some(v) = e.get("value").and_then(Value::as_str) {
+                env.push((name, v.to_owned()));
+            } else if let Some(from) = e.get("valueFrom") {
+                if let Some(v) = self.env_from_source(pod, from).await? {
+                    env.push((name, v));
+                }
+            } else {
+                env.push((name, String::new()));
+            }
+        }
+        let ns = str_at(pod, "/metadata/namespace");
+        for src in list(spec, "/envFrom") {
+            let prefix = str_at(&src, "/prefix");
+            let (kind, obj_name) = if let Some(r) = src.get("configMapRef") {
+                ("configmaps", str_at(r, "/name"))
+            } else if let Some(r) = src.get("secretRef") {
+                ("secrets", str_at(r, "/name"))
+            } else {
+                continue;
+            };
+            if let Some(data) = self.read_data(kind, &ns, &obj_name).await {
+                for (k, v) in data {
+                    env.push((format!("{prefix}{k}"), v));
+                }
+            }
+        }
+        let volumes = self.prepare_volumes(pod).await?;
+        let mut mounts = Vec::new();
+        for m in list(spec, "/volumeMounts") {
+            let vol = str_at(&m, "/name");
+            let Some(host) = volumes.get(&vol) else {
+                return Err(format!("volume {vol:?} not found"));
+            };
+            let sub = str_at(&m, "/subPath");
+            mounts.push(Mount {
+                host_path: if sub.is_empty() {
+                    host.clone()
+                } else {
+                    host.join(sub)
+                },
+                container_path: PathBuf::from(str_at(&m, "/mountPath")),
+                read_only: m.get("readOnly").and_then(Value::as_bool).unwrap_or(false),
+            });
+        }
+        Ok(ContainerConfig {
+            name: str_at(spec, "/name"),
+            image: str_at(spec, "/image"),
+            command: strings("/command"),
+            args: strings("/args"),
+            env,
+            working_dir: spec
+                .get("workingDir")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            mounts,
+            limits: limits_of(spec),
+            attempt,
+            stdin: spec.get("stdin").and_then(Value::as_bool).unwrap_or(false),
+            tty: spec.get("tty").and_then(Value::as_bool).unwrap_or(false),
+        })
+    }
+
+    async fn env_from_source(&self, pod: &Value, from: &Value) -> Result<Option<String>, String> {
+        let ns = str_at(pod, "/metadata/namespace");
+        let keyed = |r: &Value, kind: &'static str| {
+            (
+                kind,
+                str_at(r, "/name"),
+                str_at(r, "/key"),
+                r.get("optional").and_then(Value::as_bool).unwrap_or(false),
+            )
+        };
+        let source = if let Some(r) = from.get("configMapKeyRef") {
+            Some(keyed(r, "configmaps"))
+        } else {
+            from.get("secretKeyRef").map(|r| keyed(r, "secrets"))
+        };
+        if let Some((kind, name, key, optional)) = source {
+            let value = self
+                .read_data(kind, &ns, &name)
+                .await
+                .and_then(|d| d.into_iter().find(|(k, _)| *k == key).map(|(_, v)| v));
+            return match (value, optional) {
+                (Some(v), _) => Ok(Some(v)),
+                (None, true) => Ok(None),
+                (None, false) => Err(format!(
+                    "couldn't find key {key} in {} {ns}/{name}",
+                    if kind == "secrets" {
+                        "Secret"
+                    } else {
+                        "ConfigMap"
+                    }
+                )),
+            };
+        }
+        if let Some(f) = from.get("fieldRef") {
+            let path = str_at(f, "/fieldPath");
+            let v = match path.as_str() {
+                "metadata.name" => name_of(pod),
+                "metadata.namespace" => ns,
+                "metadata.uid" => self.uid.clone(),
+                "spec.nodeName" => self.config.node_name.clone(),
+                "spec.serviceAccountName" => str_at(pod, "/spec/serviceAccountName"),
+                "status.hostIP" => self.config.host_ip.clone(),
+                "status.podIP" => self
+                    .sandbox
+                    .as_ref()
+                    .and_then(|(_, ip)| ip.clone())
+                    .unwrap_or_else(|| self.config.host_ip.clone()),
+                other => {
+                    let label = other
+                        .strip_prefix("metadata.labels['")
+                        .or_else(|| other.strip_prefix("metadata.annotations['"))
+                        .and_then(|s| s.strip_suffix("']"));
+                    let map = if other.starts_with("metadata.labels") {
+                        "labels"
+                    } else {
+                        "annotations"
+                    };
+                    match label {
+                        Some(k) => pod
+                            .pointer(&format!("/metadata/{map}"))
+                            .and_then(|m| m.get(k))
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_owned(),
+                        None => return Err(format!("unsupported fieldRef {other:?}")),
+                    }
+                }
+            };
+            return Ok(Some(v));
+        }
+        Ok(None)
+    }
+
+    /// `data` of a ConfigMap or Secret (Secret values decoded), or None if absent.
+    async fn read_data(&self, kind: &str, ns: &str, name: &str) -> Option<Vec<(String, String)>> {
+        let key = format!("/registry/core/{kind}/{ns}/{name}");
+        let kv = self.config.store.get(&key, Read::Local).await.ok()?.kv?;
+        let obj: Value = serde_json::from_slice(&kv.value).ok()?;
+        let data = obj.get("data")?.as_object()?;
+        Some(
+            data.iter()
+                .filter_map(|(k, v)| {
+                    let s = v.as_str()?;
+                    let value = if kind == "secrets" {
+                        String::from_utf8(base64_decode(s)?).ok()?
+                    } else {
+                        s.to_owned()
+                    };
+                    Some((k.clone(), value))
+                })
+                .collect(),
+        )
+    }
+
+    /// Host directories for the pod's volumes: emptyDir and configMap/secret files under the
+    /// pod directory, hostPath as given.
+    async fn prepare_volumes(&self, pod: &Value) -> Result<HashMap<String, PathBuf>, String> {
+        let mut out = HashMap::new();
+        let ns = str_at(pod, "/metadata/namespace");
+        for v in list(pod, "/spec/volumes") {
+            let name = str_at(&v, "/name");
+            let dir = self.pod_dir().join("volumes").join(&name);
+            let path = if v.get("hostPath").is_some() {
+                PathBuf::from(str_at(&v, "/hostPath/path"))
+            } else if let Some((kind, src)) = v
+                .get("configMap")
+                .map(|s| ("configmaps", s))
+                .or_else(|| v.get("secret").map(|s| ("secrets", s)))
+            {
+                let obj_name = if kind == "secrets" {
+                    str_at(src, "/secretName")
+                } else {
+                    str_at(src, "/name")
+                };
+                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                let data = self.read_data(kind, &ns, &obj_name).await;
+                let optional = src
+                    .get("optional")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                match data {
+                    Some(data) => {
+                        for (k, val) in data {
+                            // Keys are validated by the API (no '/' or '..').
+                            std::fs::write(dir.join(&k), val).map_err(|e| e.to_string())?;
+                        }
+                    }
+                    None if optional => {}
+                    None => {
+                        return Err(format!(
+                            "{} {obj_name:?} not found",
+                            if kind == "secrets" {
+                                "secret"
+                            } else {
+                                "configmap"
+                            }
+                        ));
+                    }
+                }
+                dir
+            } else {
+                // emptyDir, and sources not materialised yet, get an empty directory.
+                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                dir
+            };
+            out.insert(name, path);
+        }
+        Ok(out)
+    }
+
+    /// Graceful deletion: stop containers within the grace period, remove the sandbox, then
+    /// remove the pod object.
+    async fn terminate(&mut self, pod: &Value) {
+        let grace = pod
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_u64)
+            .unwrap_or(30);
+        let rt = self.config.runtime.clone();
+        for rec in self.records.values() {
+            if let Some(id) = &rec.id {
+                let _ = rt.stop_container(id, Duration::from_secs(grace)).await;
+            }
+        }
+        self.teardown().await;
+        let key = format!(
+            "/registry/core/pods/{}/{}",
+            str_at(pod, "/metadata/namespace"),
+            name_of(pod)
+        );
+        // Only this pod (same uid), and only if it is still being deleted.
+        if let Ok(got) = self.config.store.get(&key, Read::Linearizable).await
+            && let Some(kv) = got.kv
+            && let Ok(current) = serde_json::from_slice::<Value>(&kv.value)
+            && current.pointer("/metadata/uid").and_then(Value::as_str) == Some(self.uid.as_str())
+            && current.pointer("/metadata/deletionTimestamp").is_some()
+        {
+            let _ = self
+                .config
+                .store
+                .txn(TxnRequest {
+                    compare: vec![Compare::ModRevision {
+                        key: key.clone(),
+                        op: CmpOp::Equal,
+                        revision: kv.mod_revision,
+                    }],
+                    success: vec![Op::Delete { key }],
+                    failure: vec![],
+                })
+                .await;
+        }
+        self.done = true;
+    }
+
+    async fn teardown(&mut self) {
+        let rt = self.config.runtime.clone();
+        for rec in self.records.values() {
+            if let Some(id) = &rec.id {
+                let _ = rt.stop_container(id, Duration::ZERO).await;
+                let _ = rt.remove_container(id).await;
+            }
+        }
+        if let Some((id, _)) = self.sandbox.take() {
+            let _ = rt.stop_sandbox(&id).await;
+            let _ = rt.remove_sandbox(&id).await;
+        }
+        let _ = std::fs::remove_dir_all(self.pod_dir());
+    }
+
+    /// Writes `status` if it differs from what was last written, onto the latest stored pod.
+    async fn write_status(&mut self, status: Value) {
+        if self
+            .last_status
+            .as_ref()
+            .is_some_and(|s| comparable(s) == comparable(&status))
+        {
+            return;
+        }
+        let Some(pod) = &self.pod else { return };
+        let key = format!(
+            "/registry/core/pods/{}/{}",
+            str_at(pod, "/metadata/namespace"),
+            name_of(pod)
+        );
+        for _ in 0..5 {
+            let Ok(got) = self.config.store.get(&key, Read::Linearizable).await else {
+                return;
+            };
+            let Some(kv) = got.kv else { return };
+            let Ok(mut current) = serde_json::from_slice::<Value>(&kv.value) else {
+                return;
+            };
+            if current.pointer("/metadata/uid").and_then(Value::as_str) != Some(self.uid.as_str()) {
+                return;
+            }
+            current["status"] = status.clone();
+            let Ok(bytes) = serde_json::to_vec(&current) else {
+                return;
+            };
+            let written = self
+                .config
+                .store
+                .txn(TxnRequest {
+                    compare: vec![Compare::ModRevision {
+                        key: key.clone(),
+                        op: CmpOp::Equal,
+                        revision: kv.mod_revision,
+                    }],
+                    success: vec![Op::Put {
+                        key: key.clone(),
+                        value: bytes,
+                    }],
+                    failure: vec![],
+                })
+                .await;
+            if written.is_ok_and(|r| r.succeeded) {
+                self.last_status = Some(status);
+                return;
+            }
+        }
+    }
+}
+
+impl Message<Desired> for PodWorker {
+    type Reply = ();
+
+    async fn handle(&mut self, msg: Desired, _: &mut Context<Self, ()>) {
+        if self.last_status.is_none() {
+            self.last_status = msg
+                .0
+                .get("status")
+                .filter(|s| s.get("containerStatuses").is_some())
+                .cloned();
+            if let Some(t) = msg.0.pointer("/status/startTime").and_then(Value::as_str) {
+                self.start_time = t.to_owned();
+            }
+        }
+        self.pod = Some(msg.0);
+        self.sync().await;
+    }
+}
+
+impl Message<Tick> for PodWorker {
+    type Reply = ();
+
+    async fn handle(&mut self, _: Tick, ctx: &mut Context<Self, ()>) {
+        if self.done {
+            ctx.stop();
+            return;
+        }
+        self.sync().await;
+    }
+}
+
+impl Message<Removed> for PodWorker {
+    type Reply = ();
+
+    async fn handle(&mut self, _: Removed, ctx: &mut Context<Self, ()>) {
+        if !self.done {
+            self.teardown().await;
+            self.done = true;
+        }
+        ctx.stop();
+    }
+}
+
+fn list(v: &Value, pointer: &str) -> Vec<Value> {
+    v.pointer(pointer)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn str_at(v: &Value, pointer: &str) -> String {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn name_of(pod: &Value) -> String {
+    str_at(pod, "/metadata/name")
+}
+
+/// Memory, CPU (millicores) and pid limits from `resources.limits`.
+fn limits_of(spec: &Value) -> Limits {
+    let get = |k: &str| {
+        spec.pointer(&format!("/resources/limits/{k}"))
+            .and_then(Value::as_str)
+            .and_then(parse_quantity)
+    };
+    Limits {
+        memory_bytes: get("memory").map(|v| v.ceil() as u64),
+        cpu_millis: get("cpu").map(|v| (v * 1000.0).ceil() as u64),
+        pids: None,
+    }
+}
+
+/// A Kubernetes quantity as a number (`128Mi`, `500m`, `1.5`, `2G`).
+pub fn parse_quantity(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(s.len());
+    let (num, suffix) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0f64.powi(4),
+        _ => return None,
+    };
+    Some(n * mult)
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut buf = 0u32;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => break,
+            b'\n' | b'\r' => continue,
+            _ => return None,
+        };
+        buf = (buf << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+            buf &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_and_base64() {
+        assert_eq!(parse_quantity("128Mi"), Some(134217728.0));
+        assert_eq!(parse_quantity("500m"), Some(0.5));
+        assert_eq!(parse_quantity("x"), None);
+        assert_eq!(base64_decode("czNjcjN0").unwrap(), b"s3cr3t");
+    }
+}
