@@ -74,6 +74,11 @@ pub struct NodeArgs {
     /// Enable the fault-injection admin API (drop, delay, duplicate, partition).
     #[arg(long)]
     chaos: bool,
+    /// The container runtime of this node's kubelet: `sim` (no processes: containers run
+    /// after a short delay, for scale trials) or `none` (no kubelet: pods bound here are not
+    /// run).
+    #[arg(long, default_value = "none", value_parser = ["sim", "none"])]
+    runtime: String,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Gossip interval.
@@ -269,6 +274,21 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         ),
         shutdown_rx.clone(),
     ));
+    let _kubelet = match args.runtime.as_str() {
+        "sim" => Some(flotilla_actors::kubelet::Kubelet::start(
+            flotilla_actors::kubelet::KubeletConfig {
+                node_name: args.name.clone(),
+                host_ip: advertise.to_string(),
+                pods_dir: args.data_dir.join("pods"),
+                runtime: std::sync::Arc::new(flotilla_actors::runtime::sim::SimRuntime::new(
+                    Default::default(),
+                )),
+                store: store.clone(),
+            },
+            shutdown_rx.clone(),
+        )),
+        _ => None,
+    };
     tokio::spawn(flotilla_api::run_namespace_lifecycle(
         store.clone(),
         shutdown_rx.clone(),

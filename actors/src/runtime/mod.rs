@@ -13,6 +13,8 @@ use std::time::SystemTime;
 
 use futures::future::BoxFuture;
 
+pub mod sim;
+
 /// Errors a runtime reports; the kubelet turns them into pod conditions and events.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
