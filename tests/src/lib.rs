@@ -9,6 +9,8 @@
 //! Nothing here asserts on durations: the machine running the tests may be slow and shared,
 //! so every wait is "until the condition holds, or a generous deadline passes".
 
+pub mod kubectl;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

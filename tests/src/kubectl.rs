@@ -1,0 +1,89 @@
+//! Real kubectl for tests: installed with the repository's fetch script on first use (into
+//! `.tools/bin`), or taken from `$KUBECTL`; one context per node.
+
+use std::path::{Path, PathBuf};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// kubectl, installed with the repository's fetch script if it is not there yet.
+pub fn kubectl_binary() -> PathBuf {
+    if let Ok(k) = std::env::var("KUBECTL") {
+        return PathBuf::from(k);
+    }
+    let dest = workspace_root().join(".tools/bin");
+    let kubectl = dest.join("kubectl");
+    if !kubectl.is_file() {
+        let script = workspace_root().join("../shared/tools/fetch-kubectl.sh");
+        let status = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(&dest)
+            .status()
+            .expect("running fetch-kubectl.sh");
+        assert!(status.success(), "{} failed", script.display());
+    }
+    kubectl
+}
+
+pub struct Kubectl {
+    pub binary: PathBuf,
+    pub kubeconfig: PathBuf,
+}
+
+impl Kubectl {
+    /// Runs kubectl against node `node` (its context); returns (success, stdout, stderr).
+    pub async fn run(
+        &self,
+        node: usize,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> (bool, String, String) {
+        let context = if node == 0 {
+            "flotilla".to_owned()
+        } else {
+            format!("flotilla-node-{}", node + 1)
+        };
+        let mut cmd = tokio::process::Command::new(&self.binary);
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--context")
+            .arg(&context)
+            .args(args)
+            .env("HOME", self.kubeconfig.parent().unwrap())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("starting kubectl");
+        if let Some(input) = stdin {
+            use tokio::io::AsyncWriteExt;
+            let mut pipe = child.stdin.take().unwrap();
+            pipe.write_all(input.as_bytes()).await.unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().await.expect("waiting for kubectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub async fn ok(&self, node: usize, args: &[&str], stdin: Option<&str>) -> String {
+        let (ok, out, err) = self.run(node, args, stdin).await;
+        assert!(ok, "kubectl {args:?} on node {node} failed:\n{out}\n{err}");
+        out
+    }
+
+    pub async fn fails(&self, node: usize, args: &[&str], stdin: Option<&str>) -> String {
+        let (ok, out, err) = self.run(node, args, stdin).await;
+        assert!(
+            !ok,
+            "kubectl {args:?} on node {node} should have failed:\n{out}"
+        );
+        err
+    }
+}
