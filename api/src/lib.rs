@@ -15,6 +15,7 @@ mod nodes;
 mod openapi;
 mod patch;
 mod pb_schema;
+pub mod pods;
 pub mod protobuf;
 mod resources;
 mod server;
@@ -24,7 +25,7 @@ mod validate;
 mod watch;
 
 pub use lifecycle::run_namespace_lifecycle;
-pub use meta::rfc3339;
+pub use meta::{parse_rfc3339, rfc3339};
 pub use nodes::{NodeRegistration, register_node};
 pub use resources::{RESOURCES, Resource};
 pub use server::{MAX_OBJECT_BYTES, MAX_REQUEST_BYTES, ensure_default_namespaces, router};

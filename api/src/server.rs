@@ -30,13 +30,14 @@ const AGGREGATED_CONTENT_TYPE: &str =
 
 struct Api {
     store: Store,
+    pods: Option<Arc<dyn crate::pods::PodProxy>>,
 }
 
 type ApiResult = Result<Response, ApiError>;
 
 /// The API routes, to be merged into a node's HTTP router.
-pub fn router(store: Store) -> Router {
-    let state = Arc::new(Api { store });
+pub fn router(store: Store, pods: Option<Arc<dyn crate::pods::PodProxy>>) -> Router {
+    let state = Arc::new(Api { store, pods });
     Router::new()
         .route("/version", get(version))
         .route("/version/", get(version))
@@ -286,6 +287,7 @@ struct Target {
 enum Sub {
     Status,
     Scale,
+    Log,
 }
 
 impl Sub {
@@ -293,6 +295,7 @@ impl Sub {
         match self {
             Sub::Status => "status",
             Sub::Scale => "scale",
+            Sub::Log => "log",
         }
     }
 }
@@ -301,6 +304,7 @@ fn subresource(r: &Resource, name: &str) -> Result<Sub, ApiError> {
     match name {
         "status" if r.has_status() => Ok(Sub::Status),
         "scale" if r.has_scale() => Ok(Sub::Scale),
+        "log" if r.plural == "pods" => Ok(Sub::Log),
         other => Err(ApiError::path_not_found_msg(&format!(
             "{} has no subresource {other:?}",
             r.qualified_plural()
@@ -372,6 +376,17 @@ struct ListQuery {
     dry_run: Option<String>,
     #[serde(rename = "gracePeriodSeconds")]
     grace_period_seconds: Option<i64>,
+    // pods/log
+    container: Option<String>,
+    follow: Option<String>,
+    previous: Option<String>,
+    timestamps: Option<String>,
+    #[serde(rename = "tailLines")]
+    tail_lines: Option<i64>,
+    #[serde(rename = "sinceSeconds")]
+    since_seconds: Option<i64>,
+    #[serde(rename = "limitBytes")]
+    limit_bytes: Option<i64>,
 }
 
 /// Turns extractor failures into `Status` errors (axum's own are plain text).
@@ -502,6 +517,23 @@ async fn dispatch(
             .await
         }
         (&Method::GET, None) => list(api, &target, q, headers).await,
+        (&Method::GET, Some(name)) if target.sub == Some(Sub::Log) => {
+            let current = read_current(api, &target, name).await?;
+            let pod = served(target.resource, &current)?;
+            let query = crate::pods::LogQuery {
+                container: q.container.clone(),
+                follow: q.follow.clone(),
+                previous: q.previous.clone(),
+                timestamps: q.timestamps.clone(),
+                tail_lines: q.tail_lines,
+                since_seconds: q.since_seconds,
+                limit_bytes: q.limit_bytes,
+            };
+            crate::pods::logs(api.pods.as_deref(), &pod, query).await
+        }
+        (_, Some(_)) if target.sub == Some(Sub::Log) => Err(ApiError::method_not_allowed(
+            &format!("{method} on pods/log"),
+        )),
         (&Method::GET, Some(name)) if target.sub == Some(Sub::Scale) => {
             let current = read_current(api, &target, name).await?;
             Ok(json_response(
@@ -1303,6 +1335,7 @@ fn scoped(
     name: &str,
 ) -> Result<Value, ApiError> {
     match sub {
+        Some(Sub::Log) => Err(ApiError::method_not_allowed("writes to pods/log")),
         None if r.has_status() => {
             let mut obj = new;
             match old.get("status") {

@@ -120,6 +120,7 @@ pub struct NodeArgs {
 struct AppState {
     store: Store,
     gossip: Gossip,
+    rpc: RpcEndpoint,
     faults: FaultPlane,
     chaos: bool,
     me: MemberInfo,
@@ -274,21 +275,31 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         ),
         shutdown_rx.clone(),
     ));
-    let _kubelet = match args.runtime.as_str() {
-        "sim" => Some(flotilla_actors::kubelet::Kubelet::start(
+    let runtime: Option<Arc<dyn flotilla_actors::runtime::Runtime>> = match args.runtime.as_str() {
+        "sim" => Some(Arc::new(flotilla_actors::runtime::sim::SimRuntime::new(
+            Default::default(),
+        ))),
+        _ => None,
+    };
+    let _kubelet = runtime.map(|runtime| {
+        // Other nodes' APIs reach this kubelet (logs) over mesh RPC.
+        rpc.register(
+            flotilla_actors::kubelet::logs::SERVICE,
+            Arc::new(flotilla_actors::kubelet::logs::KubeletService::new(
+                runtime.clone(),
+            )),
+        );
+        flotilla_actors::kubelet::Kubelet::start(
             flotilla_actors::kubelet::KubeletConfig {
                 node_name: args.name.clone(),
                 host_ip: advertise.to_string(),
                 pods_dir: args.data_dir.join("pods"),
-                runtime: std::sync::Arc::new(flotilla_actors::runtime::sim::SimRuntime::new(
-                    Default::default(),
-                )),
+                runtime,
                 store: store.clone(),
             },
             shutdown_rx.clone(),
-        )),
-        _ => None,
-    };
+        )
+    });
     tokio::spawn(flotilla_api::run_namespace_lifecycle(
         store.clone(),
         shutdown_rx.clone(),
@@ -297,6 +308,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         store: store.clone(),
         gossip: gossip.clone(),
+        rpc: rpc.clone(),
         faults,
         chaos: args.chaos,
         me,
@@ -445,7 +457,13 @@ fn router(state: Arc<AppState>) -> axum::Router {
         );
     }
     let store = state.store.clone();
-    router.with_state(state).merge(flotilla_api::router(store))
+    let pods: Arc<dyn flotilla_api::pods::PodProxy> = Arc::new(KubeletProxy {
+        rpc: state.rpc.clone(),
+        gossip: state.gossip.clone(),
+    });
+    router
+        .with_state(state)
+        .merge(flotilla_api::router(store, Some(pods)))
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -527,4 +545,61 @@ async fn clear_faults(State(state): State<Arc<AppState>>) -> Json<FaultRules> {
     tracing::warn!("fault rules cleared");
     state.faults.clear();
     Json(state.faults.rules())
+}
+
+/// Reaches the kubelet of the node a pod is bound to, over mesh RPC.
+struct KubeletProxy {
+    rpc: RpcEndpoint,
+    gossip: Gossip,
+}
+
+impl flotilla_api::pods::PodProxy for KubeletProxy {
+    fn logs(
+        &self,
+        node: &str,
+        req: flotilla_api::pods::LogRequest,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<futures::stream::BoxStream<'static, Result<axum::body::Bytes, String>>, String>,
+    > {
+        use flotilla_actors::kubelet::logs::{KubeletRequest, LogFrame, SERVICE};
+        use futures::{FutureExt, StreamExt};
+        let rpc = self.rpc.clone();
+        let addr = self
+            .gossip
+            .members()
+            .into_iter()
+            .find(|m| m.name == node)
+            .filter(|m| m.alive)
+            .map(|m| m.rpc_addr);
+        let node = node.to_owned();
+        async move {
+            let addr = addr.ok_or_else(|| format!("node {node} is not reachable"))?;
+            let mut frames = rpc
+                .call_stream::<_, LogFrame>(
+                    addr,
+                    SERVICE,
+                    &KubeletRequest::Logs(req),
+                    Duration::from_secs(5),
+                )
+                .await
+                .map_err(|e| format!("reaching the kubelet of {node}: {e}"))?;
+            // The first frame says whether there is a log at all.
+            let first = match frames.next().await {
+                None => return Ok(futures::stream::empty().boxed()),
+                Some(Err(e)) => return Err(e.to_string()),
+                Some(Ok(Err(message))) => return Err(message),
+                Some(Ok(Ok(bytes))) => axum::body::Bytes::from(bytes),
+            };
+            let rest = frames.map(|f| match f {
+                Ok(Ok(bytes)) => Ok(axum::body::Bytes::from(bytes)),
+                Ok(Err(message)) => Err(message),
+                Err(e) => Err(e.to_string()),
+            });
+            Ok(futures::stream::once(async move { Ok(first) })
+                .chain(rest)
+                .boxed())
+        }
+        .boxed()
+    }
 }

@@ -35,6 +35,8 @@ pub struct Tick;
 #[derive(Default)]
 struct Record {
     id: Option<String>,
+    /// The attempt before the current one, kept for `kubectl logs --previous`.
+    previous_id: Option<String>,
     restarts: u32,
     previous: Option<ContainerStatus>,
     backoff: Option<Duration>,
@@ -301,9 +303,10 @@ impl PodWorker {
             }
             rec.previous = Some(exited.clone());
             rec.restarts += 1;
-            if let Some(old) = rec.id.take() {
-                let _ = rt.remove_container(&old).await;
+            if let Some(older) = rec.previous_id.take() {
+                let _ = rt.remove_container(&older).await;
             }
+            rec.previous_id = rec.id.take();
         }
         rec.next_start = None;
         let attempt = rec.restarts;
@@ -642,6 +645,9 @@ impl PodWorker {
         for rec in self.records.values() {
             if let Some(id) = &rec.id {
                 let _ = rt.stop_container(id, Duration::ZERO).await;
+                let _ = rt.remove_container(id).await;
+            }
+            if let Some(id) = &rec.previous_id {
                 let _ = rt.remove_container(id).await;
             }
         }

@@ -1,0 +1,144 @@
+//! `pods/log`: the API finds the pod's node and streams the container's log from that node's
+//! kubelet, whichever node the client talks to. How a node reaches another node's kubelet is
+//! the node daemon's business ([`PodProxy`]); the API only knows the request and the stream.
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::status::ApiError;
+
+/// What `kubectl logs` asks for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LogRequest {
+    pub namespace: String,
+    pub pod: String,
+    pub uid: String,
+    pub container: String,
+    pub follow: bool,
+    pub previous: bool,
+    pub timestamps: bool,
+    pub tail_lines: Option<i64>,
+    pub since_seconds: Option<i64>,
+    pub limit_bytes: Option<i64>,
+}
+
+/// Reaches the kubelet of another node (or this one).
+pub trait PodProxy: Send + Sync + 'static {
+    /// The log of a container of a pod bound to `node`, as a stream of text chunks; an
+    /// error message (not found, not started) comes back as `Err` before the stream.
+    fn logs(
+        &self,
+        node: &str,
+        req: LogRequest,
+    ) -> BoxFuture<'static, Result<BoxStream<'static, Result<Bytes, String>>, String>>;
+}
+
+/// The query of a log request.
+#[derive(Debug, Default)]
+pub struct LogQuery {
+    pub container: Option<String>,
+    pub follow: Option<String>,
+    pub previous: Option<String>,
+    pub timestamps: Option<String>,
+    pub tail_lines: Option<i64>,
+    pub since_seconds: Option<i64>,
+    pub limit_bytes: Option<i64>,
+}
+
+fn flag(v: &Option<String>) -> bool {
+    matches!(v.as_deref(), Some("true" | "True" | "1"))
+}
+
+fn names(pod: &Value, key: &str) -> Vec<String> {
+    pod.pointer(&format!("/spec/{key}"))
+        .and_then(Value::as_array)
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c.get("name").and_then(Value::as_str))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Serves `GET .../pods/NAME/log` for the stored `pod`.
+pub async fn logs(
+    proxy: Option<&dyn PodProxy>,
+    pod: &Value,
+    query: LogQuery,
+) -> Result<Response, ApiError> {
+    let name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let containers = names(pod, "containers");
+    let all: Vec<String> = names(pod, "initContainers")
+        .into_iter()
+        .chain(containers.iter().cloned())
+        .collect();
+    let default = pod
+        .pointer("/metadata/annotations/kubectl.kubernetes.io~1default-container")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let container = match (query.container, default) {
+        (Some(c), _) => c,
+        (None, Some(d)) => d,
+        (None, None) if containers.len() == 1 => containers[0].clone(),
+        (None, None) => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                containers.join(" ")
+            )));
+        }
+    };
+    if !all.contains(&container) {
+        return Err(ApiError::bad_request(format!(
+            "container {container} is not valid for pod {name}"
+        )));
+    }
+    let node = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "container \"{container}\" in pod \"{name}\" is waiting to start: the pod is not bound to a node"
+            ))
+        })?;
+    let proxy = proxy.ok_or_else(|| ApiError::unavailable("no kubelet proxy on this node"))?;
+    let req = LogRequest {
+        namespace: pod
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        pod: name.to_owned(),
+        uid: pod
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        container,
+        follow: flag(&query.follow),
+        previous: flag(&query.previous),
+        timestamps: flag(&query.timestamps),
+        tail_lines: query.tail_lines,
+        since_seconds: query.since_seconds,
+        limit_bytes: query.limit_bytes,
+    };
+    let stream = proxy.logs(node, req).await.map_err(ApiError::bad_request)?;
+    // A failure mid-stream ends the response; what was sent stays sent.
+    let body = stream
+        .take_while(|r| futures::future::ready(r.is_ok()))
+        .map(|r| r.map_err(std::io::Error::other));
+    let mut resp = (StatusCode::OK, Body::from_stream(body)).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    Ok(resp)
+}
