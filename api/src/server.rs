@@ -577,6 +577,28 @@ async fn dispatch(
     }
 }
 
+/// The stored JSON with `"resourceVersion":"N"` spliced into its top-level metadata. Stored
+/// objects are serialised with sorted keys, so the first `"metadata":{` is the top-level one
+/// (only `apiVersion` and `kind`, plain strings, come before it). None if it is not there.
+fn served_bytes(kv: &KeyValue) -> Option<Vec<u8>> {
+    const NEEDLE: &[u8] = b"\"metadata\":{";
+    let v = &kv.value;
+    let at = v.windows(NEEDLE.len()).position(|w| w == NEEDLE)? + NEEDLE.len();
+    // Sanity: the text before it must hold no other object (apiVersion, kind only).
+    if v[1..at - NEEDLE.len()].contains(&b'{') {
+        return None;
+    }
+    let rv = format!("\"resourceVersion\":\"{}\"", kv.mod_revision);
+    let mut out = Vec::with_capacity(v.len() + rv.len() + 1);
+    out.extend_from_slice(&v[..at]);
+    out.extend_from_slice(rv.as_bytes());
+    if v.get(at) != Some(&b'}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(&v[at..]);
+    Some(out)
+}
+
 /// The object as served: the stored JSON with `resourceVersion` set from the store.
 pub(crate) fn served(r: &Resource, kv: &KeyValue) -> Result<Value, ApiError> {
     let mut obj: Value = serde_json::from_slice(&kv.value)
@@ -721,6 +743,13 @@ async fn list(api: &Api, t: &Target, q: &ListQuery, headers: &HeaderMap) -> ApiR
         .map_or_else(|| prefix.clone(), |t| t.start.clone());
     // Read in chunks so a selective list with a small limit does not load everything.
     let chunk = limit.map_or(usize::MAX, |l| (l + 1).max(256));
+    // Without selectors or a Table, items go out as stored, with only their resourceVersion
+    // spliced in: no parse and re-serialisation of every object of a large list.
+    let raw = !wants_table(headers)
+        && q.label_selector.as_deref().is_none_or(str::is_empty)
+        && q.field_selector.as_deref().is_none_or(str::is_empty)
+        && t.resource.group != "autoscaling";
+    let mut raw_items: Vec<Vec<u8>> = Vec::new();
     let mut items = Vec::new();
     let mut next = None;
     let mut revision = None;
@@ -732,6 +761,20 @@ async fn list(api: &Api, t: &Target, q: &ListQuery, headers: &HeaderMap) -> ApiR
         revision.get_or_insert(range.revision);
         let full = range.kvs.len() >= chunk;
         for kv in &range.kvs {
+            if raw {
+                if limit.is_some_and(|l| raw_items.len() >= l) {
+                    next = Some(kv.key.clone());
+                    break 'pages;
+                }
+                match served_bytes(kv) {
+                    Some(bytes) => raw_items.push(bytes),
+                    None => raw_items.push(
+                        serde_json::to_vec(&served(t.resource, kv)?)
+                            .map_err(|e| ApiError::internal(e.to_string()))?,
+                    ),
+                }
+                continue;
+            }
             let obj = served(t.resource, kv)?;
             if !selector.matches(&meta::labels_of(&obj)) {
                 continue;
@@ -772,6 +815,30 @@ async fn list(api: &Api, t: &Target, q: &ListQuery, headers: &HeaderMap) -> ApiR
     let mut metadata = json!({"resourceVersion": revision});
     if let Some(c) = continue_token {
         metadata["continue"] = json!(c);
+    }
+    if raw {
+        let head = json!({
+            "kind": format!("{}List", t.resource.kind),
+            "apiVersion": t.resource.api_version(),
+            "metadata": metadata,
+        });
+        let mut out = serde_json::to_vec(&head).map_err(|e| ApiError::internal(e.to_string()))?;
+        // `{...}` → `{...,"items":[a,b]}`
+        out.pop();
+        out.extend_from_slice(b",\"items\":[");
+        for (i, item) in raw_items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(item);
+        }
+        out.extend_from_slice(b"]}\n");
+        let mut resp = (StatusCode::OK, out).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return Ok(resp);
     }
     Ok(json_response(
         StatusCode::OK,

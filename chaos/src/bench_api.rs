@@ -257,35 +257,33 @@ async fn run(args: &ApiBenchArgs, http: &Http, bases: Arc<Vec<String>>) -> anyho
         row("list100", clients, &s);
     }
 
-    // Fill up to `pods` pods, then list them all.
-    let have = names.len();
-    if have < args.pods {
-        let t = Instant::now();
-        let todo = args.pods - have;
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for c in 0..64 {
-            let (h, b, next) = (http.clone(), bases.clone(), next.clone());
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= todo {
-                        return anyhow::Ok(());
-                    }
-                    let url = format!("{}/api/v1/namespaces/bench/pods", b[c % b.len()]);
-                    expect(&h, "POST", &url, Some(&pod(&format!("fill-{i}"))), 201).await?;
+    // A namespace of exactly `pods` pods, then lists of all of them.
+    ensure_namespace(http, &bases[0], "large").await?;
+    let t = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..64 {
+        let (h, b, next) = (http.clone(), bases.clone(), next.clone());
+        let todo = args.pods;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= todo {
+                    return anyhow::Ok(());
                 }
-            }));
-        }
-        for t in tasks {
-            t.await??;
-        }
-        println!(
-            "\nstored {} more pods in {:.1} s",
-            todo,
-            t.elapsed().as_secs_f64()
-        );
+                let url = format!("{}/api/v1/namespaces/large/pods", b[c % b.len()]);
+                expect(&h, "POST", &url, Some(&pod(&format!("fill-{i}"))), 201).await?;
+            }
+        }));
     }
+    for t in tasks {
+        t.await??;
+    }
+    println!(
+        "\nstored {} pods in {:.1} s (64 clients)",
+        args.pods,
+        t.elapsed().as_secs_f64()
+    );
     let mut whole = Vec::new();
     let mut paged = Vec::new();
     let mut bytes = 0;
@@ -309,7 +307,7 @@ async fn run(args: &ApiBenchArgs, http: &Http, bases: Arc<Vec<String>>) -> anyho
         let t = Instant::now();
         let mut cont = String::new();
         loop {
-            let url = format!("{base}/api/v1/namespaces/bench/pods?limit=500&continue={cont}");
+            let url = format!("{base}/api/v1/namespaces/large/pods?limit=500&continue={cont}");
             let page: Value = serde_json::from_slice(&expect(http, "GET", &url, None, 200).await?)?;
             match page["metadata"]["continue"].as_str() {
                 Some(c) if !c.is_empty() => cont = c.to_owned(),
