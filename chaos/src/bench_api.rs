@@ -294,7 +294,7 @@ async fn run(args: &ApiBenchArgs, http: &Http, bases: Arc<Vec<String>>) -> anyho
         let body = expect(
             http,
             "GET",
-            &format!("{base}/api/v1/namespaces/bench/pods"),
+            &format!("{base}/api/v1/namespaces/large/pods"),
             None,
             200,
         )
