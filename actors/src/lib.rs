@@ -4,5 +4,6 @@
 
 pub use flotilla_api as api;
 
+pub mod image;
 pub mod kubelet;
 pub mod runtime;

@@ -2,6 +2,7 @@
 
 mod cli;
 mod https;
+mod image;
 mod kubectl;
 mod node;
 mod up;
@@ -63,6 +64,11 @@ enum Commands {
         #[command(subcommand)]
         command: cli::BenchCommand,
     },
+    /// A node's local image store: import, ls, rm, pull.
+    Image {
+        #[command(subcommand)]
+        command: image::ImageCommand,
+    },
     #[command(flatten)]
     Kube(kubectl::KubeCommand),
 }
@@ -80,6 +86,17 @@ fn init_logging(format: LogFormat, default_level: &str) {
 }
 
 fn main() -> ExitCode {
+    // The container runtime's shim (hidden; started by the node daemon). It must stay
+    // single-threaded, so it is dispatched before clap and before the async runtime exists.
+    let mut raw = std::env::args_os().skip(1);
+    if raw
+        .next()
+        .is_some_and(|a| a == flotilla_actors::runtime::process::SHIM_SUBCOMMAND)
+    {
+        restore_sigpipe();
+        let args = raw.map(|a| a.to_string_lossy().into_owned()).collect();
+        return flotilla_actors::runtime::process::shim_main(args);
+    }
     let cli = Cli::parse();
     if !matches!(cli.command, Commands::Node(_) | Commands::Up(_)) {
         restore_sigpipe();
@@ -115,6 +132,7 @@ fn main() -> ExitCode {
                 init_logging(LogFormat::Text, "warn");
                 cli::bench(command).await
             }
+            Commands::Image { command } => image::run(command).await,
             Commands::Kube(command) => kubectl::run(command).await,
         }
     });

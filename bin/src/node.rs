@@ -74,11 +74,21 @@ pub struct NodeArgs {
     /// Enable the fault-injection admin API (drop, delay, duplicate, partition).
     #[arg(long)]
     chaos: bool,
-    /// The container runtime of this node's kubelet: `sim` (no processes: containers run
-    /// after a short delay, for scale trials) or `none` (no kubelet: pods bound here are not
-    /// run).
-    #[arg(long, default_value = "none", value_parser = ["sim", "none"])]
+    /// The container runtime of this node's kubelet: `process` (real processes; isolated in
+    /// namespaces and cgroups with the image's root filesystem when root on Linux), `sim` (no
+    /// processes: containers run after a short delay, for scale trials) or `none` (no kubelet).
+    #[arg(long, default_value = "process", value_parser = ["process", "sim", "none"])]
     runtime: String,
+    /// Run `process` containers as plain host processes even when isolation is possible.
+    #[arg(long)]
+    no_isolation: bool,
+    /// This node's pod CIDR (e.g. 10.244.1.0/24): pods get IPs from it on a node bridge.
+    /// Without it, isolated pods have their own network namespace with loopback only.
+    #[arg(long)]
+    pod_cidr: Option<String>,
+    /// The node bridge pods are attached to (with --pod-cidr).
+    #[arg(long, default_value = "flotilla0")]
+    pod_bridge: String,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Gossip interval.
@@ -150,6 +160,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    // Absolute from here on: container shims resolve paths in other mount namespaces.
+    let mut args = args;
+    args.data_dir = std::fs::canonicalize(&args.data_dir)
+        .with_context(|| format!("resolving {}", args.data_dir.display()))?;
     let pid_file = args.data_dir.join("node.pid");
     std::fs::write(&pid_file, format!("{}\n", std::process::id())).context("writing node.pid")?;
 
@@ -279,6 +293,26 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         "sim" => Some(Arc::new(flotilla_actors::runtime::sim::SimRuntime::new(
             Default::default(),
         ))),
+        "process" => {
+            use flotilla_actors::runtime::process::{ProcessConfig, ProcessRuntime};
+            let images = flotilla_actors::image::ImageStore::open(
+                &args.data_dir.join(flotilla_actors::image::NODE_IMAGES_DIR),
+            )
+            .context("opening the image store")?;
+            let runtime = ProcessRuntime::new(ProcessConfig {
+                root_dir: args.data_dir.join("runtime"),
+                isolate: !args.no_isolation,
+                // One cgroup subtree per node, so nodes sharing a machine stay apart.
+                cgroup_parent: format!("flotilla-{}", args.name),
+                pod_cidr: args.pod_cidr.clone(),
+                bridge: args.pod_bridge.clone(),
+                ..ProcessConfig::default()
+            })
+            .context("starting the process runtime")?
+            .with_images(Arc::new(images));
+            tracing::info!(isolated = runtime.isolated(), "process runtime ready");
+            Some(Arc::new(runtime))
+        }
         _ => None,
     };
     let _kubelet = runtime.map(|runtime| {

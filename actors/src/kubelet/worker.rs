@@ -340,7 +340,11 @@ impl PodWorker {
         };
         let started = async {
             let id = rt.create_container(&sandbox, config).await?;
-            rt.start_container(&id).await?;
+            if let Err(e) = rt.start_container(&id).await {
+                // Not left behind: the next attempt creates a fresh one.
+                let _ = rt.remove_container(&id).await;
+                return Err(e);
+            }
             crate::runtime::Result::Ok(id)
         }
         .await;

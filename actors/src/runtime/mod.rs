@@ -13,6 +13,8 @@ use std::time::SystemTime;
 
 use futures::future::BoxFuture;
 
+pub mod conformance;
+pub mod process;
 pub mod sim;
 
 /// Errors a runtime reports; the kubelet turns them into pod conditions and events.
@@ -34,7 +36,7 @@ pub enum RuntimeError {
 pub type Result<T> = std::result::Result<T, RuntimeError>;
 
 /// What a pod sandbox is made from (one per pod: its network, hostname, shared IPC).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct SandboxConfig {
     pub pod_uid: String,
     pub namespace: String,
@@ -68,7 +70,7 @@ pub struct SandboxStatus {
 }
 
 /// A bind mount into a container (volumes are prepared by the kubelet as host directories).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Mount {
     pub host_path: PathBuf,
     pub container_path: PathBuf,
@@ -76,7 +78,7 @@ pub struct Mount {
 }
 
 /// Resource limits the runtime enforces (cgroups when isolated).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     pub memory_bytes: Option<u64>,
     /// CPU limit in millicores (quota = millis/1000 × period).
@@ -84,7 +86,7 @@ pub struct Limits {
     pub pids: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ContainerConfig {
     pub name: String,
     /// Image reference as written in the pod (`busybox:1.36`); resolved by the runtime.
