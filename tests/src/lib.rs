@@ -51,8 +51,60 @@ impl std::ops::DerefMut for TestCluster {
     }
 }
 
+/// Kills container processes a test's nodes left running (their shims survive the node
+/// daemon by design): every shim whose command line names `data_dir`, and the shims' children.
+pub fn kill_leftover_containers(data_dir: &Path) {
+    let needle = data_dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let mut procs: Vec<(i32, i32, String)> = Vec::new();
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        let ppid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("PPid:"))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0);
+        procs.push((pid, ppid, cmdline));
+    }
+    let shims: Vec<i32> = procs
+        .iter()
+        .filter(|(_, _, c)| c.contains("runtime-shim") && c.contains(&needle))
+        .map(|(p, _, _)| *p)
+        .collect();
+    for (pid, ppid, _) in &procs {
+        if shims.contains(ppid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    for pid in shims {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        // Nodes first, so no kubelet restarts what is killed next.
+        for i in 0..self.cluster.len() {
+            let _ = self.cluster.signal(i, nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        kill_leftover_containers(&self.cluster.config.data_dir);
         if std::thread::panicking() {
             eprintln!(
                 "---- test failed; node logs of {} ----",

@@ -1,0 +1,243 @@
+//! Pods as real processes (the `process` runtime; isolated when the tests run as root): two
+//! containers sharing an emptyDir and talking over localhost, init containers first, env and
+//! files from a ConfigMap, restart policies and exit codes, `kubectl logs` (also `-f`) through
+//! another node, and a node daemon SIGKILLed and restarted while its pod keeps running.
+//!
+//! The busybox image comes from `scripts/build-busybox-image.sh` (Debian's busybox-static);
+//! without it the test says so and stops.
+
+use std::time::Duration;
+
+use flotilla_tests::kubectl::{Kubectl, kubectl_binary, workspace_root};
+use flotilla_tests::{CONVERGE, TestCluster, eventually, run_cli};
+
+const WEB: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  nodeName: node-2
+  initContainers:
+  - name: prepare
+    image: busybox:1.36
+    command: [sh, -c, 'echo prepared-by-init > /shared/index.html']
+    volumeMounts: [{name: shared, mountPath: /shared}]
+  containers:
+  - name: server
+    image: busybox:1.36
+    command: [httpd, -f, -p, '8080', -h, /shared]
+    volumeMounts: [{name: shared, mountPath: /shared}]
+    resources:
+      requests: {cpu: 50m, memory: 16Mi}
+      limits: {cpu: 200m, memory: 64Mi}
+  - name: client
+    image: busybox:1.36
+    command: [sh, -c, 'while true; do wget -qO- http://127.0.0.1:8080/index.html; echo level=$LEVEL file=$(cat /config/level); sleep 1; done']
+    env:
+    - name: LEVEL
+      valueFrom:
+        configMapKeyRef: {name: settings, key: level}
+    volumeMounts:
+    - {name: config, mountPath: /config}
+  volumes:
+  - {name: shared, emptyDir: {}}
+  - name: config
+    configMap: {name: settings}
+";
+
+const FAILS: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: fails}
+spec:
+  nodeName: node-3
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: [sh, -c, 'echo about to fail; exit 3']
+";
+
+const DONE: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: done}
+spec:
+  nodeName: node-1
+  restartPolicy: OnFailure
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: [sh, -c, 'echo finished']
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_run_as_processes_share_volumes_and_localhost_and_survive_a_node_restart() {
+    let image = tempfile::tempdir().unwrap();
+    let tar = image.path().join("busybox.tar");
+    let script = workspace_root().join("scripts/build-busybox-image.sh");
+    let built = tokio::process::Command::new("bash")
+        .arg(&script)
+        .arg(&tar)
+        .output()
+        .await
+        .unwrap();
+    if !built.status.success() {
+        eprintln!(
+            "skipped: no busybox image could be built here: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        return;
+    }
+    let binary = tokio::task::spawn_blocking(kubectl_binary).await.unwrap();
+    let mut cluster = TestCluster::start("kubelet-process", 3, 3, &[])
+        .await
+        .unwrap();
+    let (ok, out, err) = run_cli(&[
+        "image",
+        "import",
+        tar.to_str().unwrap(),
+        "--all-nodes",
+        cluster.data_dir().to_str().unwrap(),
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{out}{err}");
+    let k = Kubectl {
+        binary,
+        kubeconfig: cluster.kubeconfig_path(),
+    };
+    eventually(CONVERGE, "the default namespace", || async {
+        let (ok, out, err) = k.run(0, &["get", "ns", "default"], None).await;
+        anyhow::ensure!(ok && out.contains("Active"), "{out}{err}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    k.ok(
+        0,
+        &["create", "configmap", "settings", "--from-literal=level=7"],
+        None,
+    )
+    .await;
+    k.ok(1, &["apply", "-f", "-"], Some(WEB)).await;
+    eventually(CONVERGE, "web Running 2/2", || async {
+        let (_, out, _) = k.run(2, &["get", "pod", "web"], None).await;
+        anyhow::ensure!(out.contains("2/2") && out.contains("Running"), "{out}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    // The client reaches the server over localhost, reads what the init container wrote to
+    // the shared volume, and sees the ConfigMap as env and as a file; logs through node 1.
+    eventually(CONVERGE, "the client's log", || async {
+        let (ok, out, err) = k
+            .run(0, &["logs", "web", "-c", "client", "--tail=4"], None)
+            .await;
+        anyhow::ensure!(ok, "{err}");
+        anyhow::ensure!(
+            out.contains("prepared-by-init") && out.contains("level=7 file=7"),
+            "{out}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    // `logs -f` streams new lines as they come.
+    let (_, followed, _) = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut cmd = tokio::process::Command::new(&k.binary);
+        cmd.args(["--kubeconfig"])
+            .arg(&k.kubeconfig)
+            .args(["logs", "-f", "web", "-c", "client", "--tail=0"])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let _ = child.start_kill();
+        let out = child.wait_with_output().await.unwrap();
+        (true, String::from_utf8_lossy(&out.stdout).into_owned(), ())
+    })
+    .await
+    .unwrap();
+    assert!(
+        followed.matches("prepared-by-init").count() >= 2,
+        "{followed}"
+    );
+
+    // Restart policies and exit codes.
+    k.ok(2, &["apply", "-f", "-"], Some(FAILS)).await;
+    k.ok(0, &["apply", "-f", "-"], Some(DONE)).await;
+    eventually(CONVERGE, "fails Failed with exit code 3", || async {
+        let (_, out, _) = k
+            .run(
+                1,
+                &["get", "pod", "fails", "-o", "jsonpath={.status.phase} {.status.containerStatuses[0].state.terminated.exitCode} {.status.containerStatuses[0].state.terminated.reason}"],
+                None,
+            )
+            .await;
+        anyhow::ensure!(out == "Failed 3 Error", "{out}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    eventually(CONVERGE, "done Succeeded", || async {
+        let (_, out, _) = k
+            .run(
+                2,
+                &["get", "pod", "done", "-o", "jsonpath={.status.phase} {.status.containerStatuses[0].state.terminated.reason}"],
+                None,
+            )
+            .await;
+        anyhow::ensure!(out == "Succeeded Completed", "{out}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let log = k.ok(1, &["logs", "fails"], None).await;
+    assert_eq!(log, "about to fail\n");
+
+    // SIGKILL node-2's daemon: its pod keeps running; restarted, the node reports it again
+    // without restarting its containers.
+    let started_before = k
+        .ok(
+            0,
+            &[
+                "get",
+                "pod",
+                "web",
+                "-o",
+                "jsonpath={.status.containerStatuses[*].state.running.startedAt}",
+            ],
+            None,
+        )
+        .await;
+    cluster.kill(1).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.start_node(1).unwrap();
+    eventually(
+        CONVERGE,
+        "web still running after the node restart",
+        || async {
+            let (ok, out, err) = k
+                .run(1, &["logs", "web", "-c", "client", "--tail=4"], None)
+                .await;
+            anyhow::ensure!(ok && out.contains("prepared-by-init"), "{out}{err}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    let after = k
+        .ok(
+            2,
+            &["get", "pod", "web", "-o", "jsonpath={.status.containerStatuses[*].state.running.startedAt} {.status.containerStatuses[*].restartCount}"],
+            None,
+        )
+        .await;
+    assert_eq!(after, format!("{started_before} 0 0"));
+
+    for pod in ["web", "fails", "done"] {
+        k.ok(0, &["delete", "pod", pod, "--grace-period=1"], None)
+            .await;
+    }
+    let left = k.ok(1, &["get", "pods", "-o", "name"], None).await;
+    assert!(left.trim().is_empty(), "{left}");
+}
