@@ -63,7 +63,12 @@ pub(crate) fn validate(
     let mut e = Errs::default();
     object_meta(&mut e, get(obj, "metadata"));
     match (group, kind) {
-        ("", "Pod") => pod_spec(&mut e, get(obj, "spec"), "spec", true),
+        ("", "Pod") => {
+            pod_spec(&mut e, get(obj, "spec"), "spec", true);
+            if let Some(old) = old {
+                pod_update(&mut e, obj, old);
+            }
+        }
         ("", "ReplicationController") => replication_controller(&mut e, obj),
         ("", "Service") => service(&mut e, obj, old),
         ("", "ConfigMap") => config_map(&mut e, obj, old),
@@ -3347,6 +3352,44 @@ fn decoded_len(s: &str) -> usize {
     (n / 4 * 3).saturating_sub(pad)
 }
 
+/// A pod's spec is fixed once created, except container images, activeDeadlineSeconds, added
+/// tolerations and the binding to a node (set once, when scheduled).
+fn pod_update(e: &mut Errs, obj: &Value, old: &Value) {
+    let mut new_spec = obj.get("spec").cloned().unwrap_or(Value::Null);
+    let mut old_spec = old.get("spec").cloned().unwrap_or(Value::Null);
+    for spec in [&mut new_spec, &mut old_spec] {
+        for list in ["containers", "initContainers"] {
+            if let Some(Value::Array(cs)) = spec.get_mut(list) {
+                for c in cs {
+                    if let Some(m) = c.as_object_mut() {
+                        m.remove("image");
+                    }
+                }
+            }
+        }
+        if let Some(m) = spec.as_object_mut() {
+            m.remove("activeDeadlineSeconds");
+            m.remove("tolerations");
+        }
+    }
+    let old_node = old_spec
+        .get("nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if old_node.is_empty()
+        && let (Some(n), Some(o)) = (new_spec.as_object_mut(), old_spec.as_object_mut())
+    {
+        n.remove("nodeName");
+        o.remove("nodeName");
+    }
+    if new_spec != old_spec {
+        e.forbidden(
+            "spec",
+            "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
+        );
+    }
+}
+
 fn immutable_data(e: &mut Errs, obj: &Value, old: Option<&Value>, fields: &[&str]) {
     let Some(old) = old else {
         return;
@@ -3501,6 +3544,28 @@ mod tests {
         let all = causes(kind, obj);
         assert_eq!(all.len(), 1, "{all:#?}");
         all.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn pod_specs_are_immutable_but_images_and_binding_may_change() {
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": "busybox:1"}]}});
+        crate::defaults::apply_defaults("v1", "Pod", &mut pod);
+        let mut new = pod.clone();
+        new["spec"]["containers"][0]["image"] = json!("busybox:2");
+        new["spec"]["nodeName"] = json!("node-1");
+        assert!(validate("v1", "Pod", &new, Some(&pod)).is_empty());
+        let mut moved = new.clone();
+        moved["spec"]["nodeName"] = json!("node-2");
+        let errs = validate("v1", "Pod", &moved, Some(&new));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "spec");
+        assert!(
+            errs[0]
+                .message
+                .starts_with("Forbidden: pod updates may not change")
+        );
     }
 
     #[test]
