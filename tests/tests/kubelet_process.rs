@@ -1,6 +1,7 @@
 //! Pods as real processes (the `process` runtime; isolated when the tests run as root): two
 //! containers sharing an emptyDir and talking over localhost, init containers first, env and
-//! files from a ConfigMap, restart policies and exit codes, `kubectl logs` (also `-f`) through
+//! files from a ConfigMap, readiness (httpGet) and liveness (exec) probes, restart policies and
+//! exit codes, `kubectl logs` (also `-f`) through
 //! another node, and a node daemon SIGKILLed and restarted while its pod keeps running.
 //!
 //! The busybox image comes from `scripts/build-busybox-image.sh` (Debian's busybox-static);
@@ -26,6 +27,9 @@ spec:
     image: busybox:1.36
     command: [httpd, -f, -p, '8080', -h, /shared]
     volumeMounts: [{name: shared, mountPath: /shared}]
+    readinessProbe:
+      httpGet: {path: /index.html, port: 8080}
+      periodSeconds: 1
     resources:
       requests: {cpu: 50m, memory: 16Mi}
       limits: {cpu: 200m, memory: 64Mi}
@@ -54,6 +58,22 @@ spec:
   - name: main
     image: busybox:1.36
     command: [sh, -c, 'echo about to fail; exit 3']
+";
+
+const FLAKY: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: flaky}
+spec:
+  nodeName: node-3
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: [sh, -c, 'touch /tmp/ok; sleep 2; rm /tmp/ok; sleep 3600']
+    livenessProbe:
+      exec: {command: [test, -f, /tmp/ok]}
+      periodSeconds: 1
+      failureThreshold: 2
 ";
 
 const DONE: &str = "apiVersion: v1
@@ -162,6 +182,47 @@ async fn pods_run_as_processes_share_volumes_and_localhost_and_survive_a_node_re
         "{followed}"
     );
 
+    // The server's readiness probe (httpGet on the pod's own localhost) made it Ready; a
+    // failing liveness probe restarts a container.
+    let ready = k
+        .ok(
+            1,
+            &[
+                "get",
+                "pod",
+                "web",
+                "-o",
+                "jsonpath={.status.containerStatuses[?(@.name==\"server\")].ready}",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(ready, "true");
+    k.ok(0, &["apply", "-f", "-"], Some(FLAKY)).await;
+    eventually(
+        CONVERGE,
+        "flaky restarted by its liveness probe",
+        || async {
+            let (_, out, _) = k
+                .run(
+                    2,
+                    &[
+                        "get",
+                        "pod",
+                        "flaky",
+                        "-o",
+                        "jsonpath={.status.containerStatuses[0].restartCount}",
+                    ],
+                    None,
+                )
+                .await;
+            anyhow::ensure!(out.parse::<u32>().is_ok_and(|n| n >= 1), "{out}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+
     // Restart policies and exit codes.
     k.ok(2, &["apply", "-f", "-"], Some(FAILS)).await;
     k.ok(0, &["apply", "-f", "-"], Some(DONE)).await;
@@ -234,7 +295,7 @@ async fn pods_run_as_processes_share_volumes_and_localhost_and_survive_a_node_re
         .await;
     assert_eq!(after, format!("{started_before} 0 0"));
 
-    for pod in ["web", "fails", "done"] {
+    for pod in ["web", "fails", "done", "flaky"] {
         k.ok(0, &["delete", "pod", pod, "--grace-period=1"], None)
             .await;
     }

@@ -7,6 +7,7 @@
 //! only when it changed.
 
 pub mod logs;
+mod probes;
 mod status;
 mod worker;
 

@@ -54,6 +54,8 @@ pub struct PodWorker {
     last_status: Option<Value>,
     start_time: String,
     done: bool,
+    /// Probe tallies by (container id, probe kind).
+    probes: HashMap<(String, &'static str), super::probes::ProbeState>,
 }
 
 impl PodWorker {
@@ -67,6 +69,7 @@ impl PodWorker {
             last_status: None,
             start_time: rfc3339(SystemTime::now()),
             done: false,
+            probes: HashMap::new(),
         });
         let ticker = worker.downgrade();
         tokio::spawn(async move {
@@ -267,10 +270,16 @@ impl PodWorker {
             obs.current = current;
             obs.previous = rec.previous.clone();
             obs.restarts = rec.restarts;
-            obs.ready = obs
+            let running = obs
                 .current
-                .as_ref()
-                .is_some_and(|s| s.state == ContainerState::Running);
+                .clone()
+                .filter(|s| s.state == ContainerState::Running);
+            obs.ready = running.is_some();
+            if let Some(status) = running
+                && !init
+            {
+                obs.ready = self.probe(pod, spec, &status).await;
+            }
             return obs;
         }
         let now = Instant::now();
@@ -366,6 +375,118 @@ impl PodWorker {
             .as_ref()
             .is_some_and(|s| s.state == ContainerState::Running);
         obs
+    }
+
+    /// Runs the container's due probes; returns whether it is ready. A failed liveness or
+    /// startup probe stops the container, and the restart policy takes it from there.
+    async fn probe(&mut self, pod: &Value, spec: &Value, status: &ContainerStatus) -> bool {
+        use super::probes::{self, timing};
+        let rt = self.config.runtime.clone();
+        // The sim runtime has no network to probe; its exec probes still run.
+        let sim = rt.name() == "sim";
+        let running_for = status
+            .started_at
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default();
+        let pod_ip = self.sandbox.as_ref().and_then(|(_, ip)| ip.clone());
+        let grace = pod
+            .pointer("/spec/terminationGracePeriodSeconds")
+            .and_then(Value::as_u64)
+            .unwrap_or(30);
+        let mut run = |kind: &'static str| {
+            let probe = spec.get(kind).cloned();
+            let state = self
+                .probes
+                .entry((status.id.clone(), kind))
+                .or_default()
+                .clone();
+            (probe, state)
+        };
+        let (startup, startup_state) = run("startupProbe");
+        let (liveness, liveness_state) = run("livenessProbe");
+        let (readiness, readiness_state) = run("readinessProbe");
+        let check = |probe: &Value| !sim || probe.get("exec").is_some();
+        // Startup first: until it passes, nothing else runs and the container is not ready.
+        if let Some(p) = &startup
+            && startup_state.passing != Some(true)
+        {
+            let t = timing(p);
+            if startup_state.due(&t, running_for) {
+                let ok = !check(p)
+                    || probes::run(
+                        rt.as_ref(),
+                        &status.id,
+                        spec,
+                        p,
+                        status.pid,
+                        pod_ip.as_deref(),
+                    )
+                    .await;
+                let st = self
+                    .probes
+                    .entry((status.id.clone(), "startupProbe"))
+                    .or_default();
+                if st.record(&t, ok) == Some(false) {
+                    tracing::info!(container = %status.name, "startup probe failed; restarting");
+                    let _ = rt
+                        .stop_container(&status.id, Duration::from_secs(grace))
+                        .await;
+                }
+            }
+            return false;
+        }
+        if let Some(p) = &liveness {
+            let t = timing(p);
+            if liveness_state.due(&t, running_for) {
+                let ok = !check(p)
+                    || probes::run(
+                        rt.as_ref(),
+                        &status.id,
+                        spec,
+                        p,
+                        status.pid,
+                        pod_ip.as_deref(),
+                    )
+                    .await;
+                let st = self
+                    .probes
+                    .entry((status.id.clone(), "livenessProbe"))
+                    .or_default();
+                if st.record(&t, ok) == Some(false) {
+                    tracing::info!(container = %status.name, "liveness probe failed; restarting");
+                    let _ = rt
+                        .stop_container(&status.id, Duration::from_secs(grace))
+                        .await;
+                    return false;
+                }
+            }
+        }
+        match &readiness {
+            None => true,
+            Some(p) => {
+                let t = timing(p);
+                if readiness_state.due(&t, running_for) {
+                    let ok = !check(p)
+                        || probes::run(
+                            rt.as_ref(),
+                            &status.id,
+                            spec,
+                            p,
+                            status.pid,
+                            pod_ip.as_deref(),
+                        )
+                        .await;
+                    self.probes
+                        .entry((status.id.clone(), "readinessProbe"))
+                        .or_default()
+                        .record(&t, ok);
+                }
+                self.probes
+                    .get(&(status.id.clone(), "readinessProbe"))
+                    .and_then(|s| s.passing)
+                    .unwrap_or(false)
+            }
+        }
     }
 
     /// The runtime's view of a container: command, env (resolved), mounts, limits.
