@@ -25,7 +25,7 @@ mod validate;
 mod watch;
 
 pub use lifecycle::run_namespace_lifecycle;
-pub use meta::{parse_rfc3339, rfc3339};
+pub use meta::{new_uid, parse_rfc3339, rfc3339};
 pub use nodes::{NodeRegistration, register_node};
 pub use resources::{RESOURCES, Resource};
 pub use server::{MAX_OBJECT_BYTES, MAX_REQUEST_BYTES, ensure_default_namespaces, router};

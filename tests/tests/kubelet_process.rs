@@ -161,6 +161,14 @@ async fn pods_run_as_processes_share_volumes_and_localhost_and_survive_a_node_re
     })
     .await
     .unwrap();
+    // describe shows the containers' state and the kubelet's events.
+    let described = k.ok(2, &["describe", "pod", "web"], None).await;
+    assert!(
+        described.contains("Started container server")
+            && described.contains("Started container client")
+            && described.contains("State:          Running"),
+        "{described}"
+    );
     // `logs -f` streams new lines as they come.
     let (_, followed, _) = tokio::time::timeout(Duration::from_secs(20), async {
         let mut cmd = tokio::process::Command::new(&k.binary);

@@ -335,9 +335,19 @@ impl PodWorker {
             } else {
                 "ErrImagePull"
             };
+            let first = reason == "ErrImagePull";
             rec.waiting = Some((reason.into(), e.to_string()));
             obs.waiting = rec.waiting.clone();
             obs.restarts = rec.restarts;
+            if first {
+                self.event(
+                    pod,
+                    "Warning",
+                    "Failed",
+                    format!("Failed to pull image \"{image}\": {e}"),
+                )
+                .await;
+            }
             return obs;
         }
         let config = match self.container_config(pod, spec, attempt).await {
@@ -359,22 +369,79 @@ impl PodWorker {
         .await;
         let rec = self.records.entry(name.clone()).or_default();
         rec.waiting = None;
-        match started {
+        let event = match started {
             Ok(id) => {
                 obs.current = rt.container_status(&id).await.ok();
                 rec.id = Some(id);
+                ("Normal", "Started", format!("Started container {name}"))
             }
             Err(e) => {
                 obs.waiting = Some(("CreateContainerError".into(), e.to_string()));
+                ("Warning", "Failed", format!("Error: {e}"))
             }
-        }
+        };
         obs.previous = rec.previous.clone();
         obs.restarts = rec.restarts;
         obs.ready = obs
             .current
             .as_ref()
             .is_some_and(|s| s.state == ContainerState::Running);
+        self.event(pod, event.0, event.1, event.2).await;
         obs
+    }
+
+    /// Records a core/v1 Event about this pod, as the kubelet does (what `kubectl describe`
+    /// lists). Best effort: a lost event loses nothing else.
+    async fn event(&self, pod: &Value, kind: &str, reason: &str, message: String) {
+        let ns = str_at(pod, "/metadata/namespace");
+        let name = format!(
+            "{}.{:x}",
+            name_of(pod),
+            SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
+        let now = rfc3339(SystemTime::now());
+        let event = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": name,
+                "namespace": ns,
+                "uid": flotilla_api::new_uid(),
+                "creationTimestamp": now,
+            },
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": name_of(pod),
+                "namespace": ns,
+                "uid": self.uid,
+            },
+            "reason": reason,
+            "message": message,
+            "type": kind,
+            "count": 1,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "source": {"component": "kubelet", "host": self.config.node_name},
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.config.node_name,
+        });
+        let key = format!("/registry/core/events/{ns}/{name}");
+        let Ok(value) = serde_json::to_vec(&event) else {
+            return;
+        };
+        let _ = self
+            .config
+            .store
+            .txn(TxnRequest {
+                compare: vec![Compare::Missing { key: key.clone() }],
+                success: vec![Op::Put { key, value }],
+                failure: vec![],
+            })
+            .await;
     }
 
     /// Runs the container's due probes; returns whether it is ready. A failed liveness or
@@ -454,6 +521,16 @@ impl PodWorker {
                     .or_default();
                 if st.record(&t, ok) == Some(false) {
                     tracing::info!(container = %status.name, "liveness probe failed; restarting");
+                    self.event(
+                        pod,
+                        "Warning",
+                        "Unhealthy",
+                        format!(
+                            "Liveness probe failed; container {} will be restarted",
+                            status.name
+                        ),
+                    )
+                    .await;
                     let _ = rt
                         .stop_container(&status.id, Duration::from_secs(grace))
                         .await;
