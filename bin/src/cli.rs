@@ -93,6 +93,8 @@ pub enum BenchCommand {
     /// Kubernetes API: create/get/list at 1, 16, 100 clients, a 10,000-pod list, and watch
     /// delivery to 1,000 watchers.
     Api(flotilla_chaos::bench_api::ApiBenchArgs),
+    /// Pod start latency (create → Running) of 100 pods on one node, and the node's memory.
+    Pods(flotilla_chaos::bench_pods::PodBenchArgs),
 }
 
 /// Tries each server in turn until one answers.
@@ -297,5 +299,6 @@ pub async fn bench(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Store(args) => flotilla_chaos::bench::store(args).await,
         BenchCommand::Api(args) => flotilla_chaos::bench_api::api(args).await,
+        BenchCommand::Pods(args) => flotilla_chaos::bench_pods::pods(args).await,
     }
 }

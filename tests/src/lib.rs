@@ -95,6 +95,23 @@ pub fn kill_leftover_containers(data_dir: &Path) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+    // The sandboxes' network namespaces (`flotilla-<sandbox id>`), named by their state dirs.
+    let Ok(nodes) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for node in nodes.flatten() {
+        let Ok(sandboxes) = std::fs::read_dir(node.path().join("runtime/sandboxes")) else {
+            continue;
+        };
+        for sb in sandboxes.flatten() {
+            let name = format!("flotilla-{}", sb.file_name().to_string_lossy());
+            if Path::new("/run/netns").join(&name).exists() {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", &name])
+                    .status();
+            }
+        }
+    }
 }
 
 impl Drop for TestCluster {

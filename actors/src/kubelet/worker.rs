@@ -914,10 +914,35 @@ impl PodWorker {
     }
 }
 
+impl PodWorker {
+    /// Whether a container is still on its way up: worth a look sooner than the next tick.
+    fn starting(&self) -> bool {
+        self.last_status.as_ref().is_none_or(|s| {
+            s.get("containerStatuses")
+                .and_then(Value::as_array)
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c.pointer("/state/waiting/reason").and_then(Value::as_str)
+                            == Some("ContainerCreating")
+                    })
+                })
+        })
+    }
+
+    fn resync_soon(&self, ctx: &mut Context<Self, ()>) {
+        if !self.done && self.starting() {
+            let _ = ctx
+                .actor_ref()
+                .tell(Tick)
+                .send_after(Duration::from_millis(50));
+        }
+    }
+}
+
 impl Message<Desired> for PodWorker {
     type Reply = ();
 
-    async fn handle(&mut self, msg: Desired, _: &mut Context<Self, ()>) {
+    async fn handle(&mut self, msg: Desired, ctx: &mut Context<Self, ()>) {
         if self.last_status.is_none() {
             self.last_status = msg
                 .0
@@ -930,6 +955,7 @@ impl Message<Desired> for PodWorker {
         }
         self.pod = Some(msg.0);
         self.sync().await;
+        self.resync_soon(ctx);
     }
 }
 
@@ -942,6 +968,7 @@ impl Message<Tick> for PodWorker {
             return;
         }
         self.sync().await;
+        self.resync_soon(ctx);
     }
 }
 
