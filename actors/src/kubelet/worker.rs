@@ -931,7 +931,8 @@ impl PodWorker {
 
     fn resync_soon(&self, ctx: &mut Context<Self, ()>) {
         if !self.done && self.starting() {
-            let _ = ctx
+            // The timer task runs detached; its handle is not needed.
+            let _timer = ctx
                 .actor_ref()
                 .tell(Tick)
                 .send_after(Duration::from_millis(50));
