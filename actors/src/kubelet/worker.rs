@@ -176,8 +176,15 @@ impl PodWorker {
             return Ok(());
         }
         let rt = &self.config.runtime;
-        // Re-adopt the sandbox of a pod this node ran before the daemon restarted.
-        if let Ok(sandboxes) = rt.list_sandboxes().await
+        // Re-adopt the sandbox of a pod this node ran before the daemon restarted. Only pods
+        // that have reported a container are looked up: listing every container for each new
+        // pod made starting many pods quadratic.
+        let ran_before = pod
+            .pointer("/status/containerStatuses")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| cs.iter().any(|c| c.get("containerID").is_some()));
+        if ran_before
+            && let Ok(sandboxes) = rt.list_sandboxes().await
             && let Some(sb) = sandboxes.into_iter().find(|s| s.config.pod_uid == self.uid)
         {
             if let Ok(containers) = rt.list_containers().await {
