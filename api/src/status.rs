@@ -286,6 +286,12 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if code == StatusCode::PAYLOAD_TOO_LARGE {
+            // The unread rest of the body makes the connection unusable; say so, or a client
+            // may send its next request on it and see the connection close under it.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }
