@@ -15,6 +15,9 @@ pub fn kubectl_binary() -> PathBuf {
     if let Ok(k) = std::env::var("KUBECTL") {
         return PathBuf::from(k);
     }
+    // One install at a time: the tests of one binary run in parallel threads.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let dest = workspace_root().join(".tools/bin");
     let kubectl = dest.join("kubectl");
     if !kubectl.is_file() {
@@ -24,7 +27,13 @@ pub fn kubectl_binary() -> PathBuf {
             .arg(&dest)
             .status()
             .expect("running fetch-kubectl.sh");
-        assert!(status.success(), "{} failed", script.display());
+        // Its last line (`kubectl version | head -1` under pipefail) may die of SIGPIPE after
+        // a good install: what counts is that kubectl and helm are there.
+        assert!(
+            status.success() || (kubectl.is_file() && dest.join("helm").is_file()),
+            "{} failed",
+            script.display()
+        );
     }
     kubectl
 }
