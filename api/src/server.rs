@@ -1808,6 +1808,40 @@ async fn server_side_apply(
     Err(ApiError::conflict(r, name))
 }
 
+/// Writes an object marked for deletion over `current` (unless it changed meanwhile) and
+/// answers with it, as a DELETE that does not remove the object yet does.
+async fn write_marked(
+    api: &Api,
+    r: &Resource,
+    name: &str,
+    current: &KeyValue,
+    mut marked: Value,
+) -> ApiResult {
+    if let Some(m) = marked["metadata"].as_object_mut() {
+        m.remove("resourceVersion");
+    }
+    let resp = api
+        .store
+        .txn(TxnRequest {
+            compare: vec![Compare::ModRevision {
+                key: current.key.clone(),
+                op: flotilla_consensus::CmpOp::Equal,
+                revision: current.mod_revision,
+            }],
+            success: vec![Op::Put {
+                key: current.key.clone(),
+                value: encode_object(r, name, &marked)?,
+            }],
+            failure: vec![],
+        })
+        .await?;
+    if !resp.succeeded {
+        return Err(ApiError::conflict(r, name));
+    }
+    marked["metadata"]["resourceVersion"] = json!(resp.revision.to_string());
+    Ok(json_response(StatusCode::OK, &marked))
+}
+
 async fn delete(
     api: &Api,
     t: &Target,
@@ -1869,29 +1903,7 @@ async fn delete(
         if !crate::lifecycle::mark_pod_deleting(&mut marked, grace) {
             return Ok(json_response(StatusCode::OK, &stored));
         }
-        if let Some(m) = marked["metadata"].as_object_mut() {
-            m.remove("resourceVersion");
-        }
-        let resp = api
-            .store
-            .txn(TxnRequest {
-                compare: vec![Compare::ModRevision {
-                    key: key.clone(),
-                    op: flotilla_consensus::CmpOp::Equal,
-                    revision: current.mod_revision,
-                }],
-                success: vec![Op::Put {
-                    key: key.clone(),
-                    value: encode_object(r, name, &marked)?,
-                }],
-                failure: vec![],
-            })
-            .await?;
-        if !resp.succeeded {
-            return Err(ApiError::conflict(r, name));
-        }
-        marked["metadata"]["resourceVersion"] = json!(resp.revision.to_string());
-        return Ok(json_response(StatusCode::OK, &marked));
+        return write_marked(api, r, name, &current, marked).await;
     }
     if crate::lifecycle::has_finalizers(&stored) {
         // Finalizers hold the object: mark it, and let their owners remove them.
@@ -1900,29 +1912,7 @@ async fn delete(
         }
         let mut marked = stored.clone();
         crate::lifecycle::mark_deleting(&mut marked);
-        if let Some(m) = marked["metadata"].as_object_mut() {
-            m.remove("resourceVersion");
-        }
-        let resp = api
-            .store
-            .txn(TxnRequest {
-                compare: vec![Compare::ModRevision {
-                    key: key.clone(),
-                    op: flotilla_consensus::CmpOp::Equal,
-                    revision: current.mod_revision,
-                }],
-                success: vec![Op::Put {
-                    key: key.clone(),
-                    value: encode_object(r, name, &marked)?,
-                }],
-                failure: vec![],
-            })
-            .await?;
-        if !resp.succeeded {
-            return Err(ApiError::conflict(r, name));
-        }
-        marked["metadata"]["resourceVersion"] = json!(resp.revision.to_string());
-        return Ok(json_response(StatusCode::OK, &marked));
+        return write_marked(api, r, name, &current, marked).await;
     }
     let (_, mut ops) = crate::alloc::ops(&key, None, Some(&stored));
     ops.push(Op::Delete { key: key.clone() });
