@@ -9,6 +9,7 @@
 mod alloc;
 mod apply;
 mod defaults;
+mod exec;
 mod lifecycle;
 mod meta;
 mod nodes;

@@ -28,8 +28,53 @@ pub struct LogRequest {
     pub limit_bytes: Option<i64>,
 }
 
+/// What `kubectl exec` asks for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub namespace: String,
+    pub pod: String,
+    pub uid: String,
+    pub container: String,
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub tty: bool,
+}
+
+/// From the client to an exec'd command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ExecInput {
+    Stdin(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The client's stdin ended.
+    CloseStdin,
+    Resize {
+        width: u16,
+        height: u16,
+    },
+}
+
+/// From an exec'd command to the client: `Started` or `Error` first; the stream ends after
+/// `Exit` or `Error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ExecOutput {
+    Started,
+    Stdout(#[serde(with = "serde_bytes")] Vec<u8>),
+    Stderr(#[serde(with = "serde_bytes")] Vec<u8>),
+    Exit(i32),
+    /// The command could not be run, or the session broke.
+    Error(String),
+}
+
 /// Reaches the kubelet of another node (or this one).
 pub trait PodProxy: Send + Sync + 'static {
+    /// Runs a command in a container of a pod bound to `node`; `input` carries the client's
+    /// stdin and terminal sizes.
+    fn exec(
+        &self,
+        node: &str,
+        req: ExecRequest,
+        input: BoxStream<'static, ExecInput>,
+    ) -> BoxFuture<'static, Result<BoxStream<'static, ExecOutput>, String>>;
+
     /// The log of a container of a pod bound to `node`, as a stream of text chunks; an
     /// error message (not found, not started) comes back as `Err` before the stream.
     fn logs(
@@ -55,7 +100,7 @@ fn flag(v: &Option<String>) -> bool {
     matches!(v.as_deref(), Some("true" | "True" | "1"))
 }
 
-fn names(pod: &Value, key: &str) -> Vec<String> {
+pub(crate) fn names(pod: &Value, key: &str) -> Vec<String> {
     pod.pointer(&format!("/spec/{key}"))
         .and_then(Value::as_array)
         .map(|cs| {
@@ -67,26 +112,23 @@ fn names(pod: &Value, key: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Serves `GET .../pods/NAME/log` for the stored `pod`.
-pub async fn logs(
-    proxy: Option<&dyn PodProxy>,
+/// The container a request means: the one asked for (which must be one of `allowed`), the
+/// pod's default-container annotation, or its only container.
+pub(crate) fn pick_container(
     pod: &Value,
-    query: LogQuery,
-) -> Result<Response, ApiError> {
+    requested: Option<String>,
+    allowed: &[String],
+) -> Result<String, ApiError> {
     let name = pod
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or("");
     let containers = names(pod, "containers");
-    let all: Vec<String> = names(pod, "initContainers")
-        .into_iter()
-        .chain(containers.iter().cloned())
-        .collect();
     let default = pod
         .pointer("/metadata/annotations/kubectl.kubernetes.io~1default-container")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    let container = match (query.container, default) {
+    let container = match (requested.filter(|c| !c.is_empty()), default) {
         (Some(c), _) => c,
         (None, Some(d)) => d,
         (None, None) if containers.len() == 1 => containers[0].clone(),
@@ -97,33 +139,54 @@ pub async fn logs(
             )));
         }
     };
-    if !all.contains(&container) {
+    if !allowed.contains(&container) {
         return Err(ApiError::bad_request(format!(
             "container {container} is not valid for pod {name}"
         )));
     }
-    let node = pod
-        .pointer("/spec/nodeName")
+    Ok(container)
+}
+
+/// The node a pod is bound to.
+pub(crate) fn node_of<'a>(pod: &'a Value, container: &str) -> Result<&'a str, ApiError> {
+    pod.pointer("/spec/nodeName")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .ok_or_else(|| {
+            let name = pod
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             ApiError::bad_request(format!(
                 "container \"{container}\" in pod \"{name}\" is waiting to start: the pod is not bound to a node"
             ))
-        })?;
+        })
+}
+
+pub(crate) fn str_of(pod: &Value, pointer: &str) -> String {
+    pod.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Serves `GET .../pods/NAME/log` for the stored `pod`.
+pub async fn logs(
+    proxy: Option<&dyn PodProxy>,
+    pod: &Value,
+    query: LogQuery,
+) -> Result<Response, ApiError> {
+    let all: Vec<String> = names(pod, "initContainers")
+        .into_iter()
+        .chain(names(pod, "containers"))
+        .collect();
+    let container = pick_container(pod, query.container, &all)?;
+    let node = node_of(pod, &container)?;
     let proxy = proxy.ok_or_else(|| ApiError::unavailable("no kubelet proxy on this node"))?;
     let req = LogRequest {
-        namespace: pod
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned(),
-        pod: name.to_owned(),
-        uid: pod
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned(),
+        namespace: str_of(pod, "/metadata/namespace"),
+        pod: str_of(pod, "/metadata/name"),
+        uid: str_of(pod, "/metadata/uid"),
         container,
         follow: flag(&query.follow),
         previous: flag(&query.previous),

@@ -48,6 +48,11 @@ pub fn router(store: Store, pods: Option<Arc<dyn crate::pods::PodProxy>>) -> Rou
         .route("/openapi/v3", get(openapi_index))
         .route("/openapi/v3/", get(openapi_index))
         .route("/openapi/v3/{*gv}", get(openapi_document))
+        // Its own route: the WebSocket upgrade needs the whole request.
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/exec",
+            any(pod_exec),
+        )
         .route("/api/{*rest}", any(dispatch_root::<true>))
         .route("/apis/{*rest}", any(dispatch_root::<false>))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
@@ -148,6 +153,10 @@ fn subresources(
     }
     if r.has_scale() {
         out.push(("scale", "autoscaling", "v1", "Scale", STATUS_VERBS));
+    }
+    if r.plural == "pods" && r.group.is_empty() {
+        out.push(("log", "", "v1", "Pod", &["get"]));
+        out.push(("exec", "", "v1", "PodExecOptions", &["create", "get"]));
     }
     out
 }
@@ -431,6 +440,21 @@ async fn dispatch_root<const CORE: bool>(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     route(state, CORE, method, headers, &rest, q, body).await
+}
+
+/// `pods/exec`: a command in a container, over a WebSocket.
+async fn pod_exec(
+    State(api): State<Arc<Api>>,
+    Path((namespace, name)): Path<(String, String)>,
+    request: axum::extract::Request,
+) -> Response {
+    let result = async {
+        let target = parse_target("", "v1", &["namespaces", &namespace, "pods", &name])?;
+        let current = read_current(&api, &target, &name).await?;
+        let pod = served(target.resource, &current)?;
+        crate::exec::exec(api.pods.clone(), &pod, request).await
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Routes a path below `/api/` (core) or `/apis/` (named groups).

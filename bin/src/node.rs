@@ -587,7 +587,55 @@ struct KubeletProxy {
     gossip: Gossip,
 }
 
+impl KubeletProxy {
+    /// The RPC address of a live node.
+    fn kubelet_of(&self, node: &str) -> Result<std::net::SocketAddr, String> {
+        self.gossip
+            .members()
+            .into_iter()
+            .find(|m| m.name == node && m.alive)
+            .map(|m| m.rpc_addr)
+            .ok_or_else(|| format!("node {node} is not reachable"))
+    }
+}
+
 impl flotilla_api::pods::PodProxy for KubeletProxy {
+    fn exec(
+        &self,
+        node: &str,
+        req: flotilla_api::pods::ExecRequest,
+        input: futures::stream::BoxStream<'static, flotilla_api::pods::ExecInput>,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<futures::stream::BoxStream<'static, flotilla_api::pods::ExecOutput>, String>,
+    > {
+        use flotilla_actors::kubelet::logs::{KubeletRequest, SERVICE};
+        use flotilla_api::pods::ExecOutput;
+        use futures::{FutureExt, StreamExt};
+        let rpc = self.rpc.clone();
+        let addr = self.kubelet_of(node);
+        let node = node.to_owned();
+        async move {
+            let input = input
+                .filter_map(|i| futures::future::ready(flotilla_mesh::encode(&i).ok()))
+                .boxed();
+            let frames = rpc
+                .call_duplex::<_, ExecOutput>(
+                    addr?,
+                    SERVICE,
+                    &KubeletRequest::Exec(req),
+                    input,
+                    Duration::from_secs(5),
+                )
+                .await
+                .map_err(|e| format!("reaching the kubelet of {node}: {e}"))?;
+            Ok(frames
+                .map(|f| f.unwrap_or_else(|e| ExecOutput::Error(format!("exec session: {e}"))))
+                .boxed())
+        }
+        .boxed()
+    }
+
     fn logs(
         &self,
         node: &str,
@@ -599,16 +647,10 @@ impl flotilla_api::pods::PodProxy for KubeletProxy {
         use flotilla_actors::kubelet::logs::{KubeletRequest, LogFrame, SERVICE};
         use futures::{FutureExt, StreamExt};
         let rpc = self.rpc.clone();
-        let addr = self
-            .gossip
-            .members()
-            .into_iter()
-            .find(|m| m.name == node)
-            .filter(|m| m.alive)
-            .map(|m| m.rpc_addr);
+        let addr = self.kubelet_of(node);
         let node = node.to_owned();
         async move {
-            let addr = addr.ok_or_else(|| format!("node {node} is not reachable"))?;
+            let addr = addr?;
             let mut frames = rpc
                 .call_stream::<_, LogFrame>(
                     addr,

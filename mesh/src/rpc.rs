@@ -93,6 +93,19 @@ pub enum Reply {
 pub trait Service: Send + Sync + 'static {
     fn call(&self, ctx: CallContext, body: Bytes)
     -> BoxFuture<'static, Result<Reply, RemoteError>>;
+
+    /// A call whose caller keeps sending after the request ([`RpcEndpoint::call_duplex`]):
+    /// `input` yields those frames and ends when the caller finishes or goes away. Services
+    /// that take no input need not implement it.
+    fn call_duplex(
+        &self,
+        ctx: CallContext,
+        body: Bytes,
+        input: BoxStream<'static, Bytes>,
+    ) -> BoxFuture<'static, Result<Reply, RemoteError>> {
+        drop(input);
+        self.call(ctx, body)
+    }
 }
 
 /// Closures are services, which keeps small handlers and tests terse.
@@ -397,6 +410,68 @@ impl RpcEndpoint {
         }
     }
 
+    /// A streaming call whose caller also streams: `input`'s frames follow the request on
+    /// the same QUIC stream, in order, and reach the service's
+    /// [`call_duplex`](Service::call_duplex) (interactive exec). Deadlines and errors are as
+    /// for [`call_stream`](Self::call_stream); the input ends when `input` does or when the
+    /// returned stream is dropped. No redial: the input is consumed by the first attempt.
+    pub async fn call_duplex<Req: Serialize, Resp: DeserializeOwned + Send + 'static>(
+        &self,
+        peer: SocketAddr,
+        service: &str,
+        req: &Req,
+        mut input: BoxStream<'static, Bytes>,
+        connect_timeout: Duration,
+    ) -> Result<BoxStream<'static, Result<Resp, RpcError>>, RpcError> {
+        let deadline = Instant::now() + connect_timeout;
+        let body = encode(req).map_err(RpcError::Remote)?;
+        self.check_request_size(&body)?;
+        self.outbound_faults(peer, deadline).await?;
+        let max = self.inner.shared.limits.max_frame_bytes;
+        let conn = self.connect_by(peer, deadline).await?;
+        let attempt = async {
+            let (send, mut recv) = open_request(&conn, service, &body)
+                .await
+                .map_err(|(Attempt::NotSent(e) | Attempt::Sent(e))| e)?;
+            let first = read_response(&mut recv, max).await?;
+            Ok::<_, RpcError>((send, recv, first))
+        };
+        let (mut send, recv, first) = match timeout_at(deadline, attempt).await {
+            Err(_) => return Err(RpcError::Timeout(format!("{peer}/{service}"))),
+            Ok(r) => r?,
+        };
+        match first {
+            Response::StreamStart => {}
+            Response::Ok(b) => {
+                let item =
+                    decode(&b).map_err(|e| RpcError::Network(format!("reply: {}", e.message)));
+                return Ok(futures::stream::once(async move { item }).boxed());
+            }
+            Response::Err(e) => return Err(RpcError::Remote(e)),
+            other => {
+                return Err(RpcError::Network(format!(
+                    "unexpected first frame {other:?}"
+                )));
+            }
+        }
+        // The writer lives as long as the reply stream: dropping the stream stops the input.
+        let writer = tokio::spawn(async move {
+            while let Some(frame) = input.next().await {
+                if frame.len() > max || write_frame(&mut send, None, &frame).await.is_err() {
+                    return;
+                }
+            }
+            let _ = send.finish();
+        });
+        let abort = AbortOnDrop(writer);
+        Ok(item_stream::<Resp>(recv, max)
+            .map(move |item| {
+                let _ = &abort;
+                item
+            })
+            .boxed())
+    }
+
     /// Graceful shutdown: closes all connections and waits (briefly) for peers to be told.
     pub async fn close(&self) {
         self.inner
@@ -518,11 +593,31 @@ async fn unary_attempt(
     }
 }
 
+/// Aborts a background task when the handle that owns it goes.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn send_request(
     conn: &Connection,
     service: &str,
     body: &[u8],
 ) -> Result<RecvStream, Attempt> {
+    let (mut send, recv) = open_request(conn, service, body).await?;
+    let _ = send.finish();
+    Ok(recv)
+}
+
+/// Opens a stream and sends the request, leaving the sending side open.
+async fn open_request(
+    conn: &Connection,
+    service: &str,
+    body: &[u8],
+) -> Result<(SendStream, RecvStream), Attempt> {
     let (mut send, recv) = conn
         .open_bi()
         .await
@@ -542,8 +637,7 @@ async fn send_request(
     write_frame(&mut send, None, body)
         .await
         .map_err(|e| Attempt::Sent(write_error(&e)))?;
-    let _ = send.finish();
-    Ok(recv)
+    Ok((send, recv))
 }
 
 fn is_crypto_code(code: u64) -> bool {
@@ -753,6 +847,18 @@ async fn read_request(recv: &mut RecvStream, max: usize) -> Result<(String, Byte
     Ok((header.service, Bytes::from(body)))
 }
 
+/// The frames a duplex caller sends after its request; ends at the caller's finish or at the
+/// first broken or oversized frame.
+fn input_frames(recv: RecvStream, max: usize) -> BoxStream<'static, Bytes> {
+    futures::stream::unfold(recv, move |mut recv| async move {
+        match read_frame(&mut recv, max).await {
+            Ok(Some(frame)) => Some((Bytes::from(frame), recv)),
+            _ => None,
+        }
+    })
+    .boxed()
+}
+
 async fn reply_error(send: &mut SendStream, tag: u8, err: &RemoteError) {
     let payload = encode(err).unwrap_or_default();
     let _ = write_frame(send, Some(tag), &payload).await;
@@ -796,7 +902,7 @@ async fn handle_stream(
     let peer_name = ctx.peer_name.clone();
     let reply = match handler {
         None => Err(RemoteError::new(format!("unknown service: {service}"))),
-        Some(h) => h.call(ctx, body).await,
+        Some(h) => h.call_duplex(ctx, body, input_frames(recv, max)).await,
     };
     match reply {
         Ok(Reply::Unary(b)) => {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use flotilla_api::pods::LogRequest;
+use flotilla_api::pods::{ExecRequest, LogRequest};
 use flotilla_mesh::{CallContext, RemoteError, Reply, Service};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -23,6 +23,8 @@ pub const SERVICE: &str = "kubelet";
 #[derive(Debug, Serialize, Deserialize)]
 pub enum KubeletRequest {
     Logs(LogRequest),
+    /// Duplex: the caller's [`ExecInput`](flotilla_api::pods::ExecInput) frames follow.
+    Exec(ExecRequest),
 }
 
 /// One frame of a log stream: a chunk of text, or why there is none.
@@ -226,10 +228,22 @@ impl Service for KubeletService {
         _ctx: CallContext,
         body: Bytes,
     ) -> BoxFuture<'static, Result<Reply, RemoteError>> {
+        self.call_duplex(_ctx, body, futures::stream::empty().boxed())
+    }
+
+    fn call_duplex(
+        &self,
+        _ctx: CallContext,
+        body: Bytes,
+        input: futures::stream::BoxStream<'static, Bytes>,
+    ) -> BoxFuture<'static, Result<Reply, RemoteError>> {
         let rt = self.runtime.clone();
         async move {
             let req: KubeletRequest = flotilla_mesh::decode(&body)?;
             match req {
+                KubeletRequest::Exec(req) => Ok(Reply::Stream(
+                    crate::kubelet::exec::serve(rt, req, input).await,
+                )),
                 KubeletRequest::Logs(req) => match find(rt.as_ref(), &req).await {
                     Ok(container) => Ok(Reply::Stream(log_stream(rt, container, req))),
                     // The first frame carries the error, so the API can answer with it.

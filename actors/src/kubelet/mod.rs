@@ -6,6 +6,7 @@
 //! history), it relists. Workers drive the runtime towards the spec and write pod status back
 //! only when it changed.
 
+pub mod exec;
 pub mod logs;
 mod probes;
 mod status;

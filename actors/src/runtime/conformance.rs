@@ -139,6 +139,9 @@ pub fn checks() -> Vec<(&'static str, CheckFn)> {
         ("exec_interactive", |rt, i, c| {
             Box::pin(exec_interactive(rt, i, c))
         }),
+        ("exec_terminal", |rt, i, c| {
+            Box::pin(exec_terminal(rt, i, c))
+        }),
         ("env_and_working_dir", |rt, i, c| {
             Box::pin(env_and_working_dir(rt, i, c))
         }),
@@ -791,6 +794,51 @@ pub async fn exec_interactive(rt: &dyn Runtime, image: &str, ctx: &ConformanceCo
             "stdout {:?}",
             String::from_utf8_lossy(&out)
         );
+        let code = tokio::time::timeout(Duration::from_secs(10), session.exit)
+            .await
+            .map_err(|_| "exec did not exit".to_string())?
+            .map_err(|e| e.to_string())?;
+        ensure!(code == 0, "exit code {code}");
+        Ok(None)
+    })
+    .await
+}
+
+/// `exec -t`: the command's stdio is a terminal of the size the client set, input is echoed
+/// and output arrives on stdout alone.
+pub async fn exec_terminal(rt: &dyn Runtime, image: &str, ctx: &ConformanceContext) -> Outcome {
+    if let Some(skip) = need_real(ctx) {
+        return skip;
+    }
+    in_sandbox(rt, ctx, "exec_terminal", |sb| async move {
+        let id = run(rt, &sb, container("main", image, &["sleep", "60"])).await?;
+        wait_running(rt, &id).await?;
+        let script = "read line; [ -t 0 ] && [ -t 1 ] && echo tty=yes; echo size=$(stty size); echo got=$line";
+        let mut session = rt
+            .exec(&id, vec!["sh".into(), "-c".into(), script.into()], true, true)
+            .await
+            .map_err(|e| format!("exec: {e}"))?;
+        ensure!(session.stderr.is_none(), "a terminal session has a separate stderr");
+        let resize = session.resize.take().ok_or("no resize on a terminal session")?;
+        resize(123, 45);
+        let mut stdin = session.stdin.take().ok_or("no stdin")?;
+        stdin
+            .write_all(b"hello\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            session.stdout.read_to_end(&mut out),
+        )
+        .await
+        .map_err(|_| "no end of output".to_string())?
+        .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out).replace('\r', "");
+        // The terminal echoes what was typed, as a terminal does.
+        for want in ["hello\n", "tty=yes\n", "size=45 123\n", "got=hello\n"] {
+            ensure!(text.contains(want), "output lacks {want:?}: {text:?}");
+        }
         let code = tokio::time::timeout(Duration::from_secs(10), session.exit)
             .await
             .map_err(|_| "exec did not exit".to_string())?

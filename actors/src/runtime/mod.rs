@@ -159,11 +159,14 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
-/// An interactive exec: the process's stdio as async streams, and its exit code.
+/// An interactive exec: the process's stdio as async streams, and its exit code. With a
+/// terminal, `stdout` carries everything the command writes, `stderr` is `None`, and
+/// `resize` sets the terminal's size.
 pub struct ExecSession {
     pub stdin: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>>,
     pub stdout: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
     pub stderr: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
+    pub resize: Option<Box<dyn Fn(u16, u16) + Send + Sync>>,
     pub exit: BoxFuture<'static, Result<i32>>,
 }
 
@@ -204,7 +207,8 @@ pub trait Runtime: Send + Sync + 'static {
         cmd: Vec<String>,
         timeout: std::time::Duration,
     ) -> BoxFuture<'_, Result<ExecOutput>>;
-    /// Starts `cmd` in the container with its stdio connected to the session.
+    /// Starts `cmd` in the container with its stdio connected to the session (through a
+    /// terminal when `tty`).
     fn exec(
         &self,
         id: &str,

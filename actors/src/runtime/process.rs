@@ -20,6 +20,7 @@
 mod cgroup;
 mod log;
 mod net;
+mod pty;
 mod shim;
 mod spec;
 
@@ -872,7 +873,7 @@ impl ProcessRuntime {
 
     /// The command line of an exec: the command itself (plain) or the shim joining the
     /// container's namespaces.
-    fn exec_command(&self, id: &str, cmd: Vec<String>) -> Result<ExecCommand> {
+    fn exec_command(&self, id: &str, cmd: Vec<String>, tty: bool) -> Result<ExecCommand> {
         let rec = self.container(id)?;
         if self.status_of(&rec).state != ContainerState::Running {
             return Err(RuntimeError::Invalid(format!(
@@ -885,30 +886,43 @@ impl ProcessRuntime {
         let dir = self.container_dir(id);
         let spec = read_json::<ShimSpec>(&dir.join(spec::SPEC))
             .ok_or_else(|| RuntimeError::Other("cannot read the container spec".into()))?;
-        let command = match (&spec.isolation, &self.shim_path) {
-            (Some(_), Some(shim)) => {
-                let mut c = tokio::process::Command::new(shim);
-                c.arg(SHIM_SUBCOMMAND)
-                    .arg("exec")
-                    .arg(&dir)
-                    .arg("--")
-                    .args(&cmd);
-                c
-            }
-            _ => {
-                let mut c = tokio::process::Command::new(&cmd[0]);
-                // Its own process group, so a timeout kills what it started too.
-                c.process_group(0)
-                    .args(&cmd[1..])
-                    .env_clear()
-                    .envs(spec.env.iter().map(|(k, v)| (k, v)));
-                if let Some(cwd) = spec.cwd.as_deref().filter(|d| Path::new(d).is_dir()) {
-                    c.current_dir(cwd);
-                }
-                c
-            }
-        };
         let via_shim = spec.isolation.is_some() && self.shim_path.is_some();
+        let mut argv: Vec<std::ffi::OsString> = match &self.shim_path {
+            Some(shim) if via_shim => [shim.as_os_str(), SHIM_SUBCOMMAND.as_ref(), "exec".as_ref()]
+                .into_iter()
+                .chain([dir.as_os_str(), "--".as_ref()])
+                .map(Into::into)
+                .chain(cmd.iter().map(Into::into))
+                .collect(),
+            _ => cmd.iter().map(Into::into).collect(),
+        };
+        // A terminal must be the command's controlling terminal (for ^C, job control), which
+        // takes a new session: the shim's `tty` mode sets that up and then becomes the command.
+        let new_session = tty && self.shim_path.is_some();
+        if let (true, Some(shim)) = (new_session, &self.shim_path) {
+            let prefix = [
+                shim.as_os_str(),
+                SHIM_SUBCOMMAND.as_ref(),
+                "tty".as_ref(),
+                "--".as_ref(),
+            ];
+            argv.splice(0..0, prefix.into_iter().map(Into::into));
+        }
+        let mut command = tokio::process::Command::new(&argv[0]);
+        command.args(&argv[1..]);
+        if !via_shim {
+            command
+                .env_clear()
+                .envs(spec.env.iter().map(|(k, v)| (k, v)));
+            if let Some(cwd) = spec.cwd.as_deref().filter(|d| Path::new(d).is_dir()) {
+                command.current_dir(cwd);
+            }
+            // Its own process group, so a timeout kills what it started too (a new session
+            // does the same, and setsid refuses a group leader).
+            if !new_session {
+                command.process_group(0);
+            }
+        }
         Ok(ExecCommand { command, via_shim })
     }
 }
@@ -1177,7 +1191,7 @@ impl Runtime for ProcessRuntime {
         cmd: Vec<String>,
         timeout: Duration,
     ) -> BoxFuture<'_, Result<ExecOutput>> {
-        let command = self.exec_command(id, cmd);
+        let command = self.exec_command(id, cmd, false);
         async move {
             let ExecCommand {
                 mut command,
@@ -1241,14 +1255,17 @@ impl Runtime for ProcessRuntime {
         id: &str,
         cmd: Vec<String>,
         stdin: bool,
-        _tty: bool,
+        tty: bool,
     ) -> BoxFuture<'_, Result<ExecSession>> {
-        let command = self.exec_command(id, cmd);
+        let command = self.exec_command(id, cmd, tty);
         async move {
             let ExecCommand {
                 mut command,
                 via_shim,
             } = command?;
+            if tty {
+                return exec_on_terminal(command, via_shim);
+            }
             command
                 .stdin(if stdin {
                     std::process::Stdio::piped()
@@ -1270,25 +1287,57 @@ impl Runtime for ProcessRuntime {
                 .stderr
                 .take()
                 .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>);
-            let mut guard = CancelOnDrop {
-                pid: child.id(),
-                via_shim,
-            };
-            let exit = async move {
-                let status = child.wait().await;
-                guard.disarm();
-                Ok(exit_code_of(status?))
-            }
-            .boxed();
             Ok(ExecSession {
                 stdin,
                 stdout: Box::new(stdout),
                 stderr,
-                exit,
+                resize: None,
+                exit: exit_of(child, via_shim),
             })
         }
         .boxed()
     }
+}
+
+/// The exit code of an exec'd command; dropping it before the end cancels the command.
+fn exit_of(mut child: tokio::process::Child, via_shim: bool) -> BoxFuture<'static, Result<i32>> {
+    let mut guard = CancelOnDrop {
+        pid: child.id(),
+        via_shim,
+    };
+    async move {
+        let status = child.wait().await;
+        guard.disarm();
+        Ok(exit_code_of(status?))
+    }
+    .boxed()
+}
+
+/// `exec -t`: the command runs in a new session whose controlling terminal is a fresh pty.
+fn exec_on_terminal(mut command: tokio::process::Command, via_shim: bool) -> Result<ExecSession> {
+    let (master, terminal) = pty::open()?;
+    command
+        .stdin(terminal.try_clone()?)
+        .stdout(terminal.try_clone()?)
+        .stderr(terminal);
+    let child = command.spawn()?;
+    // Our copies of the terminal end go with the command, so that reads of the master end
+    // see the end once the exec'd processes have closed theirs.
+    drop(command);
+    let pty::Master {
+        reader,
+        writer,
+        control,
+    } = master;
+    Ok(ExecSession {
+        stdin: Some(Box::new(writer)),
+        stdout: Box::new(reader),
+        stderr: None,
+        resize: Some(Box::new(move |cols, rows| {
+            pty::resize(&control, cols, rows)
+        })),
+        exit: exit_of(child, via_shim),
+    })
 }
 
 fn host_image(image: &str) -> ImageInfo {

@@ -374,52 +374,63 @@ pub struct LogsArgs {
     timestamps: bool,
 }
 
-pub async fn logs(a: LogsArgs) -> anyhow::Result<()> {
-    let pod_name = match super::split_type_name(&a.pod) {
+/// The pod a `logs` or `exec` names, read from the server.
+async fn named_pod(kube: &Kube, what: &str, arg: &str) -> anyhow::Result<(Api<Pod>, Pod)> {
+    let pod_name = match super::split_type_name(arg) {
         Some(("pod" | "pods" | "po", n)) => n.to_owned(),
-        Some((t, _)) => bail!("logs: only pods are supported, got {t:?}"),
-        None => a.pod.clone(),
+        Some((t, _)) => bail!("{what}: only pods are supported, got {t:?}"),
+        None => arg.to_owned(),
     };
-    let kube = Kube::connect(&a.g).await?;
     let pods: Api<Pod> = Api::namespaced(kube.client.clone(), &kube.namespace);
-    let pod = match pods.get(&pod_name).await {
-        Ok(p) => p,
+    match pods.get(&pod_name).await {
+        Ok(p) => Ok((pods, p)),
         // kubectl's wording for this one case.
         Err(kube::Error::Api(s)) if s.code == 404 => bail!(
             "error from server (NotFound): pods \"{pod_name}\" not found in namespace \"{}\"",
             kube.namespace
         ),
-        Err(e) => return Err(e.into()),
-    };
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The container asked for (checked), else the pod's default one, said the way kubectl says
+/// it when the pod has several.
+fn pick_container(pod: &Pod, asked: Option<&String>) -> anyhow::Result<String> {
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
     let names: Vec<String> = pod
         .spec
         .as_ref()
         .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
         .unwrap_or_default();
-    let container = match &a.container {
-        Some(c) => {
-            if !names.contains(c) {
-                bail!("container {c} is not valid for pod {pod_name}");
-            }
-            Some(c.clone())
+    if let Some(c) = asked {
+        if !names.contains(c) {
+            bail!("container {c} is not valid for pod {pod_name}");
         }
-        None if names.len() > 1 => {
-            let default = pod
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get("kubectl.kubernetes.io/default-container"))
-                .filter(|c| names.contains(c))
-                .cloned()
-                .unwrap_or_else(|| names[0].clone());
-            eprintln!(
-                "Defaulted container \"{default}\" out of: {}",
-                names.join(", ")
-            );
-            Some(default)
-        }
-        None => None,
-    };
+        return Ok(c.clone());
+    }
+    let default = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("kubectl.kubernetes.io/default-container"))
+        .filter(|c| names.contains(c))
+        .or(names.first())
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("pod {pod_name} has no containers"))?;
+    if names.len() > 1 {
+        eprintln!(
+            "Defaulted container \"{default}\" out of: {}",
+            names.join(", ")
+        );
+    }
+    Ok(default)
+}
+
+pub async fn logs(a: LogsArgs) -> anyhow::Result<()> {
+    let kube = Kube::connect(&a.g).await?;
+    let (pods, pod) = named_pod(&kube, "logs", &a.pod).await?;
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let container = Some(pick_container(&pod, a.container.as_ref())?);
     let params = LogParams {
         container,
         follow: a.follow,
@@ -460,16 +471,142 @@ pub struct ExecArgs {
 }
 
 pub async fn exec(a: ExecArgs) -> anyhow::Result<()> {
-    let pod_name = match super::split_type_name(&a.pod) {
-        Some((_, n)) => n.to_owned(),
-        None => a.pod.clone(),
-    };
+    use std::io::IsTerminal as _;
     let kube = Kube::connect(&a.g).await?;
-    // A missing pod is reported as such; an existing one cannot be exec'd into yet.
-    let pods: Api<Pod> = Api::namespaced(kube.client.clone(), &kube.namespace);
-    pods.get(&pod_name).await?;
-    let _ = (&a.container, a.stdin, a.tty, &a.command);
-    bail!("exec is not available yet: it arrives with the kubelet")
+    let (pods, pod) = named_pod(&kube, "exec", &a.pod).await?;
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let container = pick_container(&pod, a.container.as_ref())?;
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
+    if phase == "Succeeded" || phase == "Failed" {
+        bail!("cannot exec into a container in a completed pod; current phase is {phase}");
+    }
+    let tty = a.tty && a.stdin && std::io::stdin().is_terminal();
+    if a.tty && !tty {
+        eprintln!("Unable to use a TTY - input is not a terminal or the right kind of file");
+    }
+    let params = kube::api::AttachParams::default()
+        .container(container)
+        .stdin(a.stdin)
+        .stdout(true)
+        .stderr(!tty)
+        .tty(tty);
+    let mut session = pods
+        .exec(&pod_name, a.command.clone(), &params)
+        .await
+        .map_err(|e| anyhow::anyhow!("unable to upgrade connection: {e}"))?;
+    // Raw mode while the remote terminal is in charge; restored on the way out.
+    let raw = if tty { RawTerminal::enter() } else { None };
+    if let Some(mut sizes) = session.terminal_size() {
+        // The size now, then again whenever the local window changes.
+        tokio::spawn(async move {
+            use futures::SinkExt as _;
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut winch = signal(SignalKind::window_change()).ok();
+            loop {
+                if let Ok((width, height)) = terminal_size()
+                    && sizes
+                        .send(kube::api::TerminalSize { width, height })
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                let Some(w) = winch.as_mut() else { return };
+                if w.recv().await.is_none() {
+                    return;
+                }
+            }
+        });
+    }
+    if let Some(mut remote) = session.stdin() {
+        // Not joined: a read of our stdin cannot be cancelled, and the exit ends it anyway.
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut remote).await;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut remote).await;
+        });
+    }
+    let out = session.stdout().map(|mut r| {
+        tokio::spawn(async move {
+            let mut o = tokio::io::stdout();
+            let _ = tokio::io::copy(&mut r, &mut o).await;
+            let _ = tokio::io::AsyncWriteExt::flush(&mut o).await;
+        })
+    });
+    let err = session.stderr().map(|mut r| {
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut r, &mut tokio::io::stderr()).await;
+        })
+    });
+    let status = match session.take_status() {
+        Some(s) => s.await,
+        None => None,
+    };
+    for task in [out, err].into_iter().flatten() {
+        let _ = task.await;
+    }
+    drop(raw);
+    let Some(status) = status else {
+        bail!("the exec session ended without reporting how the command ended");
+    };
+    match (status.status.as_deref(), status.reason.as_deref()) {
+        // Exits rather than returns: a runtime shutting down would wait for the blocked read
+        // of our stdin.
+        (Some("Success"), _) => {
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            std::process::exit(0)
+        }
+        (_, Some("NonZeroExitCode")) => {
+            let code: i32 = status
+                .details
+                .and_then(|d| d.causes)
+                .and_then(|c| {
+                    c.into_iter()
+                        .find(|c| c.reason.as_deref() == Some("ExitCode"))
+                })
+                .and_then(|c| c.message)
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(1);
+            eprintln!("command terminated with exit code {code}");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            std::process::exit(code);
+        }
+        _ => bail!("{}", status.message.unwrap_or_default()),
+    }
+}
+
+/// The local terminal's size (columns, rows).
+fn terminal_size() -> std::io::Result<(u16, u16)> {
+    let size = rustix::termios::tcgetwinsize(std::io::stdout())?;
+    Ok((size.ws_col, size.ws_row))
+}
+
+/// The local terminal in raw mode (keys go to the remote terminal as typed); restores the
+/// previous mode when dropped.
+struct RawTerminal(nix::sys::termios::Termios);
+
+impl RawTerminal {
+    fn enter() -> Option<RawTerminal> {
+        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+        let saved = tcgetattr(std::io::stdin()).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(std::io::stdin(), SetArg::TCSANOW, &raw).ok()?;
+        Some(RawTerminal(saved))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.0,
+        );
+    }
 }
 
 #[derive(clap::Args, Debug)]

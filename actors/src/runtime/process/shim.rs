@@ -8,6 +8,8 @@
 //! - `init DIR`: the isolated container's PID 1 before `execve`: joins the cgroup and the
 //!   sandbox's network namespace, unshares mount/UTS/IPC, mounts the overlay root, /proc, /dev,
 //!   /sys, the generated /etc files and volumes, `pivot_root`s, sets the hostname and execs.
+//! - `tty -- CMD…`: for `exec -t`: makes the terminal on stdin the controlling terminal of a
+//!   new session, then execs CMD (which may be `exec DIR -- …`).
 //! - `exec DIR -- CMD…` / `exec-child DIR -- CMD…`: a command inside a running isolated
 //!   container (the first joins its PID namespace, which only applies to children; the second
 //!   joins the rest and execs).
@@ -41,6 +43,9 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 pub fn shim_main(args: Vec<String>) -> ExitCode {
     let mut args = args.into_iter();
     let mode = args.next().unwrap_or_default();
+    if mode == "tty" {
+        return tty(args.skip_while(|a| a != "--").skip(1).collect());
+    }
     let Some(dir) = args.next().map(PathBuf::from) else {
         eprintln!("usage: runtime-shim run|init|exec|exec-child DIR [-- CMD…]");
         return ExitCode::from(2);
@@ -649,6 +654,28 @@ pub(crate) fn secure_join(root: &Path, path: &Path) -> Result<PathBuf, String> {
         }
     }
     Ok(root.join(resolved.iter().collect::<PathBuf>()))
+}
+
+/// `tty -- CMD…`: a new session whose controlling terminal is our stdin, then CMD.
+fn tty(cmd: Vec<String>) -> ExitCode {
+    let Some((program, args)) = cmd.split_first() else {
+        eprintln!("usage: runtime-shim tty -- CMD…");
+        return ExitCode::from(2);
+    };
+    let controlling = nix::unistd::setsid()
+        .map_err(std::io::Error::from)
+        .and_then(|_| rustix::process::ioctl_tiocsctty(std::io::stdin()).map_err(Into::into));
+    if let Err(e) = controlling {
+        eprintln!("setting up the terminal: {e}");
+        return ExitCode::from(126);
+    }
+    let e = Command::new(program).args(args).exec();
+    eprintln!("exec {program}: {e}");
+    ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    })
 }
 
 /// `exec`: joins the container's PID namespace (for children only) and runs `exec-child`.
