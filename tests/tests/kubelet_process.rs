@@ -263,6 +263,72 @@ async fn pods_run_as_processes_share_volumes_and_localhost_and_survive_a_node_re
     let log = k.ok(1, &["logs", "fails"], None).await;
     assert_eq!(log, "about to fail\n");
 
+    // exec through a node other than the pod's: output, stderr, the exit code, stdin.
+    let (ok, out, err) = k
+        .run(
+            0,
+            &[
+                "exec",
+                "web",
+                "-c",
+                "server",
+                "--",
+                "sh",
+                "-c",
+                "cat /shared/index.html; echo oops >&2; exit 7",
+            ],
+            None,
+        )
+        .await;
+    assert!(!ok, "a failing command fails kubectl: {out}{err}");
+    assert_eq!(out, "prepared-by-init\n");
+    assert!(
+        err.contains("oops") && err.contains("command terminated with exit code 7"),
+        "{err}"
+    );
+    let (ok, out, err) = k
+        .run(
+            2,
+            &[
+                "exec",
+                "-i",
+                "web",
+                "-c",
+                "client",
+                "--",
+                "sh",
+                "-c",
+                "cat > /tmp/in; wc -c < /tmp/in; cat /tmp/in",
+            ],
+            Some("twelve bytes"),
+        )
+        .await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["12", "twelve", "bytes"]
+    );
+    // The `flotilla` client does the same, with kubectl's exit code.
+    let kubeconfig = cluster.kubeconfig_path();
+    let (ok, out, err) = run_cli(&[
+        "exec",
+        "web",
+        "-c",
+        "server",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "hostname; exit 5",
+    ])
+    .await
+    .unwrap();
+    assert!(
+        !ok && out == "web\n" && err.contains("exit code 5"),
+        "{out}{err}"
+    );
+
     // SIGKILL node-2's daemon: its pod keeps running; restarted, the node reports it again
     // without restarting its containers.
     let started_before = k
@@ -309,4 +375,275 @@ async fn pods_run_as_processes_share_volumes_and_localhost_and_survive_a_node_re
     }
     let left = k.ok(1, &["get", "pods", "-o", "name"], None).await;
     assert!(left.trim().is_empty(), "{left}");
+}
+
+const HOG: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  nodeName: node-1
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: busybox:1.36
+    # dd's 256 MiB block buffer is filled, far over the 32 MiB limit.
+    command: [dd, if=/dev/zero, of=/dev/null, bs=256M, count=4]
+    resources:
+      limits: {memory: 32Mi}
+";
+
+/// A pod reading a Secret as env and file, whose SIGTERM handler leaves a note in `out_dir`.
+fn secretive(out_dir: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: secretive}}
+spec:
+  nodeName: node-2
+  terminationGracePeriodSeconds: 20
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: [sh, -c, 'trap \"echo got-TERM > /out/term; exit 0\" TERM; echo token=$TOKEN file=$(cat /secret/token); while true; do sleep 1; done']
+    env:
+    - name: TOKEN
+      valueFrom:
+        secretKeyRef: {{name: creds, key: token}}
+    volumeMounts:
+    - {{name: creds, mountPath: /secret}}
+    - {{name: out, mountPath: /out}}
+  volumes:
+  - name: creds
+    secret: {{secretName: creds}}
+  - name: out
+    hostPath: {{path: {out_dir}}}
+"
+    )
+}
+
+fn marker_pod(name: &str, node: &str, marker: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: [sh, -c, 'while true; do sleep 1; done # {marker}']
+"
+    )
+}
+
+/// Processes on this machine whose command line contains `needle`.
+fn processes_with(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read(e.path().join("cmdline"))
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_secrets_graceful_stop_and_pods_deleted_while_their_node_was_down() {
+    let image = tempfile::tempdir().unwrap();
+    let tar = image.path().join("busybox.tar");
+    let script = workspace_root().join("scripts/build-busybox-image.sh");
+    let built = tokio::process::Command::new("bash")
+        .arg(&script)
+        .arg(&tar)
+        .output()
+        .await
+        .unwrap();
+    if !built.status.success() {
+        eprintln!(
+            "skipped: no busybox image could be built here: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        return;
+    }
+    let binary = tokio::task::spawn_blocking(kubectl_binary).await.unwrap();
+    let mut cluster = TestCluster::start("kubelet-process-2", 3, 3, &[])
+        .await
+        .unwrap();
+    let (ok, out, err) = run_cli(&[
+        "image",
+        "import",
+        tar.to_str().unwrap(),
+        "--all-nodes",
+        cluster.data_dir().to_str().unwrap(),
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{out}{err}");
+    let k = Kubectl {
+        binary,
+        kubeconfig: cluster.kubeconfig_path(),
+    };
+    eventually(CONVERGE, "the default namespace", || async {
+        let (ok, out, err) = k.run(0, &["get", "ns", "default"], None).await;
+        anyhow::ensure!(ok && out.contains("Active"), "{out}{err}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    // Memory limits are enforced only with isolation (root, cgroups).
+    let isolated = nix::unistd::geteuid().is_root();
+    if isolated {
+        k.ok(0, &["apply", "-f", "-"], Some(HOG)).await;
+    }
+    k.ok(
+        1,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "creds",
+            "--from-literal=token=s3cr3t",
+        ],
+        None,
+    )
+    .await;
+    let out_dir = tempfile::tempdir().unwrap();
+    k.ok(
+        1,
+        &["apply", "-f", "-"],
+        Some(&secretive(out_dir.path().to_str().unwrap())),
+    )
+    .await;
+    // Pods on node-3, which is about to go down.
+    let pending_marker = format!("pending-{}", std::process::id());
+    let forced_marker = format!("forced-{}", std::process::id());
+    k.ok(
+        2,
+        &["apply", "-f", "-"],
+        Some(&marker_pod("pending", "node-3", &pending_marker)),
+    )
+    .await;
+    k.ok(
+        2,
+        &["apply", "-f", "-"],
+        Some(&marker_pod("forced", "node-3", &forced_marker)),
+    )
+    .await;
+
+    if isolated {
+        eventually(CONVERGE, "hog OOMKilled", || async {
+            let (_, out, _) = k
+                .run(
+                    1,
+                    &["get", "pod", "hog", "-o", "jsonpath={.status.phase} {.status.containerStatuses[0].state.terminated.reason} {.status.containerStatuses[0].state.terminated.exitCode}"],
+                    None,
+                )
+                .await;
+            anyhow::ensure!(out == "Failed OOMKilled 137", "{out}");
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let described = k.ok(2, &["describe", "pod", "hog"], None).await;
+        assert!(described.contains("OOMKilled"), "{described}");
+    }
+    eventually(CONVERGE, "the secret as env and as a file", || async {
+        let (_, out, _) = k.run(0, &["logs", "secretive"], None).await;
+        anyhow::ensure!(out.contains("token=s3cr3t file=s3cr3t"), "{out}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    eventually(CONVERGE, "the marker pods running", || async {
+        anyhow::ensure!(
+            processes_with(&pending_marker) >= 1 && processes_with(&forced_marker) >= 1,
+            "not running yet"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    // Graceful deletion: the container is told with SIGTERM and may finish its work.
+    k.ok(0, &["delete", "pod", "secretive", "--wait=false"], None)
+        .await;
+    eventually(
+        CONVERGE,
+        "the TERM handler ran and the pod is gone",
+        || async {
+            let (ok, out, err) = k.run(1, &["get", "pod", "secretive"], None).await;
+            anyhow::ensure!(!ok && err.contains("NotFound"), "still there: {out}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    let note = std::fs::read_to_string(out_dir.path().join("term")).unwrap_or_default();
+    assert_eq!(note, "got-TERM\n");
+
+    // node-3's daemon dies; one of its pods is deleted gracefully (it waits for the node),
+    // the other is force-deleted (gone from the API at once). The node comes back, stops
+    // both, and the graceful one's object is then removed.
+    cluster.kill(2).await.unwrap();
+    k.ok(0, &["delete", "pod", "pending", "--wait=false"], None)
+        .await;
+    k.ok(
+        0,
+        &["delete", "pod", "forced", "--force", "--grace-period=0"],
+        None,
+    )
+    .await;
+    let (_, out, _) = k
+        .run(
+            1,
+            &[
+                "get",
+                "pod",
+                "pending",
+                "-o",
+                "jsonpath={.metadata.deletionTimestamp}",
+            ],
+            None,
+        )
+        .await;
+    assert!(
+        !out.is_empty(),
+        "pending is Terminating while its node is down"
+    );
+    assert!(
+        processes_with(&pending_marker) >= 1 && processes_with(&forced_marker) >= 1,
+        "containers outlive their node daemon"
+    );
+    cluster.start_node(2).unwrap();
+    eventually(CONVERGE, "node-3 cleaned up after itself", || async {
+        let (ok, _, err) = k.run(1, &["get", "pod", "pending"], None).await;
+        anyhow::ensure!(!ok && err.contains("NotFound"), "pending still listed");
+        anyhow::ensure!(
+            processes_with(&pending_marker) == 0 && processes_with(&forced_marker) == 0,
+            "containers of deleted pods still run"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    for pod in ["hog"] {
+        let _ = k
+            .run(
+                0,
+                &[
+                    "delete",
+                    "pod",
+                    pod,
+                    "--grace-period=1",
+                    "--ignore-not-found",
+                ],
+                None,
+            )
+            .await;
+    }
 }

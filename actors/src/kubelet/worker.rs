@@ -814,10 +814,40 @@ impl PodWorker {
             .and_then(Value::as_u64)
             .unwrap_or(30);
         let rt = self.config.runtime.clone();
-        for rec in self.records.values() {
-            if let Some(id) = &rec.id {
-                let _ = rt.stop_container(id, Duration::from_secs(grace)).await;
+        let mut ids: Vec<String> = self.records.values().filter_map(|r| r.id.clone()).collect();
+        // A pod deleted while this node was down: its worker is new and knows nothing of
+        // what the runtime still runs for it.
+        let mut orphans = Vec::new();
+        let mut orphan_containers = Vec::new();
+        if self.sandbox.is_none()
+            && let Ok(sandboxes) = rt.list_sandboxes().await
+        {
+            orphans = sandboxes
+                .into_iter()
+                .filter(|s| s.config.pod_uid == self.uid)
+                .map(|s| s.id)
+                .collect();
+            if let Ok(containers) = rt.list_containers().await {
+                orphan_containers = containers
+                    .into_iter()
+                    .filter(|c| orphans.contains(&c.sandbox_id))
+                    .map(|c| c.id)
+                    .collect();
+                ids.extend(orphan_containers.iter().cloned());
             }
+        }
+        // All at once: each gets the whole grace period, as in Kubernetes.
+        futures::future::join_all(
+            ids.iter()
+                .map(|id| rt.stop_container(id, Duration::from_secs(grace))),
+        )
+        .await;
+        for id in &orphan_containers {
+            let _ = rt.remove_container(id).await;
+        }
+        for id in &orphans {
+            let _ = rt.stop_sandbox(id).await;
+            let _ = rt.remove_sandbox(id).await;
         }
         self.teardown().await;
         let key = format!(
