@@ -305,7 +305,7 @@ async fn isolated(filter: Option<&str>) -> Result<(), String> {
         cgroup_parent: format!("flotilla-test-{pid}"),
         // A test-only range on a bridge of our own.
         pod_cidr: Some("10.244.250.0/24".into()),
-        bridge: format!("flt{}", pid % 1_000_000),
+        bridge: Some(format!("flt{}", pid % 1_000_000)),
         ..Default::default()
     };
     let netns_before = netns_list();
@@ -361,8 +361,10 @@ async fn isolated(filter: Option<&str>) -> Result<(), String> {
     if !new_netns.is_empty() {
         leaks.push(format!("network namespaces: {new_netns:?}"));
     }
-    if Path::new("/sys/class/net").join(&config.bridge).exists() {
-        leaks.push(format!("bridge {}", config.bridge));
+    if let Some(bridge) = &config.bridge
+        && Path::new("/sys/class/net").join(bridge).exists()
+    {
+        leaks.push(format!("bridge {bridge}"));
     }
     let cgroups = cgroup_dirs_named(&config.cgroup_parent);
     if !cgroups.is_empty() {

@@ -9,9 +9,41 @@ use crate::meta;
 use crate::resources;
 use crate::status::ApiError;
 
+/// Where a node's pod CIDR comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PodCidr {
+    /// No pod network: pods get no IP of their own.
+    #[default]
+    None,
+    /// Set by the node's operator (`--pod-cidr`).
+    Fixed(String),
+    /// A free subnet of `cluster` with this prefix length, claimed in the store.
+    Allocate { cluster: String, prefix: u8 },
+}
+
+impl PodCidr {
+    /// Refuses a malformed CIDR or a prefix that does not fit (at start, not at every retry).
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            PodCidr::None => Ok(()),
+            PodCidr::Fixed(c) => parse_cidr(c)
+                .map(drop)
+                .ok_or_else(|| format!("pod CIDR {c:?}: expected A.B.C.D/N")),
+            PodCidr::Allocate { cluster, prefix } => subnets(cluster, *prefix)
+                .map(drop)
+                .map_err(|e| e.message().to_owned()),
+        }
+    }
+}
+
+/// Claims of pod subnets: `<network>-<prefix>` → the node that holds it. A claim makes two
+/// nodes registering at once pick different subnets; a claim whose node was deleted is free.
+const CIDR_CLAIMS: &str = "/registry/flotilla/podcidrs/";
+
 /// What a node reports about itself.
 #[derive(Debug, Clone)]
 pub struct NodeRegistration {
+    pub pod_cidr: PodCidr,
     pub name: String,
     pub internal_ip: String,
     pub cpus: u64,
@@ -38,6 +70,7 @@ impl NodeRegistration {
             .map(|v| v.trim_matches('"').to_owned())
             .unwrap_or_else(|| "Linux".into());
         NodeRegistration {
+            pod_cidr: PodCidr::None,
             name: name.to_owned(),
             internal_ip: internal_ip.to_owned(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
@@ -134,17 +167,56 @@ fn node_object(reg: &NodeRegistration, existing: Option<&Value>) -> Value {
     obj
 }
 
-/// Creates or refreshes this node's Node object.
-pub async fn register_node(store: &Store, reg: &NodeRegistration) -> Result<(), ApiError> {
+/// An IPv4 network: address and prefix length.
+fn parse_cidr(cidr: &str) -> Option<(u32, u8)> {
+    let (addr, prefix) = cidr.split_once('/')?;
+    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    };
+    Some((u32::from(addr) & mask, prefix))
+}
+
+fn format_cidr(network: u32, prefix: u8) -> String {
+    format!("{}/{prefix}", std::net::Ipv4Addr::from(network))
+}
+
+/// The subnets of `cluster` with `prefix`, in order.
+fn subnets(cluster: &str, prefix: u8) -> Result<impl Iterator<Item = String>, ApiError> {
+    let (network, cluster_prefix) = parse_cidr(cluster).ok_or_else(|| {
+        ApiError::bad_request(format!("cluster CIDR {cluster:?}: expected A.B.C.D/N"))
+    })?;
+    if prefix < cluster_prefix || prefix > 30 {
+        return Err(ApiError::bad_request(format!(
+            "node CIDR prefix /{prefix} does not fit in the cluster CIDR {cluster} (and must be at most /30)"
+        )));
+    }
+    let count = 1u64 << (prefix - cluster_prefix);
+    let step = 1u64 << (32 - prefix);
+    Ok((0..count).map(move |i| format_cidr((u64::from(network) + i * step) as u32, prefix)))
+}
+
+fn claim_key(cidr: &str) -> String {
+    format!("{CIDR_CLAIMS}{}", cidr.replace('/', "-"))
+}
+
+/// Creates or refreshes this node's Node object; returns its pod CIDR.
+pub async fn register_node(
+    store: &Store,
+    reg: &NodeRegistration,
+) -> Result<Option<String>, ApiError> {
     let nodes =
         resources::find("", "v1", "nodes").ok_or_else(|| ApiError::internal("nodes not served"))?;
     let key = nodes.key(None, &reg.name);
-    for _ in 0..8 {
+    for _ in 0..16 {
         let current = store.get(&key, Read::Linearizable).await?.kv;
         let existing = current
             .as_ref()
             .and_then(|kv| serde_json::from_slice::<Value>(&kv.value).ok());
-        let obj = node_object(reg, existing.as_ref());
+        let mut obj = node_object(reg, existing.as_ref());
         let compare = match &current {
             Some(kv) => Compare::ModRevision {
                 key: key.clone(),
@@ -153,21 +225,119 @@ pub async fn register_node(store: &Store, reg: &NodeRegistration) -> Result<(), 
             },
             None => Compare::Missing { key: key.clone() },
         };
+        let mut compares = vec![compare];
+        let mut puts = Vec::new();
+        let had = obj
+            .pointer("/spec/podCIDR")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let cidr = match (&reg.pod_cidr, had) {
+            (PodCidr::None, had) => had,
+            (PodCidr::Fixed(c), _) => Some(c.clone()),
+            // The node keeps the subnet it was given.
+            (PodCidr::Allocate { .. }, Some(had)) => Some(had),
+            (PodCidr::Allocate { cluster, prefix }, None) => {
+                let (cidr, claim) = free_subnet(store, nodes, cluster, *prefix).await?;
+                compares.push(claim);
+                puts.push(Op::Put {
+                    key: claim_key(&cidr),
+                    value: reg.name.clone().into_bytes(),
+                });
+                Some(cidr)
+            }
+        };
+        if let Some(c) = &cidr {
+            obj["spec"]["podCIDR"] = json!(c);
+            obj["spec"]["podCIDRs"] = json!([c]);
+        }
+        puts.push(Op::Put {
+            key: key.clone(),
+            value: serde_json::to_vec(&obj).unwrap_or_default(),
+        });
         let resp = store
             .txn(TxnRequest {
-                compare: vec![compare],
-                success: vec![Op::Put {
-                    key: key.clone(),
-                    value: serde_json::to_vec(&obj).unwrap_or_default(),
-                }],
+                compare: compares,
+                success: puts,
                 failure: vec![],
             })
             .await?;
         if resp.succeeded {
-            return Ok(());
+            return Ok(cidr);
         }
     }
     Err(ApiError::internal(
         "the Node object kept changing while it was being registered",
     ))
+}
+
+/// The first subnet nobody holds, and the comparison that keeps it free until the claim is
+/// written: unclaimed, or claimed by a node that no longer exists.
+async fn free_subnet(
+    store: &Store,
+    nodes: &resources::Resource,
+    cluster: &str,
+    prefix: u8,
+) -> Result<(String, Compare), ApiError> {
+    let claims = store
+        .range(CIDR_CLAIMS, usize::MAX, Read::Linearizable)
+        .await?;
+    let listed = store
+        .range(&nodes.key_prefix(), usize::MAX, Read::Linearizable)
+        .await?;
+    let mut held = std::collections::HashSet::new();
+    let mut names = std::collections::HashSet::new();
+    for kv in &listed.kvs {
+        if let Ok(node) = serde_json::from_slice::<Value>(&kv.value) {
+            if let Some(c) = node.pointer("/spec/podCIDR").and_then(Value::as_str) {
+                held.insert(c.to_owned());
+            }
+            if let Some(n) = node.pointer("/metadata/name").and_then(Value::as_str) {
+                names.insert(n.to_owned());
+            }
+        }
+    }
+    for cidr in subnets(cluster, prefix)? {
+        if held.contains(&cidr) {
+            continue;
+        }
+        let key = claim_key(&cidr);
+        match claims.kvs.iter().find(|kv| kv.key == key) {
+            None => return Ok((cidr, Compare::Missing { key })),
+            Some(kv) if !names.contains(String::from_utf8_lossy(&kv.value).as_ref()) => {
+                let stale = Compare::ModRevision {
+                    key,
+                    op: CmpOp::Equal,
+                    revision: kv.mod_revision,
+                };
+                return Ok((cidr, stale));
+            }
+            Some(_) => {}
+        }
+    }
+    Err(ApiError::internal(format!(
+        "no free /{prefix} pod subnet left in the cluster CIDR {cluster}"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_of_a_cluster_cidr() {
+        let all: Vec<String> = subnets("10.244.7.9/16", 24).unwrap().collect();
+        assert_eq!(all.len(), 256);
+        assert_eq!(all[0], "10.244.0.0/24");
+        assert_eq!(all[255], "10.244.255.0/24");
+        assert_eq!(
+            subnets("10.0.0.0/8", 26).unwrap().nth(5).unwrap(),
+            "10.0.1.64/26"
+        );
+        assert!(subnets("10.244.0.0/24", 16).is_err());
+        assert!(subnets("nonsense", 24).is_err());
+        assert_eq!(
+            claim_key("10.244.3.0/24"),
+            "/registry/flotilla/podcidrs/10.244.3.0-24"
+        );
+    }
 }

@@ -165,6 +165,10 @@ impl ApiError {
     }
 
     /// The HTTP status code.
+    pub fn message(&self) -> &str {
+        &self.0.message
+    }
+
     pub fn code(&self) -> u16 {
         self.0.code
     }

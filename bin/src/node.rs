@@ -82,13 +82,21 @@ pub struct NodeArgs {
     /// Run `process` containers as plain host processes even when isolation is possible.
     #[arg(long)]
     no_isolation: bool,
-    /// This node's pod CIDR (e.g. 10.244.1.0/24): pods get IPs from it on a node bridge.
-    /// Without it, isolated pods have their own network namespace with loopback only.
+    /// The cluster's pod network (e.g. 10.244.0.0/16): the node is given a free subnet of it
+    /// (recorded as its Node's spec.podCIDR), and its isolated pods get IPs from that subnet
+    /// on a node bridge. Without it (or --pod-cidr), isolated pods have their own network
+    /// namespace with loopback only.
+    #[arg(long)]
+    cluster_cidr: Option<String>,
+    /// The prefix length of each node's subnet of --cluster-cidr.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_prefix: u8,
+    /// This node's pod CIDR, instead of one allocated from --cluster-cidr.
     #[arg(long)]
     pod_cidr: Option<String>,
-    /// The node bridge pods are attached to (with --pod-cidr).
-    #[arg(long, default_value = "flotilla0")]
-    pod_bridge: String,
+    /// The node bridge pods are attached to (default: named after the pod CIDR).
+    #[arg(long)]
+    pod_bridge: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Gossip interval.
@@ -280,15 +288,29 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
 
-    tokio::spawn(create_default_objects(
+    let mut registration = flotilla_api::NodeRegistration::from_host(
+        &args.name,
+        &advertise.to_string(),
+        env!("CARGO_PKG_VERSION"),
+    );
+    registration.pod_cidr = match (&args.pod_cidr, &args.cluster_cidr) {
+        (Some(fixed), _) => flotilla_api::PodCidr::Fixed(fixed.clone()),
+        (None, Some(cluster)) => flotilla_api::PodCidr::Allocate {
+            cluster: cluster.clone(),
+            prefix: args.node_cidr_prefix,
+        },
+        (None, None) => flotilla_api::PodCidr::None,
+    };
+    registration
+        .pod_cidr
+        .check()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let registered = tokio::spawn(create_default_objects(
         store.clone(),
-        flotilla_api::NodeRegistration::from_host(
-            &args.name,
-            &advertise.to_string(),
-            env!("CARGO_PKG_VERSION"),
-        ),
+        registration,
         shutdown_rx.clone(),
     ));
+    let mut process_runtime = None;
     let runtime: Option<Arc<dyn flotilla_actors::runtime::Runtime>> = match args.runtime.as_str() {
         "sim" => Some(Arc::new(flotilla_actors::runtime::sim::SimRuntime::new(
             Default::default(),
@@ -304,36 +326,51 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 isolate: !args.no_isolation,
                 // One cgroup subtree per node, so nodes sharing a machine stay apart.
                 cgroup_parent: format!("flotilla-{}", args.name),
-                pod_cidr: args.pod_cidr.clone(),
                 bridge: args.pod_bridge.clone(),
                 ..ProcessConfig::default()
             })
             .context("starting the process runtime")?
             .with_images(Arc::new(images));
             tracing::info!(isolated = runtime.isolated(), "process runtime ready");
-            Some(Arc::new(runtime))
+            let runtime = Arc::new(runtime);
+            process_runtime = Some(runtime.clone());
+            Some(runtime)
         }
         _ => None,
     };
-    let _kubelet = runtime.map(|runtime| {
-        // Other nodes' APIs reach this kubelet (logs) over mesh RPC.
+    if let Some(runtime) = runtime {
+        // Other nodes' APIs reach this kubelet (logs, exec) over mesh RPC.
         rpc.register(
             flotilla_actors::kubelet::logs::SERVICE,
             Arc::new(flotilla_actors::kubelet::logs::KubeletService::new(
                 runtime.clone(),
             )),
         );
-        flotilla_actors::kubelet::Kubelet::start(
-            flotilla_actors::kubelet::KubeletConfig {
-                node_name: args.name.clone(),
-                host_ip: advertise.to_string(),
-                pods_dir: args.data_dir.join("pods"),
-                runtime,
-                store: store.clone(),
-            },
-            shutdown_rx.clone(),
-        )
-    });
+        let config = flotilla_actors::kubelet::KubeletConfig {
+            node_name: args.name.clone(),
+            host_ip: advertise.to_string(),
+            pods_dir: args.data_dir.join("pods"),
+            runtime,
+            store: store.clone(),
+        };
+        let mut shutdown = shutdown_rx.clone();
+        // Pods start once the node is registered and so knows its pod CIDR.
+        tokio::spawn(async move {
+            let Ok(Some(pod_cidr)) = registered.await else {
+                return;
+            };
+            if let (Some(cidr), Some(rt)) = (pod_cidr, &process_runtime) {
+                match rt.set_pod_cidr(&cidr) {
+                    Ok(()) => {
+                        tracing::info!(pod_cidr = %cidr, bridge = ?rt.pod_network().map(|n| &n.bridge), "pod network")
+                    }
+                    Err(e) => tracing::error!(error = %e, "pod network unusable; pods get no IP"),
+                }
+            }
+            let _kubelet = flotilla_actors::kubelet::Kubelet::start(config, shutdown.clone());
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        });
+    }
     tokio::spawn(flotilla_api::run_namespace_lifecycle(
         store.clone(),
         shutdown_rx.clone(),
@@ -437,11 +474,13 @@ async fn drop_stale_connections(
 /// Every node makes sure the standard namespaces exist once a leader is known; the create is
 /// conditional, so the first one wins and the rest change nothing.
 /// The standard namespaces, and this node's Node object, once a leader is known.
+/// Writes the default namespaces and this node's Node object, retrying until there is a
+/// leader; the node's pod CIDR, or `None` if shut down first.
 async fn create_default_objects(
     store: Store,
     node: flotilla_api::NodeRegistration,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> Option<Option<String>> {
     loop {
         if store.leader_name().is_some() {
             let done = async {
@@ -449,13 +488,13 @@ async fn create_default_objects(
                 flotilla_api::register_node(&store, &node).await
             };
             match done.await {
-                Ok(()) => return,
+                Ok(cidr) => return Some(cidr),
                 Err(e) => tracing::debug!(error = ?e, "default objects not written yet"),
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => return None,
         }
     }
 }

@@ -24,6 +24,10 @@ pub struct UpArgs {
     /// Start the nodes with the fault-injection API enabled.
     #[arg(long)]
     chaos: bool,
+    /// The pod network: each node gets a /24 of it for its pods' IPs (when it runs them
+    /// isolated, as root). `none`: pods get no IP of their own.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
     /// Extra flags passed to every `flotilla node` (after `--`).
     #[arg(last = true)]
     node_args: Vec<String>,
@@ -49,6 +53,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut extra_args = args.node_args.clone();
     if args.chaos {
         extra_args.push("--chaos".to_owned());
+    }
+    let own_network = extra_args
+        .iter()
+        .any(|a| a.starts_with("--cluster-cidr") || a.starts_with("--pod-cidr"));
+    if args.cluster_cidr != "none" && !own_network {
+        extra_args.push(format!("--cluster-cidr={}", args.cluster_cidr));
     }
     let binary = std::env::current_exe().context("locating the flotilla binary")?;
     let mut cluster = LocalCluster::prepare(LocalClusterConfig {

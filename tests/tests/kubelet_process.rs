@@ -48,6 +48,39 @@ spec:
     configMap: {name: settings}
 ";
 
+/// Deletes the node bridges a test's cluster made, when the test ends.
+struct RemoveBridges(Vec<String>);
+
+impl Drop for RemoveBridges {
+    fn drop(&mut self) {
+        for b in &self.0 {
+            if std::path::Path::new("/sys/class/net").join(b).exists() {
+                let _ = std::process::Command::new("ip")
+                    .args(["link", "delete", b])
+                    .status();
+            }
+        }
+    }
+}
+
+/// A plain HTTP GET; the response as text (empty if it failed).
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    tokio::time::timeout(Duration::from_secs(10), fetch)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default()
+}
+
 const FAILS: &str = "apiVersion: v1
 kind: Pod
 metadata: {name: fails}
@@ -107,9 +140,12 @@ async fn pods_run_as_processes_share_volumes_and_localhost_and_survive_a_node_re
         return;
     }
     let binary = tokio::task::spawn_blocking(kubectl_binary).await.unwrap();
-    let mut cluster = TestCluster::start("kubelet-process", 3, 3, &[])
-        .await
-        .unwrap();
+    // A pod network of its own (not 10.244/16, which `flotilla up` uses by default).
+    let mut cluster =
+        TestCluster::start("kubelet-process", 3, 3, &["--cluster-cidr=10.245.0.0/16"])
+            .await
+            .unwrap();
+    let _bridges = RemoveBridges((0..3).map(|i| format!("fl0af5{i:02x}00")).collect());
     let (ok, out, err) = run_cli(&[
         "image",
         "import",
@@ -189,6 +225,39 @@ async fn pods_run_as_processes_share_volumes_and_localhost_and_survive_a_node_re
         followed.matches("prepared-by-init").count() >= 2,
         "{followed}"
     );
+
+    // Each node was given its own subnet; web's IP is in node-2's, reachable from the host
+    // when its containers are isolated (root).
+    let cidrs = k
+        .ok(
+            0,
+            &["get", "nodes", "-o", "jsonpath={.items[*].spec.podCIDR}"],
+            None,
+        )
+        .await;
+    let mut cidrs: Vec<&str> = cidrs.split_whitespace().collect();
+    cidrs.sort();
+    if nix::unistd::geteuid().is_root() {
+        assert_eq!(cidrs, ["10.245.0.0/24", "10.245.1.0/24", "10.245.2.0/24"]);
+        let node2 = k
+            .ok(
+                0,
+                &["get", "node", "node-2", "-o", "jsonpath={.spec.podCIDR}"],
+                None,
+            )
+            .await;
+        let ip = k
+            .ok(
+                1,
+                &["get", "pod", "web", "-o", "jsonpath={.status.podIP}"],
+                None,
+            )
+            .await;
+        let prefix = node2.trim_end_matches("0/24");
+        assert!(ip.starts_with(prefix), "pod IP {ip} outside {node2}");
+        let page = http_get(&format!("{ip}:8080"), "/index.html").await;
+        assert!(page.contains("prepared-by-init"), "{page}");
+    }
 
     // The server's readiness probe (httpGet on the pod's own localhost) made it Ready; a
     // failing liveness probe restarts a container.

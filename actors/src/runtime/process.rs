@@ -166,9 +166,12 @@ pub struct ProcessConfig {
     pub shim: ShimBinary,
     /// Name of the cgroup (under the daemon's own) that holds `<sandbox>/<container>` cgroups.
     pub cgroup_parent: String,
-    /// The node's pod CIDR (`10.244.3.0/24`); None leaves sandboxes with loopback only.
+    /// The node's pod CIDR (`10.244.3.0/24`); None leaves sandboxes with loopback only until
+    /// [`ProcessRuntime::set_pod_cidr`] gives one.
     pub pod_cidr: Option<String>,
-    pub bridge: String,
+    /// The node bridge; default: named after the pod CIDR, so that several nodes (and
+    /// clusters) on one machine each have their own.
+    pub bridge: Option<String>,
     pub log_max_bytes: u64,
     /// Log files kept per container attempt, the current one included.
     pub log_max_files: u32,
@@ -182,7 +185,7 @@ impl Default for ProcessConfig {
             shim: ShimBinary::CurrentExe,
             cgroup_parent: "flotilla".into(),
             pod_cidr: None,
-            bridge: "flotilla0".into(),
+            bridge: None,
             log_max_bytes: 10 << 20,
             log_max_files: 2,
         }
@@ -219,7 +222,8 @@ pub struct ProcessRuntime {
     shim_path: Option<PathBuf>,
     images: Option<Arc<dyn ImageSource>>,
     cgroups: Cgroups,
-    pod_network: Option<PodNetwork>,
+    /// Set once: at start, or when the cluster has allocated the node's CIDR.
+    pod_network: std::sync::OnceLock<PodNetwork>,
     sandboxes: Mutex<HashMap<String, SandboxRecord>>,
     containers: Mutex<HashMap<String, ContainerRecord>>,
     /// Serializes bridge setup and address allocation.
@@ -265,12 +269,12 @@ impl ProcessRuntime {
         } else {
             Cgroups::None
         };
-        let pod_network = match (&config.pod_cidr, isolated) {
-            (Some(cidr), true) => {
-                Some(PodNetwork::parse(&config.bridge, cidr).map_err(RuntimeError::Invalid)?)
-            }
-            _ => None,
-        };
+        let pod_network = std::sync::OnceLock::new();
+        if let (Some(cidr), true) = (&config.pod_cidr, isolated) {
+            let _ = pod_network.set(
+                PodNetwork::parse(config.bridge.as_deref(), cidr).map_err(RuntimeError::Invalid)?,
+            );
+        }
         let mut sandboxes = HashMap::new();
         for entry in std::fs::read_dir(config.root_dir.join("sandboxes"))?.flatten() {
             if let Some(mut rec) = read_json::<SandboxRecord>(&entry.path().join("sandbox.json")) {
@@ -321,6 +325,28 @@ impl ProcessRuntime {
         self.isolated
     }
 
+    /// Gives pods IPs from `cidr` from now on (sandboxes already running keep none). Only
+    /// isolated runtimes have pod networks; the first CIDR set stays.
+    pub fn set_pod_cidr(&self, cidr: &str) -> Result<()> {
+        if !self.isolated {
+            return Ok(());
+        }
+        let net = PodNetwork::parse(self.config.bridge.as_deref(), cidr)
+            .map_err(RuntimeError::Invalid)?;
+        match self.pod_network.get_or_init(|| net.clone()) {
+            current if *current == net => Ok(()),
+            current => Err(RuntimeError::Invalid(format!(
+                "the pod network is already {}/{}",
+                current.network, current.prefix
+            ))),
+        }
+    }
+
+    /// The pod network, if any: bridge and CIDR.
+    pub fn pod_network(&self) -> Option<&PodNetwork> {
+        self.pod_network.get()
+    }
+
     pub fn root_dir(&self) -> &Path {
         &self.config.root_dir
     }
@@ -328,7 +354,7 @@ impl ProcessRuntime {
     /// Removes node-level resources: the bridge and the cgroup parent (tests; a node keeps
     /// them). Sandboxes should be removed first.
     pub async fn remove_node_resources(&self) {
-        if let Some(net) = &self.pod_network {
+        if let Some(net) = self.pod_network.get() {
             let _ = remove_bridge(&net.bridge).await;
         }
         self.cgroups
@@ -419,7 +445,7 @@ impl ProcessRuntime {
         netns: &str,
     ) -> std::result::Result<(), String> {
         net::create_netns(netns).await?;
-        if let Some(pod_net) = &self.pod_network {
+        if let Some(pod_net) = self.pod_network.get() {
             let _guard = self.net_lock.lock().await;
             net::ensure_bridge(pod_net).await?;
             let addr = net::Ipam::new(&self.config.root_dir)
@@ -432,7 +458,7 @@ impl ProcessRuntime {
     }
 
     async fn release_ip(&self, id: &str) -> std::io::Result<()> {
-        if self.pod_network.is_some() {
+        if self.pod_network.get().is_some() {
             let _guard = self.net_lock.lock().await;
             net::Ipam::new(&self.config.root_dir).release(id)?;
         }
@@ -453,7 +479,7 @@ impl ProcessRuntime {
         }
         if let Some(name) = &rec.netns {
             net::delete_netns(name).await.map_err(RuntimeError::Other)?;
-            if self.pod_network.is_some() {
+            if self.pod_network.get().is_some() {
                 // The veth pair went with the namespace; make sure of its host end.
                 let veth = net::host_veth(id);
                 if Path::new("/sys/class/net").join(&veth).exists() {

@@ -18,8 +18,8 @@ pub struct PodNetwork {
 }
 
 impl PodNetwork {
-    /// `10.244.3.0/24` on bridge `flotilla0`.
-    pub fn parse(bridge: &str, cidr: &str) -> Result<PodNetwork, String> {
+    /// `10.244.3.0/24` on `bridge`, by default `fl` and the network in hex (`fl0af40300`).
+    pub fn parse(bridge: Option<&str>, cidr: &str) -> Result<PodNetwork, String> {
         let (addr, prefix) = cidr
             .split_once('/')
             .ok_or_else(|| format!("pod CIDR {cidr:?}: expected ADDRESS/PREFIX"))?;
@@ -31,13 +31,15 @@ impl PodNetwork {
             .ok()
             .filter(|p| (8..=30).contains(p))
             .ok_or_else(|| format!("pod CIDR {cidr:?}: prefix must be 8..=30"))?;
+        let mask = u32::MAX << (32 - prefix);
+        let network = u32::from(addr) & mask;
+        let bridge = bridge.map_or_else(|| format!("fl{network:08x}"), str::to_owned);
         if bridge.is_empty() || bridge.len() > 15 {
             return Err(format!("bridge name {bridge:?}: 1 to 15 characters"));
         }
-        let mask = u32::MAX << (32 - prefix);
         Ok(PodNetwork {
-            bridge: bridge.to_owned(),
-            network: Ipv4Addr::from(u32::from(addr) & mask),
+            bridge,
+            network: Ipv4Addr::from(network),
             prefix,
         })
     }
@@ -193,11 +195,15 @@ mod tests {
 
     #[test]
     fn cidr_and_allocation() {
-        let net = PodNetwork::parse("flt-test", "10.244.250.7/24").unwrap();
+        let net = PodNetwork::parse(Some("flt-test"), "10.244.250.7/24").unwrap();
+        assert_eq!(
+            PodNetwork::parse(None, "10.244.3.0/24").unwrap().bridge,
+            "fl0af40300"
+        );
         assert_eq!(net.network, Ipv4Addr::new(10, 244, 250, 0));
         assert_eq!(net.gateway(), Ipv4Addr::new(10, 244, 250, 1));
-        assert!(PodNetwork::parse("flt-test", "10.244.250.0").is_err());
-        assert!(PodNetwork::parse("a-very-long-bridge-name", "10.0.0.0/24").is_err());
+        assert!(PodNetwork::parse(Some("flt-test"), "10.244.250.0").is_err());
+        assert!(PodNetwork::parse(Some("a-very-long-bridge-name"), "10.0.0.0/24").is_err());
 
         let dir = tempfile::tempdir().unwrap();
         let ipam = Ipam::new(dir.path());
@@ -209,7 +215,7 @@ mod tests {
         ipam.release("a").unwrap();
         assert_eq!(ipam.allocate(&net, "c").unwrap(), a);
 
-        let tiny = PodNetwork::parse("flt-test", "10.0.0.0/30").unwrap();
+        let tiny = PodNetwork::parse(Some("flt-test"), "10.0.0.0/30").unwrap();
         let ipam = Ipam::new(&dir.path().join("x"));
         std::fs::create_dir_all(dir.path().join("x")).unwrap();
         assert!(ipam.allocate(&tiny, "a").is_ok());
