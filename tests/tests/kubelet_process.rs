@@ -398,6 +398,48 @@ async fn pods_run_as_processes_share_volumes_and_localhost_and_survive_a_node_re
         "{out}{err}"
     );
 
+    // Readiness follows the probe both ways: the page moved away makes web not Ready, and
+    // back, Ready again.
+    for (from, to, want) in [
+        ("index.html", "away.html", "False"),
+        ("away.html", "index.html", "True"),
+    ] {
+        k.ok(
+            1,
+            &[
+                "exec",
+                "web",
+                "-c",
+                "server",
+                "--",
+                "mv",
+                &format!("/shared/{from}"),
+                &format!("/shared/{to}"),
+            ],
+            None,
+        )
+        .await;
+        eventually(CONVERGE, &format!("web Ready={want}"), || async {
+            let (_, out, _) = k
+                .run(
+                    2,
+                    &[
+                        "get",
+                        "pod",
+                        "web",
+                        "-o",
+                        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                    ],
+                    None,
+                )
+                .await;
+            anyhow::ensure!(out == want, "{out}");
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+
     // SIGKILL node-2's daemon: its pod keeps running; restarted, the node reports it again
     // without restarting its containers.
     let started_before = k

@@ -19,8 +19,11 @@ use std::time::Duration;
 
 use flotilla_consensus::{EventKind, Read, Store, StoreError};
 use futures::StreamExt;
+use std::ops::ControlFlow;
+
 use kameo::Actor;
-use kameo::actor::{ActorRef, Spawn};
+use kameo::actor::{ActorId, ActorRef, Spawn, WeakActorRef};
+use kameo::error::ActorStopReason;
 use kameo::message::{Context, Message};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -42,11 +45,72 @@ pub struct KubeletConfig {
     pub store: Store,
 }
 
-/// Keeps a pod worker per pod bound to this node.
-#[derive(Actor)]
+/// Keeps a pod worker per pod bound to this node, and supervises them: a worker that dies
+/// (a panic) is replaced by a new one given the pod's last desired state, which re-adopts
+/// the pod's sandbox and containers from the runtime.
 pub struct Kubelet {
     config: KubeletConfig,
     workers: HashMap<String, ActorRef<PodWorker>>,
+    /// The last desired state of each pod with a worker.
+    desired: HashMap<String, Value>,
+    /// Which pod each linked worker serves.
+    serving: HashMap<ActorId, String>,
+}
+
+impl Actor for Kubelet {
+    type Args = Self;
+    type Error = kameo::error::Infallible;
+
+    async fn on_start(state: Self, _: ActorRef<Self>) -> Result<Self, Self::Error> {
+        Ok(state)
+    }
+
+    async fn on_link_died(
+        &mut self,
+        me: WeakActorRef<Self>,
+        id: ActorId,
+        reason: ActorStopReason,
+    ) -> Result<ControlFlow<ActorStopReason>, Self::Error> {
+        let Some(uid) = self.serving.remove(&id) else {
+            return Ok(ControlFlow::Continue(()));
+        };
+        let current = self.workers.get(&uid).is_some_and(|w| w.id() == id);
+        let failed = !matches!(
+            reason,
+            ActorStopReason::Normal | ActorStopReason::SupervisorRestart
+        );
+        if current && failed {
+            self.workers.remove(&uid);
+            if let (Some(pod), Some(me)) = (self.desired.get(&uid).cloned(), me.upgrade()) {
+                tracing::warn!(pod = %uid, reason = %reason, "pod worker died; starting a new one");
+                let worker = self.worker_for(&me, uid).await;
+                let _ = worker.tell(worker::Desired(pod)).try_send();
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+}
+
+impl Kubelet {
+    /// The pod's worker, started (and linked to us) if it has none.
+    async fn worker_for(&mut self, me: &ActorRef<Self>, uid: String) -> ActorRef<PodWorker> {
+        if let Some(w) = self.workers.get(&uid) {
+            return w.clone();
+        }
+        let worker = PodWorker::start(self.config.clone(), uid.clone());
+        me.link(&worker).await;
+        self.serving.insert(worker.id(), uid.clone());
+        self.workers.insert(uid, worker.clone());
+        worker
+    }
+
+    /// Stops a pod's worker (it tears down what still runs, then stops itself).
+    fn remove(&mut self, uid: &str) {
+        self.desired.remove(uid);
+        if let Some(worker) = self.workers.remove(uid) {
+            let _ = worker.tell(worker::Removed).try_send();
+        }
+    }
 }
 
 /// A pod bound to this node was created or changed (the stored JSON, with resourceVersion).
@@ -63,12 +127,10 @@ fn pod_uid(pod: &Value) -> Option<String> {
 impl Message<PodChanged> for Kubelet {
     type Reply = ();
 
-    async fn handle(&mut self, msg: PodChanged, _: &mut Context<Self, ()>) {
+    async fn handle(&mut self, msg: PodChanged, ctx: &mut Context<Self, ()>) {
         let Some(uid) = pod_uid(&msg.0) else { return };
-        let worker = self
-            .workers
-            .entry(uid.clone())
-            .or_insert_with(|| PodWorker::start(self.config.clone(), uid));
+        self.desired.insert(uid.clone(), msg.0.clone());
+        let worker = self.worker_for(ctx.actor_ref(), uid).await;
         // A full mailbox only delays the update: the worker also resyncs on its own tick.
         let _ = worker.tell(worker::Desired(msg.0)).try_send();
     }
@@ -78,10 +140,7 @@ impl Message<PodGone> for Kubelet {
     type Reply = ();
 
     async fn handle(&mut self, msg: PodGone, _: &mut Context<Self, ()>) {
-        if let Some(worker) = self.workers.remove(&msg.0) {
-            // The worker tears down what still runs, then stops itself.
-            let _ = worker.tell(worker::Removed).try_send();
-        }
+        self.remove(&msg.0);
     }
 }
 
@@ -92,6 +151,8 @@ impl Kubelet {
         let kubelet = Kubelet::spawn(Kubelet {
             config: config.clone(),
             workers: HashMap::new(),
+            desired: HashMap::new(),
+            serving: HashMap::new(),
         });
         tokio::spawn(watch_pods(config, kubelet.clone(), shutdown));
         kubelet
@@ -204,9 +265,7 @@ impl Message<ReconcileKnown> for Kubelet {
             .cloned()
             .collect();
         for uid in gone {
-            if let Some(worker) = self.workers.remove(&uid) {
-                let _ = worker.tell(worker::Removed).try_send();
-            }
+            self.remove(&uid);
         }
         // Sandboxes of pods this kubelet no longer knows (deleted while the node was down).
         let known = msg.0;
@@ -223,5 +282,121 @@ impl Message<ReconcileKnown> for Kubelet {
                 }
             }
         });
+    }
+}
+
+/// The worker serving a pod (supervision tests).
+#[cfg(test)]
+struct WorkerOf(String);
+
+#[cfg(test)]
+impl Message<WorkerOf> for Kubelet {
+    type Reply = Option<ActorRef<PodWorker>>;
+
+    async fn handle(&mut self, msg: WorkerOf, _: &mut Context<Self, Self::Reply>) -> Self::Reply {
+        self.workers.get(&msg.0).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_consensus::{Op, StoreConfig, TxnRequest};
+    use flotilla_mesh::{ClusterCa, FaultPlane, RpcEndpoint, RpcLimits};
+
+    async fn solo_store(dir: &std::path::Path) -> Store {
+        let ca = ClusterCa::generate("test").unwrap();
+        let rpc = RpcEndpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &ca.issue("solo").unwrap(),
+            FaultPlane::new(),
+            RpcLimits::default(),
+        )
+        .await
+        .unwrap();
+        let mut config = StoreConfig::new("solo", dir.to_owned(), rpc.local_addr());
+        config.bootstrap = true;
+        let store = Store::start(config, rpc).await.unwrap();
+        while !store.is_leader() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        store
+    }
+
+    async fn pod_status(store: &Store) -> Value {
+        let kv = store
+            .get("/registry/core/pods/default/p", Read::Linearizable)
+            .await
+            .unwrap()
+            .kv
+            .unwrap();
+        serde_json::from_slice::<Value>(&kv.value).unwrap()["status"].clone()
+    }
+
+    /// A killed pod worker is replaced; the pod keeps its container (no restart).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_pod_worker_is_replaced_and_readopts_its_pod() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = solo_store(&dir.path().join("raft")).await;
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "default", "uid": "uid-p"},
+            "spec": {"nodeName": "solo", "containers": [{"name": "c", "image": "img"}]},
+        });
+        store
+            .txn(TxnRequest {
+                compare: vec![],
+                success: vec![Op::Put {
+                    key: "/registry/core/pods/default/p".into(),
+                    value: serde_json::to_vec(&pod).unwrap(),
+                }],
+                failure: vec![],
+            })
+            .await
+            .unwrap();
+        let runtime: Arc<dyn Runtime> =
+            Arc::new(crate::runtime::sim::SimRuntime::new(Default::default()));
+        let (_stop, shutdown) = watch::channel(false);
+        let kubelet = Kubelet::start(
+            KubeletConfig {
+                node_name: "solo".into(),
+                host_ip: "127.0.0.1".into(),
+                pods_dir: dir.path().join("pods"),
+                runtime: runtime.clone(),
+                store: store.clone(),
+            },
+            shutdown,
+        );
+        let running = || async {
+            let s = pod_status(&store).await;
+            s["phase"] == "Running" && s["containerStatuses"][0]["ready"] == true
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !running().await {
+            assert!(tokio::time::Instant::now() < deadline, "pod never ran");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let before = pod_status(&store).await["containerStatuses"][0].clone();
+        let first = kubelet
+            .ask(WorkerOf("uid-p".into()))
+            .await
+            .unwrap()
+            .unwrap();
+        first.kill();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = kubelet.ask(WorkerOf("uid-p".into())).await.unwrap();
+            if now.is_some_and(|w| w.id() != first.id() && w.is_alive()) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no new worker");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The new worker found the same container running: same start, no restart.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = pod_status(&store).await["containerStatuses"][0].clone();
+        assert_eq!(after["containerID"], before["containerID"]);
+        assert_eq!(after["restartCount"], 0);
+        assert_eq!(runtime.list_containers().await.unwrap().len(), 1);
     }
 }
