@@ -4,6 +4,9 @@
 
 pub use flotilla_api as api;
 
+pub mod controllers;
 pub mod image;
 pub mod kubelet;
 pub mod runtime;
+#[cfg(test)]
+mod testing;

@@ -1034,6 +1034,10 @@ struct WriteOpts {
     manager: Option<String>,
     force: bool,
     dry_run: bool,
+    /// In-process writers only: more comparisons (a controller's shard lease, its fencing)
+    /// and more operations (allocation records) in the write's transaction.
+    fence: Vec<Compare>,
+    also: Vec<Op>,
 }
 
 impl WriteOpts {
@@ -1062,6 +1066,8 @@ impl WriteOpts {
             manager: q.field_manager.clone().filter(|m| !m.is_empty()),
             force: is_true(&q.force),
             dry_run,
+            fence: Vec::new(),
+            also: Vec::new(),
         })
     }
 }
@@ -1346,10 +1352,12 @@ async fn create_object(
         }
         let (mut compare, mut success) = crate::alloc::ops(&key, Some(&obj), None);
         compare.push(Compare::Missing { key: key.clone() });
+        compare.extend(opts.fence.iter().cloned());
         success.push(Op::Put {
             key: key.clone(),
             value: bytes,
         });
+        success.extend(opts.also.iter().cloned());
         let resp = api
             .store
             .txn(TxnRequest {
@@ -1630,6 +1638,7 @@ async fn replace_object(
         op: flotilla_consensus::CmpOp::Equal,
         revision: current.mod_revision,
     });
+    compare.extend(opts.fence.iter().cloned());
     success.push(if gone {
         Op::Delete {
             key: current.key.clone(),
@@ -1640,6 +1649,7 @@ async fn replace_object(
             value: bytes,
         }
     });
+    success.extend(opts.also.iter().cloned());
     let resp = api
         .store
         .txn(TxnRequest {
@@ -2097,4 +2107,163 @@ pub async fn ensure_default_namespaces(store: &Store) -> Result<(), ApiError> {
         })
         .await?;
     Ok(())
+}
+
+/// Writes made inside the cluster by controllers and schedulers: the same admission as any API
+/// write (defaults, validation, metadata, managedFields), plus the writer's own comparisons
+/// (its shard lease: two owners of a shard never both win) and operations (allocation records)
+/// in the same transaction.
+pub mod internal {
+    use super::*;
+
+    /// What a controller adds to its writes' transactions.
+    #[derive(Debug, Clone, Default)]
+    pub struct Fence {
+        pub compare: Vec<Compare>,
+        pub also: Vec<Op>,
+    }
+
+    fn target(
+        group: &str,
+        version: &str,
+        plural: &str,
+        namespace: Option<&str>,
+        name: Option<&str>,
+        status: bool,
+    ) -> Result<Target, ApiError> {
+        let resource = resources::find(group, version, plural).ok_or_else(ApiError::path_not_found)?;
+        Ok(Target {
+            resource,
+            namespace: namespace.map(str::to_owned),
+            name: name.map(str::to_owned),
+            sub: status.then_some(Sub::Status),
+        })
+    }
+
+    fn opts(manager: &str, fence: Fence) -> WriteOpts {
+        WriteOpts {
+            validation: FieldValidation::Ignore,
+            manager: Some(manager.to_owned()),
+            force: false,
+            dry_run: false,
+            fence: fence.compare,
+            also: fence.also,
+        }
+    }
+
+    /// Creates `obj` (`generateName` works); the written object.
+    pub async fn create(
+        store: &Store,
+        (group, version, plural): (&str, &str, &str),
+        namespace: Option<&str>,
+        obj: Value,
+        manager: &str,
+        fence: Fence,
+    ) -> Result<Value, ApiError> {
+        let api = Api {
+            store: store.clone(),
+            pods: None,
+        };
+        let t = target(group, version, plural, namespace, None, false)?;
+        let opts = opts(manager, fence);
+        let (written, _) = create_object(&api, &t, obj, &opts, manager, None).await?;
+        Ok(written)
+    }
+
+    /// Binds a pending pod to `node` (what `pods/binding` does): `spec.nodeName` and the
+    /// `PodScheduled` condition, if the pod is unchanged since `resource_version` and the
+    /// fence holds; `Ok(None)` otherwise.
+    pub async fn bind(
+        store: &Store,
+        namespace: &str,
+        name: &str,
+        resource_version: u64,
+        node: &str,
+        fence: Fence,
+    ) -> Result<Option<Value>, ApiError> {
+        let t = target("", "v1", "pods", Some(namespace), Some(name), false)?;
+        let key = t.resource.key(Some(namespace), name);
+        let Some(current) = store.get(&key, Read::Linearizable).await?.kv else {
+            return Ok(None);
+        };
+        if current.mod_revision != resource_version {
+            return Ok(None);
+        }
+        let mut pod = served(t.resource, &current)?;
+        if pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty())
+        {
+            return Ok(None);
+        }
+        pod["spec"]["nodeName"] = json!(node);
+        let now = meta::rfc3339(meta::now_secs());
+        let scheduled = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
+        let mut conditions: Vec<Value> = pod
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        conditions.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+        conditions.insert(0, scheduled);
+        pod["status"]["conditions"] = json!(conditions);
+        if let Some(m) = pod["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        let bytes = encode_object(t.resource, name, &pod)?;
+        let mut compare = vec![Compare::ModRevision {
+            key: key.clone(),
+            op: flotilla_consensus::CmpOp::Equal,
+            revision: resource_version,
+        }];
+        compare.extend(fence.compare);
+        let mut success = vec![Op::Put { key, value: bytes }];
+        success.extend(fence.also);
+        let resp = store
+            .txn(TxnRequest {
+                compare,
+                success,
+                failure: vec![],
+            })
+            .await?;
+        Ok(resp.succeeded.then(|| {
+            pod["metadata"]["resourceVersion"] = json!(resp.revision.to_string());
+            pod
+        }))
+    }
+
+    /// Replaces the object, or only its status (`status`), if its `resourceVersion` is still
+    /// current and the fence holds: `Ok(None)` when either changed.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn replace(
+        store: &Store,
+        (group, version, plural): (&str, &str, &str),
+        namespace: Option<&str>,
+        name: &str,
+        obj: Value,
+        status: bool,
+        manager: &str,
+        fence: Fence,
+    ) -> Result<Option<Value>, ApiError> {
+        let api = Api {
+            store: store.clone(),
+            pods: None,
+        };
+        let t = target(group, version, plural, namespace, Some(name), status)?;
+        let current = read_current(&api, &t, name).await?;
+        let old = served(t.resource, &current)?;
+        if obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|rv| rv != current.mod_revision.to_string())
+        {
+            return Ok(None);
+        }
+        let new = scoped(t.resource, t.sub, &old, obj, name)?;
+        let opts = opts(manager, fence);
+        Ok(replace_object(&api, &t, name, new, &current, &opts, Some(manager))
+            .await?
+            .map(|(written, _)| written))
+    }
 }

@@ -97,6 +97,10 @@ pub struct NodeArgs {
     /// The node bridge pods are attached to (default: named after the pod CIDR).
     #[arg(long)]
     pod_bridge: Option<String>,
+    /// How many shards the controllers' and the scheduler's work is split into (the same on
+    /// every node); each is owned by one live node at a time.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    controller_shards: u32,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Gossip interval.
@@ -371,6 +375,37 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             let _ = shutdown.wait_for(|stop| *stop).await;
         });
     }
+    // Controller and scheduler shards, owned by live, ready nodes as gossip sees them.
+    let live: flotilla_actors::controllers::shards::Members = {
+        let gossip = gossip.clone();
+        Arc::new(move || {
+            gossip
+                .live_members()
+                .into_iter()
+                .filter(|m| m.ready)
+                .map(|m| m.name)
+                .collect()
+        })
+    };
+    let shards = flotilla_actors::controllers::shards::start(
+        flotilla_actors::controllers::shards::ShardConfig {
+            node: args.name.clone(),
+            count: args.controller_shards,
+            store: store.clone(),
+            members: live.clone(),
+            interval: Duration::from_millis(500),
+        },
+        shutdown_rx.clone(),
+    );
+    flotilla_actors::controllers::scheduler::start(
+        flotilla_actors::controllers::scheduler::SchedulerConfig {
+            node: args.name.clone(),
+            store: store.clone(),
+            shards,
+            live,
+        },
+        shutdown_rx.clone(),
+    );
     tokio::spawn(flotilla_api::run_namespace_lifecycle(
         store.clone(),
         shutdown_rx.clone(),

@@ -29,7 +29,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::runtime::Runtime;
-pub use worker::PodWorker;
+pub use worker::{PodWorker, parse_quantity};
 
 const PODS_PREFIX: &str = "/registry/core/pods/";
 
@@ -301,27 +301,8 @@ impl Message<WorkerOf> for Kubelet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_consensus::{Op, StoreConfig, TxnRequest};
-    use flotilla_mesh::{ClusterCa, FaultPlane, RpcEndpoint, RpcLimits};
-
-    async fn solo_store(dir: &std::path::Path) -> Store {
-        let ca = ClusterCa::generate("test").unwrap();
-        let rpc = RpcEndpoint::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            &ca.issue("solo").unwrap(),
-            FaultPlane::new(),
-            RpcLimits::default(),
-        )
-        .await
-        .unwrap();
-        let mut config = StoreConfig::new("solo", dir.to_owned(), rpc.local_addr());
-        config.bootstrap = true;
-        let store = Store::start(config, rpc).await.unwrap();
-        while !store.is_leader() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        store
-    }
+    use crate::testing::solo_store;
+    use flotilla_consensus::{Op, TxnRequest};
 
     async fn pod_status(store: &Store) -> Value {
         let kv = store
@@ -337,7 +318,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dead_pod_worker_is_replaced_and_readopts_its_pod() {
         let dir = tempfile::tempdir().unwrap();
-        let store = solo_store(&dir.path().join("raft")).await;
+        let store = solo_store(dir.path()).await;
         let pod = serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "p", "namespace": "default", "uid": "uid-p"},

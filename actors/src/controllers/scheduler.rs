@@ -1,0 +1,592 @@
+//! The scheduler, sharded like the controllers: each node schedules the pending pods of the
+//! shards it owns. Optimistic and shared-state (as in Google's Omega): every shard sees every
+//! node, and a binding is a transaction that compares the node's allocation record as read —
+//! bumped by every binding to that node — so two shards binding to one node at once cannot
+//! both win, and no node is overcommitted. The record is read before the pods, so the pods read
+//! include every binding the record has counted.
+//!
+//! Filters: the node is live (gossip) and schedulable, its taints are tolerated, the pod's
+//! nodeSelector and required node affinity match, requests fit in allocatable minus what its
+//! pods request, host ports are free. Score: least allocated, then fewest pods of the same
+//! owner (spreading a ReplicaSet over nodes). A pod no node fits gets `PodScheduled=False`
+//! and a `FailedScheduling` event worded like Kubernetes'; it is retried whenever pods or
+//! nodes change.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use flotilla_api::internal::{self, Fence};
+use flotilla_consensus::{CmpOp, Compare, Op, Read, Store};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::shards::{Members, Shards};
+use crate::kubelet::parse_quantity;
+
+const ALLOC_PREFIX: &str = "/flotilla/alloc/";
+const PODS: &str = "/registry/core/pods/";
+const NODES: &str = "/registry/core/nodes/";
+const MANAGER: &str = "flotilla-scheduler";
+
+pub struct SchedulerConfig {
+    pub node: String,
+    pub store: Store,
+    pub shards: Shards,
+    /// Live, ready nodes as gossip sees them.
+    pub live: Members,
+}
+
+/// Starts the scheduler loop; it stops with `shutdown`.
+pub fn start(config: SchedulerConfig, mut shutdown: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut shards = config.shards.clone();
+        loop {
+            let from = config.store.local_revision() + 1;
+            if let Err(e) = pass(&config).await {
+                tracing::debug!(error = %e.message(), "scheduling pass failed");
+            }
+            // Until something changes (a pod, a node, shard ownership) or a second passes.
+            let mut changes = config.store.watch("/registry/core/", from).ok();
+            let wake = async {
+                match changes.as_mut() {
+                    Some(w) => {
+                        let _ = w.next().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = wake => {}
+                _ = shards.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+            // Let a burst of changes settle into one pass.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
+fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
+    v.pointer(p).and_then(Value::as_str).unwrap_or("")
+}
+
+/// A pod's requests: the sum over its containers, or the largest init container's if more.
+fn requests(pod: &Value) -> Resources {
+    let of = |c: &Value| Resources {
+        cpu_milli: c
+            .pointer("/resources/requests/cpu")
+            .and_then(Value::as_str)
+            .and_then(parse_quantity)
+            .map_or(0, |v| (v * 1000.0).ceil() as i64),
+        memory: c
+            .pointer("/resources/requests/memory")
+            .and_then(Value::as_str)
+            .and_then(parse_quantity)
+            .map_or(0, |v| v as i64),
+        pods: 0,
+    };
+    let list = |p: &str| {
+        pod.pointer(p)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut sum = Resources::default();
+    for c in list("/spec/containers") {
+        sum.add(&of(&c));
+    }
+    for c in list("/spec/initContainers") {
+        let r = of(&c);
+        sum.cpu_milli = sum.cpu_milli.max(r.cpu_milli);
+        sum.memory = sum.memory.max(r.memory);
+    }
+    sum.pods = 1;
+    sum
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Resources {
+    cpu_milli: i64,
+    memory: i64,
+    pods: i64,
+}
+
+impl Resources {
+    fn add(&mut self, o: &Resources) {
+        self.cpu_milli += o.cpu_milli;
+        self.memory += o.memory;
+        self.pods += o.pods;
+    }
+}
+
+/// What the scheduler knows of a node.
+struct NodeInfo {
+    name: String,
+    node: Value,
+    allocatable: Resources,
+    used: Resources,
+    host_ports: HashSet<(String, i64)>,
+    /// Pods per owner uid (for spreading).
+    owners: HashMap<String, i64>,
+    /// The allocation record as read: its binding count and mod revision (0: none yet).
+    record: (u64, u64),
+}
+
+fn allocatable(node: &Value) -> Resources {
+    let q = |k: &str| {
+        node.pointer(&format!("/status/allocatable/{k}"))
+            .and_then(Value::as_str)
+            .and_then(parse_quantity)
+    };
+    Resources {
+        cpu_milli: q("cpu").map_or(0, |v| (v * 1000.0) as i64),
+        memory: q("memory").map_or(0, |v| v as i64),
+        pods: q("pods").map_or(110, |v| v as i64),
+    }
+}
+
+fn owner_uid(pod: &Value) -> Option<&str> {
+    pod.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|o| o.get("controller").and_then(Value::as_bool) == Some(true))
+        .and_then(|o| o.get("uid").and_then(Value::as_str))
+}
+
+fn host_ports(pod: &Value) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for c in pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for p in c.get("ports").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(hp) = p.get("hostPort").and_then(Value::as_i64).filter(|p| *p > 0) {
+                let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+                out.push((proto.to_owned(), hp));
+            }
+        }
+    }
+    out
+}
+
+/// Whether `tolerations` tolerate `taint` (Kubernetes' matching rules).
+fn tolerates(tolerations: &[Value], taint: &Value) -> bool {
+    let key = str_at(taint, "/key");
+    let value = str_at(taint, "/value");
+    let effect = str_at(taint, "/effect");
+    tolerations.iter().any(|t| {
+        let t_effect = str_at(t, "/effect");
+        if !t_effect.is_empty() && t_effect != effect {
+            return false;
+        }
+        let t_key = str_at(t, "/key");
+        match t.get("operator").and_then(Value::as_str).unwrap_or("Equal") {
+            "Exists" => t_key.is_empty() || t_key == key,
+            _ => t_key == key && str_at(t, "/value") == value,
+        }
+    })
+}
+
+/// A nodeSelectorRequirement against the node's labels.
+fn requirement_matches(req: &Value, labels: &serde_json::Map<String, Value>) -> bool {
+    let key = str_at(req, "/key");
+    let have = labels.get(key).and_then(Value::as_str);
+    let values: Vec<&str> = req
+        .get("values")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let num = |s: &str| s.parse::<i64>().ok();
+    match str_at(req, "/operator") {
+        "In" => have.is_some_and(|h| values.contains(&h)),
+        "NotIn" => !have.is_some_and(|h| values.contains(&h)),
+        "Exists" => have.is_some(),
+        "DoesNotExist" => have.is_none(),
+        "Gt" => matches!((have.and_then(num), values.first().and_then(|v| num(v))), (Some(h), Some(v)) if h > v),
+        "Lt" => matches!((have.and_then(num), values.first().and_then(|v| num(v))), (Some(h), Some(v)) if h < v),
+        _ => false,
+    }
+}
+
+/// nodeSelector and required node affinity.
+fn selects(pod: &Value, node: &Value) -> bool {
+    let empty = serde_json::Map::new();
+    let labels = node
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    if let Some(sel) = pod.pointer("/spec/nodeSelector").and_then(Value::as_object)
+        && sel.iter().any(|(k, v)| labels.get(k) != Some(v))
+    {
+        return false;
+    }
+    let Some(terms) = pod
+        .pointer("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
+        .and_then(Value::as_array)
+    else {
+        return true;
+    };
+    // Terms are ORed; the expressions of a term are ANDed.
+    terms.iter().any(|term| {
+        term.get("matchExpressions")
+            .and_then(Value::as_array)
+            .is_none_or(|exprs| exprs.iter().all(|e| requirement_matches(e, labels)))
+    })
+}
+
+/// Why `node` cannot take `pod`, in the scheduler's words; `None` if it can.
+fn unfit(pod: &Value, req: &Resources, n: &NodeInfo, live: &HashSet<String>) -> Option<String> {
+    if !live.contains(&n.name) {
+        return Some("node(s) were not ready".into());
+    }
+    if n.node.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+        return Some("node(s) were unschedulable".into());
+    }
+    let tolerations: Vec<Value> = pod
+        .pointer("/spec/tolerations")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for taint in n
+        .node
+        .pointer("/spec/taints")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let effect = str_at(taint, "/effect");
+        if (effect == "NoSchedule" || effect == "NoExecute") && !tolerates(&tolerations, taint) {
+            return Some(format!(
+                "node(s) had untolerated taint {{{}: {}}}",
+                str_at(taint, "/key"),
+                str_at(taint, "/value")
+            ));
+        }
+    }
+    if !selects(pod, &n.node) {
+        return Some("node(s) didn't match Pod's node affinity/selector".into());
+    }
+    if n.used.pods + 1 > n.allocatable.pods {
+        return Some("Too many pods".into());
+    }
+    if req.cpu_milli > 0 && n.used.cpu_milli + req.cpu_milli > n.allocatable.cpu_milli {
+        return Some("Insufficient cpu".into());
+    }
+    if req.memory > 0 && n.used.memory + req.memory > n.allocatable.memory {
+        return Some("Insufficient memory".into());
+    }
+    if host_ports(pod).iter().any(|p| n.host_ports.contains(p)) {
+        return Some("node(s) didn't have free ports for the requested pod ports".into());
+    }
+    None
+}
+
+/// Higher is better: free share of cpu and memory after placing the pod, minus a penalty per
+/// pod of the same owner already there.
+fn score(pod: &Value, req: &Resources, n: &NodeInfo) -> f64 {
+    let free = |alloc: i64, used: i64| {
+        if alloc <= 0 {
+            0.0
+        } else {
+            (alloc - used) as f64 / alloc as f64
+        }
+    };
+    let least = (free(n.allocatable.cpu_milli, n.used.cpu_milli + req.cpu_milli)
+        + free(n.allocatable.memory, n.used.memory + req.memory)
+        + free(n.allocatable.pods, n.used.pods + 1))
+        / 3.0;
+    let same = owner_uid(pod).and_then(|o| n.owners.get(o)).copied().unwrap_or(0);
+    least - same as f64
+}
+
+/// Kubernetes' summary: "0/3 nodes are available: 1 Insufficient cpu, 2 Too many pods."
+fn summary(total: usize, reasons: &BTreeMap<String, usize>) -> String {
+    let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    if parts.is_empty() {
+        return format!("0/{total} nodes are available.");
+    }
+    format!("0/{total} nodes are available: {}.", parts.join(", "))
+}
+
+fn is_terminal(pod: &Value) -> bool {
+    matches!(str_at(pod, "/status/phase"), "Succeeded" | "Failed")
+}
+
+async fn pass(config: &SchedulerConfig) -> Result<(), flotilla_api::ApiError> {
+    let owned = config.shards.owned();
+    if owned.is_empty() {
+        return Ok(());
+    }
+    let store = &config.store;
+    // Records first: the pods read next include every binding they count.
+    let records: HashMap<String, (u64, u64)> = store
+        .range(ALLOC_PREFIX, usize::MAX, Read::Linearizable)
+        .await?
+        .kvs
+        .into_iter()
+        .map(|kv| {
+            let n = std::str::from_utf8(&kv.value).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+            (kv.key[ALLOC_PREFIX.len()..].to_owned(), (n, kv.mod_revision))
+        })
+        .collect();
+    let live: HashSet<String> = (config.live)().into_iter().collect();
+    let mut nodes: Vec<NodeInfo> = store
+        .range(NODES, usize::MAX, Read::Linearizable)
+        .await?
+        .kvs
+        .into_iter()
+        .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+        .map(|node| {
+            let name = str_at(&node, "/metadata/name").to_owned();
+            NodeInfo {
+                allocatable: allocatable(&node),
+                used: Resources::default(),
+                host_ports: HashSet::new(),
+                owners: HashMap::new(),
+                record: records.get(&name).copied().unwrap_or((0, 0)),
+                name,
+                node,
+            }
+        })
+        .collect();
+    let index: HashMap<String, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.clone(), i))
+        .collect();
+    let mut pending = Vec::new();
+    for kv in store.range(PODS, usize::MAX, Read::Linearizable).await?.kvs {
+        let Ok(pod) = serde_json::from_slice::<Value>(&kv.value) else {
+            continue;
+        };
+        let bound = str_at(&pod, "/spec/nodeName");
+        if !bound.is_empty() {
+            if let Some(&i) = index.get(bound)
+                && !is_terminal(&pod)
+            {
+                let n = &mut nodes[i];
+                n.used.add(&requests(&pod));
+                n.host_ports.extend(host_ports(&pod));
+                if let Some(o) = owner_uid(&pod) {
+                    *n.owners.entry(o.to_owned()).or_default() += 1;
+                }
+            }
+            continue;
+        }
+        let scheduler = str_at(&pod, "/spec/schedulerName");
+        let ours = scheduler.is_empty() || scheduler == "default-scheduler";
+        let deleting = pod.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
+        let key = format!("{}/{}", str_at(&pod, "/metadata/namespace"), str_at(&pod, "/metadata/name"));
+        let shard = config.shards.shard_of(&key);
+        if ours && !deleting && owned.contains_key(&shard) {
+            pending.push((pod, kv.mod_revision, shard));
+        }
+    }
+    // Oldest first, as a queue would.
+    pending.sort_by(|a, b| {
+        str_at(&a.0, "/metadata/creationTimestamp").cmp(str_at(&b.0, "/metadata/creationTimestamp"))
+    });
+    for (pod, rev, shard) in pending {
+        let Some(fence) = config.shards.fence(shard) else {
+            continue;
+        };
+        let req = requests(&pod);
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        let mut best: Option<(f64, usize)> = None;
+        for (i, n) in nodes.iter().enumerate() {
+            match unfit(&pod, &req, n, &live) {
+                Some(r) => *reasons.entry(r).or_default() += 1,
+                None => {
+                    let s = score(&pod, &req, n);
+                    if best.is_none_or(|(b, _)| s > b) {
+                        best = Some((s, i));
+                    }
+                }
+            }
+        }
+        let ns = str_at(&pod, "/metadata/namespace").to_owned();
+        let name = str_at(&pod, "/metadata/name").to_owned();
+        let Some((_, i)) = best else {
+            unschedulable(config, &pod, &summary(nodes.len(), &reasons), fence).await;
+            continue;
+        };
+        let n = &mut nodes[i];
+        let record_key = format!("{ALLOC_PREFIX}{}", n.name);
+        let record_compare = if n.record.1 == 0 {
+            Compare::Missing { key: record_key.clone() }
+        } else {
+            Compare::ModRevision {
+                key: record_key.clone(),
+                op: CmpOp::Equal,
+                revision: n.record.1,
+            }
+        };
+        let bound = internal::bind(
+            store,
+            &ns,
+            &name,
+            rev,
+            &n.name,
+            Fence {
+                compare: vec![fence, record_compare],
+                also: vec![Op::Put {
+                    key: record_key,
+                    value: (n.record.0 + 1).to_string().into_bytes(),
+                }],
+            },
+        )
+        .await?;
+        match bound {
+            Some(written) => {
+                let new_rev = str_at(&written, "/metadata/resourceVersion").parse().unwrap_or(0);
+                n.record = (n.record.0 + 1, new_rev);
+                n.used.add(&req);
+                n.host_ports.extend(host_ports(&pod));
+                if let Some(o) = owner_uid(&pod) {
+                    *n.owners.entry(o.to_owned()).or_default() += 1;
+                }
+                tracing::debug!(pod = %format!("{ns}/{name}"), node = %n.name, "bound");
+            }
+            // Someone else bound to that node (or changed the pod): the next pass re-reads.
+            None => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// Marks a pod that fits nowhere: `PodScheduled=False` and a `FailedScheduling` event, once
+/// per distinct reason (the pass runs often).
+async fn unschedulable(config: &SchedulerConfig, pod: &Value, message: &str, fence: Compare) {
+    let current = pod
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| str_at(c, "/type") == "PodScheduled"));
+    if current.is_some_and(|c| str_at(c, "/message") == message) {
+        return;
+    }
+    let ns = str_at(pod, "/metadata/namespace");
+    let name = str_at(pod, "/metadata/name");
+    let now = flotilla_api::rfc3339(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    );
+    let mut updated = pod.clone();
+    let mut conditions: Vec<Value> = pod
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    conditions.retain(|c| str_at(c, "/type") != "PodScheduled");
+    conditions.push(json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message, "lastProbeTime": null, "lastTransitionTime": now}));
+    updated["status"]["conditions"] = json!(conditions);
+    let written = internal::replace(
+        &config.store,
+        ("", "v1", "pods"),
+        Some(ns),
+        name,
+        updated,
+        true,
+        MANAGER,
+        Fence {
+            compare: vec![fence.clone()],
+            also: vec![],
+        },
+    )
+    .await;
+    if !matches!(written, Ok(Some(_))) {
+        return;
+    }
+    let event = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": format!("{name}."), "namespace": ns},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": ns, "uid": str_at(pod, "/metadata/uid")},
+        "reason": "FailedScheduling",
+        "message": message,
+        "type": "Warning",
+        "count": 1,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "source": {"component": "default-scheduler"},
+        "reportingComponent": "default-scheduler",
+        "reportingInstance": config.node,
+    });
+    let _ = internal::create(
+        &config.store,
+        ("", "v1", "events"),
+        Some(ns),
+        event,
+        MANAGER,
+        Fence {
+            compare: vec![fence],
+            also: vec![],
+        },
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_and_messages() {
+        let node = json!({"metadata": {"name": "n1", "labels": {"disk": "ssd", "zone": "a"}},
+            "spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]},
+            "status": {"allocatable": {"cpu": "2", "memory": "1Gi", "pods": "110"}}});
+        let info = NodeInfo {
+            name: "n1".into(),
+            allocatable: allocatable(&node),
+            node,
+            used: Resources { cpu_milli: 1500, memory: 0, pods: 3 },
+            host_ports: HashSet::from([("TCP".to_owned(), 8080)]),
+            owners: HashMap::new(),
+            record: (0, 0),
+        };
+        let live = HashSet::from(["n1".to_owned()]);
+        let tolerant = json!([{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]);
+        let pod = |extra: Value| {
+            let mut p = json!({"spec": {"tolerations": tolerant, "containers": [{"name": "c", "resources": {"requests": {"cpu": "250m"}}}]}});
+            if let (Some(spec), Some(more)) = (p["spec"].as_object_mut(), extra.as_object()) {
+                for (k, v) in more {
+                    spec.insert(k.clone(), v.clone());
+                }
+            }
+            p
+        };
+        let ok = pod(json!({}));
+        assert_eq!(unfit(&ok, &requests(&ok), &info, &live), None);
+        let untolerated = json!({"spec": {"containers": []}});
+        assert_eq!(
+            unfit(&untolerated, &requests(&untolerated), &info, &live).unwrap(),
+            "node(s) had untolerated taint {dedicated: db}"
+        );
+        let big = pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "600m"}}}]}));
+        assert_eq!(unfit(&big, &requests(&big), &info, &live).unwrap(), "Insufficient cpu");
+        let hdd = pod(json!({"nodeSelector": {"disk": "hdd"}}));
+        assert!(unfit(&hdd, &requests(&hdd), &info, &live).unwrap().contains("affinity/selector"));
+        let affine = pod(json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]},
+            {"matchExpressions": [{"key": "disk", "operator": "Exists"}]}]}}}}));
+        assert_eq!(unfit(&affine, &requests(&affine), &info, &live), None);
+        let port = pod(json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 8080}]}]}));
+        assert!(unfit(&port, &requests(&port), &info, &live).unwrap().contains("free ports"));
+        assert_eq!(
+            unfit(&ok, &requests(&ok), &info, &HashSet::new()).unwrap(),
+            "node(s) were not ready"
+        );
+        let reasons = BTreeMap::from([("Insufficient cpu".to_owned(), 3)]);
+        assert_eq!(summary(3, &reasons), "0/3 nodes are available: 3 Insufficient cpu.");
+        let init = json!({"spec": {"containers": [{"resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}],
+            "initContainers": [{"resources": {"requests": {"cpu": "1"}}}]}});
+        assert_eq!(requests(&init), Resources { cpu_milli: 1000, memory: 64 << 20, pods: 1 });
+    }
+}
