@@ -6,9 +6,13 @@
 //! history), it relists. Workers drive the runtime towards the spec and write pod status back
 //! only when it changed.
 
+mod downward;
+mod hooks;
+mod hostport;
 pub mod logs;
 mod probes;
 mod status;
+mod volumes;
 mod worker;
 
 use std::collections::HashMap;

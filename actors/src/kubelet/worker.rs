@@ -2,8 +2,8 @@
 //! order, containers with their restart policy and CrashLoopBackOff), handles graceful
 //! deletion, and writes the pod's status when it changes.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use flotilla_consensus::{CmpOp, Compare, Op, Read, TxnRequest};
@@ -13,7 +13,10 @@ use kameo::message::{Context, Message};
 use serde_json::Value;
 
 use super::KubeletConfig;
+use super::downward::{self, PodFacts};
+use super::hooks::{self, HookTarget};
 use super::status::{Observed, PodView, comparable, pod_status, rfc3339};
+use super::{hostport, volumes};
 use crate::runtime::{
     ContainerConfig, ContainerState, ContainerStatus, Limits, Mount, PullPolicy, SandboxConfig,
 };
@@ -24,6 +27,12 @@ const TICK: Duration = Duration::from_secs(1);
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// How often configMap, secret, downwardAPI and projected volumes are rewritten from the
+/// latest objects (Kubernetes takes up to a minute; a write that changes nothing is cheap).
+const VOLUME_REFRESH: Duration = Duration::from_secs(2);
+/// The least SIGTERM-to-SIGKILL time left to a container whose preStop hook used up the
+/// grace period (the kubelet's `minimumGracePeriodInSeconds`).
+const MIN_GRACE_AFTER_HOOK: Duration = Duration::from_secs(2);
 
 /// The pod's latest desired state.
 pub struct Desired(pub Value);
@@ -56,6 +65,21 @@ pub struct PodWorker {
     done: bool,
     /// Probe tallies by (container id, probe kind).
     probes: HashMap<(String, &'static str), super::probes::ProbeState>,
+    /// The sandbox's own network namespace, if it has one.
+    netns: Option<PathBuf>,
+    /// Host ports being forwarded into the sandbox; dropped with the pod.
+    host_ports: hostport::Forwarders,
+    /// Host-port problems already reported as events (reported once, retried every sync).
+    host_port_errors: HashSet<String>,
+    /// When the volumes were last written; None until a container first needed them.
+    volumes_written: Option<Instant>,
+}
+
+/// A volume as a host path to bind into containers.
+struct PreparedVolume {
+    path: PathBuf,
+    /// Kubernetes mounts configMap, secret, downwardAPI and projected volumes read-only.
+    read_only: bool,
 }
 
 impl PodWorker {
@@ -70,6 +94,10 @@ impl PodWorker {
             start_time: rfc3339(SystemTime::now()),
             done: false,
             probes: HashMap::new(),
+            netns: None,
+            host_ports: hostport::Forwarders::default(),
+            host_port_errors: HashSet::new(),
+            volumes_written: None,
         });
         let ticker = worker.downgrade();
         tokio::spawn(async move {
@@ -113,6 +141,8 @@ impl PodWorker {
             tracing::warn!(pod = %name_of(&pod), error = %e, "sandbox failed");
             return;
         }
+        self.publish_host_ports(&pod).await;
+        self.refresh_volumes(&pod).await;
         let restart_policy = pod
             .pointer("/spec/restartPolicy")
             .and_then(Value::as_str)
@@ -196,6 +226,7 @@ impl PodWorker {
                     }
                 }
             }
+            self.netns = sb.netns;
             self.sandbox = Some((sb.id, sb.ip.map(|ip| ip.to_string())));
             return Ok(());
         }
@@ -218,6 +249,7 @@ impl PodWorker {
             ..Default::default()
         };
         let sb = rt.run_sandbox(config).await?;
+        self.netns = sb.netns;
         self.sandbox = Some((sb.id, sb.ip.map(|ip| ip.to_string())));
         Ok(())
     }
@@ -376,10 +408,12 @@ impl PodWorker {
         .await;
         let rec = self.records.entry(name.clone()).or_default();
         rec.waiting = None;
+        let mut started_id = None;
         let event = match started {
             Ok(id) => {
                 obs.current = rt.container_status(&id).await.ok();
-                rec.id = Some(id);
+                rec.id = Some(id.clone());
+                started_id = Some(id);
                 ("Normal", "Started", format!("Started container {name}"))
             }
             Err(e) => {
@@ -389,12 +423,122 @@ impl PodWorker {
         };
         obs.previous = rec.previous.clone();
         obs.restarts = rec.restarts;
+        self.event(pod, event.0, event.1, event.2).await;
+        if let Some(id) = started_id
+            && let Some(handler) = hooks::handler(spec, "postStart")
+        {
+            self.post_start(pod, spec, &id, handler, &mut obs).await;
+        }
         obs.ready = obs
             .current
             .as_ref()
             .is_some_and(|s| s.state == ContainerState::Running);
-        self.event(pod, event.0, event.1, event.2).await;
         obs
+    }
+
+    /// Runs a container's postStart hook right after it started. A failed hook kills the
+    /// container (as the kubelet does), and the restart policy takes it from there.
+    async fn post_start(
+        &self,
+        pod: &Value,
+        spec: &Value,
+        id: &str,
+        handler: &Value,
+        obs: &mut Observed,
+    ) {
+        let rt = self.config.runtime.clone();
+        let pod_ip = self.pod_ip();
+        let target = HookTarget {
+            container_id: id,
+            container: spec,
+            isolated_pid: obs.current.as_ref().and_then(|s| s.pid),
+            pod_ip: pod_ip.as_deref(),
+        };
+        let Err(message) =
+            hooks::run(rt.as_ref(), &target, handler, hooks::POST_START_TIMEOUT).await
+        else {
+            return;
+        };
+        tracing::info!(pod = %name_of(pod), container = %obs.name, error = %message, "postStart hook failed");
+        self.event(
+            pod,
+            "Warning",
+            "FailedPostStartHook",
+            format!("PostStartHook failed: {message}"),
+        )
+        .await;
+        self.stop_gracefully(pod, Some(spec), id, grace_of(pod))
+            .await;
+        obs.current = rt.container_status(id).await.ok();
+    }
+
+    /// Stops a container the way the kubelet kills one: its preStop hook first, then SIGTERM,
+    /// then SIGKILL, all within `grace` (a hook that used it all still leaves a short
+    /// SIGTERM window).
+    async fn stop_gracefully(&self, pod: &Value, spec: Option<&Value>, id: &str, grace: Duration) {
+        let rt = self.config.runtime.clone();
+        let deadline = Instant::now() + grace;
+        let mut left = grace;
+        if let Some(handler) = spec.and_then(|s| hooks::handler(s, "preStop"))
+            && let Ok(status) = rt.container_status(id).await
+            && status.state == ContainerState::Running
+        {
+            let pod_ip = self.pod_ip();
+            let target = HookTarget {
+                container_id: id,
+                container: spec.unwrap_or(&Value::Null),
+                isolated_pid: status.pid,
+                pod_ip: pod_ip.as_deref(),
+            };
+            if let Err(message) = hooks::run(rt.as_ref(), &target, handler, grace).await {
+                tracing::info!(pod = %name_of(pod), container = %status.name, error = %message, "preStop hook failed");
+                self.event(
+                    pod,
+                    "Warning",
+                    "FailedPreStopHook",
+                    format!("PreStopHook failed: {message}"),
+                )
+                .await;
+            }
+            left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(MIN_GRACE_AFTER_HOOK);
+        }
+        let _ = rt.stop_container(id, left).await;
+    }
+
+    fn pod_ip(&self) -> Option<String> {
+        self.sandbox.as_ref().and_then(|(_, ip)| ip.clone())
+    }
+
+    /// Forwards the pod's host ports into its network namespace (see `hostport`). Pods
+    /// without a namespace of their own (host network, unisolated runtime) already listen on
+    /// the node's ports.
+    async fn publish_host_ports(&mut self, pod: &Value) {
+        let Some(netns) = self.netns.clone() else {
+            return;
+        };
+        let (ports, errors) = hostport::host_ports(pod, &self.config.host_ip);
+        let mut problems = errors;
+        let target: std::net::IpAddr = self
+            .pod_ip()
+            .and_then(|ip| ip.parse().ok())
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        for port in ports {
+            if self.host_ports.is_published(&port) {
+                continue;
+            }
+            let text = port.to_string();
+            match self.host_ports.publish(port, netns.clone(), target).await {
+                Ok(()) => tracing::debug!(pod = %name_of(pod), port = %text, "host port published"),
+                Err(e) => problems.push(format!("publishing host port {text}: {e}")),
+            }
+        }
+        for p in problems {
+            if self.host_port_errors.insert(p.clone()) {
+                self.event(pod, "Warning", "FailedHostPort", p).await;
+            }
+        }
     }
 
     /// Records a core/v1 Event about this pod, as the kubelet does (what `kubectl describe`
@@ -462,11 +606,8 @@ impl PodWorker {
             .started_at
             .and_then(|t| t.elapsed().ok())
             .unwrap_or_default();
-        let pod_ip = self.sandbox.as_ref().and_then(|(_, ip)| ip.clone());
-        let grace = pod
-            .pointer("/spec/terminationGracePeriodSeconds")
-            .and_then(Value::as_u64)
-            .unwrap_or(30);
+        let pod_ip = self.pod_ip();
+        let grace = grace_of(pod);
         let mut run = |kind: &'static str| {
             let probe = spec.get(kind).cloned();
             let state = self
@@ -502,8 +643,7 @@ impl PodWorker {
                     .or_default();
                 if st.record(&t, ok) == Some(false) {
                     tracing::info!(container = %status.name, "startup probe failed; restarting");
-                    let _ = rt
-                        .stop_container(&status.id, Duration::from_secs(grace))
+                    self.stop_gracefully(pod, Some(spec), &status.id, grace)
                         .await;
                 }
             }
@@ -538,8 +678,7 @@ impl PodWorker {
                         ),
                     )
                     .await;
-                    let _ = rt
-                        .stop_container(&status.id, Duration::from_secs(grace))
+                    self.stop_gracefully(pod, Some(spec), &status.id, grace)
                         .await;
                     return false;
                 }
@@ -575,7 +714,7 @@ impl PodWorker {
 
     /// The runtime's view of a container: command, env (resolved), mounts, limits.
     async fn container_config(
-        &self,
+        &mut self,
         pod: &Value,
         spec: &Value,
         attempt: u32,
@@ -597,7 +736,7 @@ impl PodWorker {
             if let Some(v) = e.get("value").and_then(Value::as_str) {
                 env.push((name, v.to_owned()));
             } else if let Some(from) = e.get("valueFrom") {
-                if let Some(v) = self.env_from_source(pod, from).await? {
+                if let Some(v) = self.env_from_source(pod, spec, from).await? {
                     env.push((name, v));
                 }
             } else {
@@ -621,21 +760,34 @@ impl PodWorker {
             }
         }
         let volumes = self.prepare_volumes(pod).await?;
+        self.volumes_written = Some(Instant::now());
         let mut mounts = Vec::new();
         for m in list(spec, "/volumeMounts") {
             let vol = str_at(&m, "/name");
-            let Some(host) = volumes.get(&vol) else {
+            let Some(prepared) = volumes.get(&vol) else {
                 return Err(format!("volume {vol:?} not found"));
             };
             let sub = str_at(&m, "/subPath");
+            if !sub.is_empty()
+                && !Path::new(&sub)
+                    .components()
+                    .all(|c| matches!(c, Component::Normal(_)))
+            {
+                return Err(format!(
+                    "invalid subPath {sub:?}: must be relative and contain no '..'"
+                ));
+            }
             mounts.push(Mount {
+                // A subPath of an atomically written volume resolves its `..data` symlink now,
+                // so the mount keeps this version's file, as in Kubernetes.
                 host_path: if sub.is_empty() {
-                    host.clone()
+                    prepared.path.clone()
                 } else {
-                    host.join(sub)
+                    prepared.path.join(sub)
                 },
                 container_path: PathBuf::from(str_at(&m, "/mountPath")),
-                read_only: m.get("readOnly").and_then(Value::as_bool).unwrap_or(false),
+                read_only: prepared.read_only
+                    || m.get("readOnly").and_then(Value::as_bool).unwrap_or(false),
             });
         }
         Ok(ContainerConfig {
@@ -656,7 +808,12 @@ impl PodWorker {
         })
     }
 
-    async fn env_from_source(&self, pod: &Value, from: &Value) -> Result<Option<String>, String> {
+    async fn env_from_source(
+        &self,
+        pod: &Value,
+        spec: &Value,
+        from: &Value,
+    ) -> Result<Option<String>, String> {
         let ns = str_at(pod, "/metadata/namespace");
         let keyed = |r: &Value, kind: &'static str| {
             (
@@ -690,43 +847,60 @@ impl PodWorker {
             };
         }
         if let Some(f) = from.get("fieldRef") {
-            let path = str_at(f, "/fieldPath");
-            let v = match path.as_str() {
-                "metadata.name" => name_of(pod),
-                "metadata.namespace" => ns,
-                "metadata.uid" => self.uid.clone(),
-                "spec.nodeName" => self.config.node_name.clone(),
-                "spec.serviceAccountName" => str_at(pod, "/spec/serviceAccountName"),
-                "status.hostIP" => self.config.host_ip.clone(),
-                "status.podIP" => self
-                    .sandbox
-                    .as_ref()
-                    .and_then(|(_, ip)| ip.clone())
-                    .unwrap_or_else(|| self.config.host_ip.clone()),
-                other => {
-                    let label = other
-                        .strip_prefix("metadata.labels['")
-                        .or_else(|| other.strip_prefix("metadata.annotations['"))
-                        .and_then(|s| s.strip_suffix("']"));
-                    let map = if other.starts_with("metadata.labels") {
-                        "labels"
-                    } else {
-                        "annotations"
-                    };
-                    match label {
-                        Some(k) => pod
-                            .pointer(&format!("/metadata/{map}"))
-                            .and_then(|m| m.get(k))
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_owned(),
-                        None => return Err(format!("unsupported fieldRef {other:?}")),
-                    }
-                }
+            let pod_ip = self.pod_ip();
+            let facts = PodFacts {
+                node_name: &self.config.node_name,
+                host_ip: &self.config.host_ip,
+                pod_ip: pod_ip.as_deref(),
             };
-            return Ok(Some(v));
+            return downward::field_value(pod, &facts, &str_at(f, "/fieldPath")).map(Some);
+        }
+        if let Some(r) = from.get("resourceFieldRef") {
+            let allocatable = self.node_allocatable().await;
+            return self
+                .resource_field(pod, Some(spec), r, allocatable.as_ref())
+                .map(Some);
         }
         Ok(None)
+    }
+
+    /// A `resourceFieldRef`: of the container it names, or of `own` (env refs may omit it).
+    fn resource_field(
+        &self,
+        pod: &Value,
+        own: Option<&Value>,
+        r: &Value,
+        allocatable: Option<&Value>,
+    ) -> Result<String, String> {
+        let wanted = str_at(r, "/containerName");
+        let container = if wanted.is_empty() {
+            own.cloned()
+        } else {
+            list(pod, "/spec/containers")
+                .into_iter()
+                .chain(list(pod, "/spec/initContainers"))
+                .find(|c| str_at(c, "/name") == wanted)
+        }
+        .ok_or_else(|| format!("resourceFieldRef: container {wanted:?} not found"))?;
+        let divisor = match r.get("divisor") {
+            Some(Value::String(d)) => Some(d.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        downward::resource_value(
+            &container,
+            &str_at(r, "/resource"),
+            divisor.as_deref(),
+            allocatable,
+        )
+    }
+
+    /// The node's `status.allocatable` (what unset limits stand for), if its object is there.
+    async fn node_allocatable(&self) -> Option<Value> {
+        let key = format!("/registry/core/nodes/{}", self.config.node_name);
+        let kv = self.config.store.get(&key, Read::Local).await.ok()?.kv?;
+        let node: Value = serde_json::from_slice(&kv.value).ok()?;
+        node.pointer("/status/allocatable").cloned()
     }
 
     /// `data` of a ConfigMap or Secret (Secret values decoded), or None if absent.
@@ -750,75 +924,242 @@ impl PodWorker {
         )
     }
 
-    /// Host directories for the pod's volumes: emptyDir and configMap/secret files under the
-    /// pod directory, hostPath as given.
-    async fn prepare_volumes(&self, pod: &Value) -> Result<HashMap<String, PathBuf>, String> {
-        let mut out = HashMap::new();
+    /// The bytes of a ConfigMap's `data` and `binaryData`, or a Secret's `data` (decoded);
+    /// None if the object does not exist.
+    async fn read_object_data(
+        &self,
+        kind: &str,
+        ns: &str,
+        name: &str,
+    ) -> Option<BTreeMap<String, Vec<u8>>> {
+        let key = format!("/registry/core/{kind}/{ns}/{name}");
+        let kv = self.config.store.get(&key, Read::Local).await.ok()?.kv?;
+        let obj: Value = serde_json::from_slice(&kv.value).ok()?;
+        let mut out = BTreeMap::new();
+        let sections: &[(&str, bool)] = if kind == "secrets" {
+            &[("data", true)]
+        } else {
+            &[("data", false), ("binaryData", true)]
+        };
+        for (section, encoded) in sections {
+            let Some(map) = obj.get(*section).and_then(Value::as_object) else {
+                continue;
+            };
+            for (k, v) in map {
+                let Some(text) = v.as_str() else { continue };
+                let bytes = if *encoded {
+                    match base64_decode(text) {
+                        Some(b) => b,
+                        None => continue,
+                    }
+                } else {
+                    text.as_bytes().to_vec()
+                };
+                out.insert(k.clone(), bytes);
+            }
+        }
+        Some(out)
+    }
+
+    /// The files a configMap, secret, downwardAPI or projected volume holds now; None for
+    /// other kinds of volume.
+    async fn volume_payload(
+        &self,
+        pod: &Value,
+        volume: &Value,
+    ) -> Result<Option<volumes::Payload>, String> {
         let ns = str_at(pod, "/metadata/namespace");
+        let (default_mode, sources) = if let Some(src) = volume.get("configMap") {
+            (src.get("defaultMode"), vec![("configMap", src)])
+        } else if let Some(src) = volume.get("secret") {
+            (src.get("defaultMode"), vec![("secret", src)])
+        } else if let Some(src) = volume.get("downwardAPI") {
+            (src.get("defaultMode"), vec![("downwardAPI", src)])
+        } else if let Some(p) = volume.get("projected") {
+            let sources = p
+                .get("sources")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|s| {
+                    let o = s.as_object()?;
+                    let (kind, src) = o.iter().find(|(_, v)| v.is_object())?;
+                    Some((kind.as_str(), src))
+                })
+                .collect();
+            (p.get("defaultMode"), sources)
+        } else {
+            return Ok(None);
+        };
+        let default_mode = volumes::mode_of(default_mode, volumes::DEFAULT_MODE)?;
+        let mut payload = volumes::Payload::new();
+        let mut allocatable = None;
+        for (kind, src) in sources {
+            let files = match kind {
+                "configMap" | "secret" => {
+                    let (plural, field, label) = if kind == "secret" {
+                        ("secrets", "/secretName", "secret")
+                    } else {
+                        ("configmaps", "/name", "configmap")
+                    };
+                    // Projected secrets say `name`, secret volumes `secretName`.
+                    let mut obj_name = str_at(src, field);
+                    if obj_name.is_empty() {
+                        obj_name = str_at(src, "/name");
+                    }
+                    let data = self.read_object_data(plural, &ns, &obj_name).await;
+                    volumes::keyed_files(
+                        &format!("{label} {obj_name:?}"),
+                        data.as_ref(),
+                        src,
+                        default_mode,
+                    )?
+                }
+                "downwardAPI" => {
+                    let items = list(src, "/items");
+                    if allocatable.is_none()
+                        && items.iter().any(|i| i.get("resourceFieldRef").is_some())
+                    {
+                        allocatable = Some(self.node_allocatable().await);
+                    }
+                    let pod_ip = self.pod_ip();
+                    let facts = PodFacts {
+                        node_name: &self.config.node_name,
+                        host_ip: &self.config.host_ip,
+                        pod_ip: pod_ip.as_deref(),
+                    };
+                    let alloc = allocatable.clone().flatten();
+                    volumes::downward_files(&items, default_mode, |item| {
+                        if let Some(f) = item.get("fieldRef") {
+                            downward::field_value(pod, &facts, &str_at(f, "/fieldPath"))
+                        } else if let Some(r) = item.get("resourceFieldRef") {
+                            self.resource_field(pod, None, r, alloc.as_ref())
+                        } else {
+                            Err(format!(
+                                "downwardAPI item {:?} needs fieldRef or resourceFieldRef",
+                                str_at(item, "/path")
+                            ))
+                        }
+                    })?
+                }
+                other => {
+                    // serviceAccountToken (and clusterTrustBundle) need a token issuer and
+                    // trust bundles Flotilla does not have yet; the files are left out rather
+                    // than faked.
+                    tracing::debug!(pod = %name_of(pod), source = other, "projected source not supported; skipped");
+                    continue;
+                }
+            };
+            payload.extend(files);
+        }
+        Ok(Some(payload))
+    }
+
+    /// Host directories for the pod's volumes: emptyDir (a tmpfs for `medium: Memory`) and
+    /// configMap, secret, downwardAPI and projected files under the pod directory, hostPath
+    /// as given. Rewriting an unchanged volume changes nothing.
+    async fn prepare_volumes(
+        &self,
+        pod: &Value,
+    ) -> Result<HashMap<String, PreparedVolume>, String> {
+        let mut out = HashMap::new();
         for v in list(pod, "/spec/volumes") {
             let name = str_at(&v, "/name");
             let dir = self.pod_dir().join("volumes").join(&name);
-            let path = if v.get("hostPath").is_some() {
-                PathBuf::from(str_at(&v, "/hostPath/path"))
-            } else if let Some((kind, src)) = v
-                .get("configMap")
-                .map(|s| ("configmaps", s))
-                .or_else(|| v.get("secret").map(|s| ("secrets", s)))
-            {
-                let obj_name = if kind == "secrets" {
-                    str_at(src, "/secretName")
-                } else {
-                    str_at(src, "/name")
-                };
-                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-                let data = self.read_data(kind, &ns, &obj_name).await;
-                let optional = src
-                    .get("optional")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-                match data {
-                    Some(data) => {
-                        for (k, val) in data {
-                            // Keys are validated by the API (no '/' or '..').
-                            std::fs::write(dir.join(&k), val).map_err(|e| e.to_string())?;
-                        }
-                    }
-                    None if optional => {}
-                    None => {
-                        return Err(format!(
-                            "{} {obj_name:?} not found",
-                            if kind == "secrets" {
-                                "secret"
-                            } else {
-                                "configmap"
-                            }
-                        ));
-                    }
+            let prepared = if let Some(hp) = v.get("hostPath") {
+                let path = PathBuf::from(str_at(hp, "/path"));
+                if str_at(hp, "/type") == "DirectoryOrCreate" {
+                    std::fs::create_dir_all(&path)
+                        .map_err(|e| format!("hostPath {}: {e}", path.display()))?;
                 }
-                dir
+                PreparedVolume {
+                    path,
+                    read_only: false,
+                }
+            } else if let Some(payload) = self.volume_payload(pod, &v).await? {
+                let target = dir.clone();
+                tokio::task::spawn_blocking(move || volumes::write_atomic(&target, &payload))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("volume {name:?}: {e}"))?;
+                PreparedVolume {
+                    path: dir,
+                    read_only: true,
+                }
             } else {
-                // emptyDir, and sources not materialised yet, get an empty directory.
-                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-                dir
+                let memory =
+                    v.pointer("/emptyDir/medium").and_then(Value::as_str) == Some("Memory");
+                if memory {
+                    let size = v
+                        .pointer("/emptyDir/sizeLimit")
+                        .and_then(Value::as_str)
+                        .and_then(downward::parse_nanos)
+                        .and_then(|n| u64::try_from(n / 1_000_000_000).ok())
+                        .filter(|n| *n > 0);
+                    volumes::ensure_memory_dir(&dir, size)
+                        .map_err(|e| format!("volume {name:?}: tmpfs: {e}"))?;
+                } else {
+                    // emptyDir, and sources not materialised, get an empty directory.
+                    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                }
+                PreparedVolume {
+                    path: dir,
+                    read_only: false,
+                }
             };
-            out.insert(name, path);
+            out.insert(name, prepared);
         }
         Ok(out)
+    }
+
+    /// Brings mounted configMap, secret, downwardAPI and projected volumes up to date (at most
+    /// every `VOLUME_REFRESH`). A volume whose source broke (a deleted ConfigMap) keeps its
+    /// last files, as in Kubernetes.
+    async fn refresh_volumes(&mut self, pod: &Value) {
+        if self
+            .volumes_written
+            .is_none_or(|t| t.elapsed() < VOLUME_REFRESH)
+        {
+            return;
+        }
+        self.volumes_written = Some(Instant::now());
+        for v in list(pod, "/spec/volumes") {
+            let dir = self.pod_dir().join("volumes").join(str_at(&v, "/name"));
+            match self.volume_payload(pod, &v).await {
+                Ok(Some(payload)) => {
+                    let written =
+                        tokio::task::spawn_blocking(move || volumes::write_atomic(&dir, &payload))
+                            .await;
+                    if let Ok(Err(e)) = written {
+                        tracing::warn!(pod = %name_of(pod), error = %e, "updating a volume failed");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(pod = %name_of(pod), error = %e, "volume not updated"),
+            }
+        }
     }
 
     /// Graceful deletion: stop containers within the grace period, remove the sandbox, then
     /// remove the pod object.
     async fn terminate(&mut self, pod: &Value) {
-        let grace = pod
-            .pointer("/metadata/deletionGracePeriodSeconds")
-            .and_then(Value::as_u64)
-            .unwrap_or(30);
-        let rt = self.config.runtime.clone();
-        for rec in self.records.values() {
-            if let Some(id) = &rec.id {
-                let _ = rt.stop_container(id, Duration::from_secs(grace)).await;
-            }
-        }
+        let grace = Duration::from_secs(
+            pod.pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_u64)
+                .unwrap_or(30),
+        );
+        let specs: Vec<Value> = list(pod, "/spec/containers")
+            .into_iter()
+            .chain(list(pod, "/spec/initContainers"))
+            .collect();
+        // All containers at once: each one's preStop hook and SIGTERM share the grace period.
+        let this = &*self;
+        let stops = this.records.iter().filter_map(|(name, rec)| {
+            let id = rec.id.clone()?;
+            let spec = specs.iter().find(|s| str_at(s, "/name") == *name);
+            Some(async move { this.stop_gracefully(pod, spec, &id, grace).await })
+        });
+        futures::future::join_all(stops).await;
         self.teardown().await;
         let key = format!(
             "/registry/core/pods/{}/{}",
@@ -860,11 +1201,18 @@ impl PodWorker {
                 let _ = rt.remove_container(id).await;
             }
         }
+        // Host ports close before the sandbox goes, so nothing forwards into a dead namespace.
+        self.host_ports = hostport::Forwarders::default();
         if let Some((id, _)) = self.sandbox.take() {
             let _ = rt.stop_sandbox(&id).await;
             let _ = rt.remove_sandbox(&id).await;
         }
-        let _ = std::fs::remove_dir_all(self.pod_dir());
+        let dir = self.pod_dir();
+        let _ = tokio::task::spawn_blocking(move || {
+            volumes::unmount_all(&dir.join("volumes"));
+            std::fs::remove_dir_all(dir)
+        })
+        .await;
     }
 
     /// Writes `status` if it differs from what was last written, onto the latest stored pod.
@@ -1008,6 +1356,15 @@ fn str_at(v: &Value, pointer: &str) -> String {
 
 fn name_of(pod: &Value) -> String {
     str_at(pod, "/metadata/name")
+}
+
+/// `terminationGracePeriodSeconds` (Kubernetes' default 30 s).
+fn grace_of(pod: &Value) -> Duration {
+    Duration::from_secs(
+        pod.pointer("/spec/terminationGracePeriodSeconds")
+            .and_then(Value::as_u64)
+            .unwrap_or(30),
+    )
 }
 
 /// Memory, CPU (millicores) and pid limits from `resources.limits`.
