@@ -26,7 +26,11 @@ spec:
   containers:
   - name: main
     image: busybox:1.36
-    command: [sh, -c, 'trap \"echo term >> /host/order; exit 0\" TERM; until [ -f /tmp/hook ]; do sleep 0.2; done; cat /tmp/hook; while true; do sleep 1; done']
+    command: [sh, -c, 'trap \"echo term >> /host/order; exit 0\" TERM; until [ -f /tmp/hook ]; do sleep 0.2; done; cat /tmp/hook; echo node-cpus=$NODE_CPUS; while true; do sleep 1; done']
+    env:
+    - name: NODE_CPUS
+      valueFrom:
+        resourceFieldRef: {{resource: limits.cpu}}
     lifecycle:
       postStart:
         exec: {{command: [sh, -c, 'echo written-by-post-start > /tmp/hook']}}
@@ -75,7 +79,7 @@ spec:
       echo mem=$MEM_MI cpu=$CPU_M cpureq=$CPU_REQ_M
       echo cache=$(grep ' /cache ' /proc/mounts)
       echo subpath=$(cat /fixed)
-      while true; do echo live=$(cat /all/greeting) labels=$(tr '\\n' , < /podinfo/labels); sleep 0.5; done
+      while true; do echo live=$(cat /all/greeting) labels=$(tr '\\n' , < /podinfo/labels) fixed=$(cat /fixed); sleep 0.5; done
     env:
     - name: MEM_MI
       valueFrom:
@@ -137,9 +141,15 @@ spec:
   containers:
   - name: web
     image: busybox:1.36
-    command: [sh, -c, 'mkdir -p /www && echo served-through-host-port > /www/index.html && exec httpd -f -p 8080 -h /www']
+    command: [sh, -c, 'mkdir -p /www && echo served-through-host-port > /www/index.html && echo ok > /www/post-start-hook && exec httpd -f -vv -p 8080 -h /www']
     ports:
     - {{containerPort: 8080, hostPort: {host_port}}}
+  - name: caller
+    image: busybox:1.36
+    command: [sleep, '3600']
+    lifecycle:
+      postStart:
+        httpGet: {{path: /post-start-hook, port: 8080}}
 "
     )
 }
@@ -244,7 +254,19 @@ async fn hooks_volumes_downward_api_and_host_ports_work_as_in_kubernetes() {
     eventually(CONVERGE, "the postStart hook's file", || async {
         let (ok, out, err) = k.run(0, &["logs", "hooks"], None).await;
         if !(ok && out.contains("written-by-post-start")) {
-            let (_, described, _) = k.run(0, &["describe", "pod", "hooks"], None).await;
+            let (_, described, _) = k
+                .run(
+                    0,
+                    &[
+                        "get",
+                        "pod",
+                        "hooks",
+                        "-o",
+                        "jsonpath={.status.containerStatuses[0].state}",
+                    ],
+                    None,
+                )
+                .await;
             anyhow::bail!(
                 "{out}{err}\n{described}\nhost dir exists: {}",
                 host_log.exists()
@@ -254,6 +276,26 @@ async fn hooks_volumes_downward_api_and_host_ports_work_as_in_kubernetes() {
     })
     .await
     .unwrap();
+
+    // limits.cpu without a limit is the node's allocatable CPU.
+    let node_cpus = k
+        .ok(
+            2,
+            &[
+                "get",
+                "node",
+                "node-1",
+                "-o",
+                "jsonpath={.status.allocatable.cpu}",
+            ],
+            None,
+        )
+        .await;
+    let hooks_log = k.ok(0, &["logs", "hooks"], None).await;
+    assert!(
+        hooks_log.contains(&format!("node-cpus={node_cpus}\n")),
+        "{hooks_log} (node: {node_cpus})"
+    );
 
     // Volumes and env, as the container printed them at start.
     let first = eventually(CONVERGE, "the volumes pod's report", || async {
@@ -280,7 +322,7 @@ async fn hooks_volumes_downward_api_and_host_ports_work_as_in_kubernetes() {
         assert!(first.contains("size=16384k"), "{first}");
     }
     assert!(
-        first.contains("live=hello labels=app=\"demo\"\n"),
+        first.contains("live=hello labels=app=\"demo\" fixed=hello"),
         "{first}"
     );
 
@@ -303,7 +345,7 @@ async fn hooks_volumes_downward_api_and_host_ports_work_as_in_kubernetes() {
     eventually(CONVERGE, "the update in the mounted files", || async {
         let (ok, out, err) = k.run(1, &["logs", "volumes", "--tail=1"], None).await;
         anyhow::ensure!(
-            ok && out.contains("live=bonjour labels=app=\"demo\",tier=\"gold\""),
+            ok && out.contains("live=bonjour labels=app=\"demo\",tier=\"gold\" fixed=hello"),
             "{out}{err}"
         );
         Ok(())
@@ -338,6 +380,15 @@ async fn hooks_volumes_downward_api_and_host_ports_work_as_in_kubernetes() {
         .await
         .unwrap();
     }
+
+    // An httpGet postStart hook reached the pod's other container on its own localhost.
+    eventually(CONVERGE, "the httpGet hook in the server's log", || async {
+        let (_, out, _) = k.run(1, &["logs", "ported", "-c", "web"], None).await;
+        anyhow::ensure!(out.contains("url:/post-start-hook"), "{out}");
+        Ok(())
+    })
+    .await
+    .unwrap();
 
     // A failing postStart kills the container and says why.
     eventually(CONVERGE, "the FailedPostStartHook event", || async {

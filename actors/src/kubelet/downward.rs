@@ -109,9 +109,12 @@ pub fn resource_value(
         None => 0,
     };
     let divisor = divisor.filter(|d| !d.is_empty()).unwrap_or("1");
-    let div_nanos = parse_nanos(divisor)
-        .filter(|d| *d > 0)
-        .ok_or_else(|| format!("invalid divisor {divisor:?}"))?;
+    // A zero divisor (what API defaulting may store) means 1, as in the kubelet.
+    let div_nanos = match parse_nanos(divisor) {
+        Some(0) => 1_000_000_000,
+        Some(d) if d > 0 => d,
+        _ => return Err(format!("invalid divisor {divisor:?}")),
+    };
     // Quantities round up to their unit: MilliValue for CPU, Value for bytes.
     let unit: i128 = if name == "cpu" {
         1_000_000
@@ -263,7 +266,11 @@ mod tests {
             "1024"
         );
         assert!(resource_value(&none, "limits.gpu", None, None).is_err());
-        assert!(resource_value(&none, "limits.cpu", Some("0"), Some(&alloc)).is_err());
+        assert_eq!(
+            resource_value(&none, "limits.cpu", Some("0"), Some(&alloc)).unwrap(),
+            "2"
+        );
+        assert!(resource_value(&none, "limits.cpu", Some("-1"), Some(&alloc)).is_err());
     }
 
     #[test]

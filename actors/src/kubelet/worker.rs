@@ -71,7 +71,7 @@ pub struct PodWorker {
     host_ports: hostport::Forwarders,
     /// Host-port problems already reported as events (reported once, retried every sync).
     host_port_errors: HashSet<String>,
-    /// When the volumes were last written; None until a container first needed them.
+    /// When the volumes were last written (None: not since this worker started).
     volumes_written: Option<Instant>,
 }
 
@@ -1116,9 +1116,12 @@ impl PodWorker {
     /// every `VOLUME_REFRESH`). A volume whose source broke (a deleted ConfigMap) keeps its
     /// last files, as in Kubernetes.
     async fn refresh_volumes(&mut self, pod: &Value) {
-        if self
-            .volumes_written
-            .is_none_or(|t| t.elapsed() < VOLUME_REFRESH)
+        // Only once a container uses them: one re-adopted after a daemon restart counts.
+        let in_use = self.records.values().any(|r| r.id.is_some());
+        if !in_use
+            || self
+                .volumes_written
+                .is_some_and(|t| t.elapsed() < VOLUME_REFRESH)
         {
             return;
         }
