@@ -225,6 +225,97 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// TCP and UDP through the forwarders, with this process's own network namespace as
+    /// the pod's (entering a namespace needs root; skipped otherwise).
+    #[tokio::test]
+    async fn forwards_tcp_and_udp_and_stops_when_dropped() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: entering a network namespace needs root");
+            return;
+        }
+        let netns = PathBuf::from("/proc/self/ns/net");
+        let localhost: IpAddr = std::net::Ipv4Addr::LOCALHOST.into();
+        let server = TcpListener::bind((localhost, 0)).await.unwrap();
+        let tcp_port = server.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = server.accept().await {
+                let _ = c.write_all(b"hello over tcp").await;
+            }
+        });
+        let echo = UdpSocket::bind((localhost, 0)).await.unwrap();
+        let udp_port = echo.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut b = [0u8; 64];
+            while let Ok((n, from)) = echo.recv_from(&mut b).await {
+                let _ = echo.send_to(&b[..n], from).await;
+            }
+        });
+        let free = |udp: bool| {
+            if udp {
+                std::net::UdpSocket::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            } else {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            }
+        };
+        let (tcp_host, udp_host) = (free(false), free(true));
+        let mut fw = Forwarders::default();
+        for (host_port, container_port, udp) in
+            [(tcp_host, tcp_port, false), (udp_host, udp_port, true)]
+        {
+            let port = HostPort {
+                host_ip: localhost,
+                host_port,
+                container_port,
+                udp,
+            };
+            fw.publish(port.clone(), netns.clone(), localhost)
+                .await
+                .unwrap();
+            assert!(fw.is_published(&port));
+        }
+        let mut c = tokio::net::TcpStream::connect((localhost, tcp_host))
+            .await
+            .unwrap();
+        let mut got = String::new();
+        c.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "hello over tcp");
+        let client = UdpSocket::bind((localhost, 0)).await.unwrap();
+        client.connect((localhost, udp_host)).await.unwrap();
+        client.send(b"ping").await.unwrap();
+        let mut b = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&b[..n], b"ping");
+        drop(fw);
+        // The listener's task is aborted; its socket closes once the task is gone.
+        let mut closed = false;
+        for _ in 0..50 {
+            if tokio::net::TcpStream::connect((localhost, tcp_host))
+                .await
+                .is_err()
+            {
+                closed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            closed,
+            "the host port is still open after the pod's forwarders dropped"
+        );
+    }
+
     #[test]
     fn host_ports_come_from_container_ports() {
         let pod = json!({"spec": {"containers": [{"ports": [
