@@ -479,7 +479,9 @@ impl PodWorker {
         let rt = self.config.runtime.clone();
         let deadline = Instant::now() + grace;
         let mut left = grace;
+        // No grace (a forced stop) leaves no time for a hook.
         if let Some(handler) = spec.and_then(|s| hooks::handler(s, "preStop"))
+            && !grace.is_zero()
             && let Ok(status) = rt.container_status(id).await
             && status.state == ContainerState::Running
         {
