@@ -1,5 +1,6 @@
 //! Kubernetes pod features of the kubelet, seen through kubectl on a 3-node cluster running
-//! real processes: postStart and preStop hooks (and a failing postStart), configMap items
+//! real processes: postStart (exec and httpGet) and preStop hooks, failing ones reported as
+//! events, resourceFieldRef env (with the node's allocatable for an unset limit), configMap items
 //! and modes, a ConfigMap update reaching a mounted file, downwardAPI labels following a
 //! label change, a projected volume, a memory-backed emptyDir, resourceFieldRef env, and a
 //! hostPort reachable on the node's address.
@@ -150,6 +151,8 @@ spec:
     lifecycle:
       postStart:
         httpGet: {{path: /post-start-hook, port: 8080}}
+      preStop:
+        exec: {{command: [sh, -c, 'echo pre-stop-broke; exit 3']}}
 "
     )
 }
@@ -424,6 +427,25 @@ async fn hooks_volumes_downward_api_and_host_ports_work_as_in_kubernetes() {
         k.ok(0, &["delete", "pod", pod, "--grace-period=1"], None)
             .await;
     }
+    // A failing preStop hook is reported, and the pod still goes.
+    let events = k
+        .ok(
+            2,
+            &[
+                "get",
+                "events",
+                "-o",
+                "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+            ],
+            None,
+        )
+        .await;
+    assert!(
+        events
+            .lines()
+            .any(|l| l.starts_with("FailedPreStopHook") && l.contains("pre-stop-broke")),
+        "{events}"
+    );
     if root {
         // The forwarder went with the pod.
         let addr = format!("127.0.0.1:{host_port}");
