@@ -2,8 +2,8 @@
 //! real processes: postStart (exec and httpGet) and preStop hooks, failing ones reported as
 //! events, resourceFieldRef env (with the node's allocatable for an unset limit), configMap items
 //! and modes, a ConfigMap update reaching a mounted file, downwardAPI labels following a
-//! label change, a projected volume, a memory-backed emptyDir, resourceFieldRef env, and a
-//! hostPort reachable on the node's address.
+//! label change, a projected volume, a memory-backed emptyDir, and a hostPort reachable on
+//! the node's address.
 //!
 //! The busybox image comes from `scripts/build-busybox-image.sh` (Debian's busybox-static);
 //! without it the test says so and stops. Pods run in parallel on one cluster.
@@ -79,6 +79,7 @@ spec:
       echo projected=$(cat /projected/greeting)/$(cat /projected/secret/pass)/$(cat /projected/name) passmode=$(stat -L -c %a /projected/secret/pass)
       echo mem=$MEM_MI cpu=$CPU_M cpureq=$CPU_REQ_M
       echo cache=$(grep ' /cache ' /proc/mounts)
+      echo secretfs=$(grep ' /projected ' /proc/mounts | cut -d' ' -f3)
       echo subpath=$(cat /fixed)
       while true; do echo live=$(cat /all/greeting) labels=$(tr '\\n' , < /podinfo/labels) fixed=$(cat /fixed); sleep 0.5; done
     env:
@@ -323,6 +324,8 @@ async fn hooks_volumes_downward_api_and_host_ports_work_as_in_kubernetes() {
     if root {
         assert!(first.contains("cache=tmpfs /cache tmpfs"), "{first}");
         assert!(first.contains("size=16384k"), "{first}");
+        // Secrets (here in a projected volume) stay off the node's disk.
+        assert!(first.contains("secretfs=tmpfs\n"), "{first}");
     }
     assert!(
         first.contains("live=hello labels=app=\"demo\" fixed=hello"),

@@ -1079,6 +1079,12 @@ impl PodWorker {
                     read_only: false,
                 }
             } else if let Some(payload) = self.volume_payload(pod, &v).await? {
+                // Secret and projected files live in memory, as in Kubernetes: secrets are
+                // never written to the node's disk.
+                if v.get("secret").is_some() || v.get("projected").is_some() {
+                    volumes::ensure_memory_dir(&dir, None)
+                        .map_err(|e| format!("volume {name:?}: tmpfs: {e}"))?;
+                }
                 let target = dir.clone();
                 tokio::task::spawn_blocking(move || volumes::write_atomic(&target, &payload))
                     .await
