@@ -132,6 +132,23 @@ spec:
     emptyDir: {medium: Memory, sizeLimit: 16Mi}
 ";
 
+/// Waits for a ConfigMap that does not exist yet.
+const WAITS: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: waits}
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: [sh, -c, 'cat /late/key; echo; sleep 3600']
+    volumeMounts: [{name: late, mountPath: /late}]
+  volumes:
+  - name: late
+    configMap: {name: late}
+";
+
 fn ported_pod(host_port: u16) -> String {
     format!(
         "apiVersion: v1
@@ -247,7 +264,7 @@ async fn hooks_volumes_downward_api_and_host_ports_work_as_in_kubernetes() {
     .await;
     let hooks = hooks_pod(host_log.to_str().unwrap());
     let ported = ported_pod(host_port);
-    for (i, manifest) in [hooks.as_str(), VOLUMES, ported.as_str(), BAD_HOOK]
+    for (i, manifest) in [hooks.as_str(), VOLUMES, ported.as_str(), BAD_HOOK, WAITS]
         .into_iter()
         .enumerate()
     {
@@ -421,12 +438,59 @@ async fn hooks_volumes_downward_api_and_host_ports_work_as_in_kubernetes() {
     .await
     .unwrap();
 
+    // A missing ConfigMap holds the container back and says so; once created, it starts.
+    eventually(CONVERGE, "waits held back", || async {
+        let (_, out, _) = k
+            .run(
+                2,
+                &[
+                    "get",
+                    "pod",
+                    "waits",
+                    "-o",
+                    "jsonpath={.status.containerStatuses[0].state.waiting}",
+                ],
+                None,
+            )
+            .await;
+        anyhow::ensure!(
+            out.contains("CreateContainerConfigError")
+                && out.contains(r#"configmap \"late\" not found"#),
+            "{out}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    k.ok(
+        0,
+        &["create", "configmap", "late", "--from-literal=key=arrived"],
+        None,
+    )
+    .await;
+    eventually(CONVERGE, "waits started", || async {
+        let (ok, out, err) = k.run(1, &["logs", "waits"], None).await;
+        if !(ok && out.contains("arrived")) {
+            let (_, status, _) = k
+                .run(
+                    1,
+                    &["get", "pod", "waits", "-o", "jsonpath={.status}"],
+                    None,
+                )
+                .await;
+            anyhow::bail!("{out}{err}\n{status}");
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+
     // preStop runs before the container gets SIGTERM on `kubectl delete`.
     k.ok(1, &["delete", "pod", "hooks"], None).await;
     let order = std::fs::read_to_string(host_log.join("order")).unwrap_or_default();
     assert_eq!(order, "prestop\nterm\n");
 
-    for pod in ["volumes", "ported", "bad-hook"] {
+    for pod in ["volumes", "ported", "bad-hook", "waits"] {
         k.ok(0, &["delete", "pod", pod, "--grace-period=1"], None)
             .await;
     }

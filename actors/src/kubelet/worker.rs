@@ -392,7 +392,15 @@ impl PodWorker {
         let config = match self.container_config(pod, spec, attempt).await {
             Ok(c) => c,
             Err(message) => {
-                obs.waiting = Some(("CreateContainerConfigError".into(), message));
+                let waiting = ("CreateContainerConfigError".to_owned(), message.clone());
+                let rec = self.records.entry(name.clone()).or_default();
+                // Said once per distinct problem, not on every retry.
+                if rec.waiting.as_ref() != Some(&waiting) {
+                    rec.waiting = Some(waiting.clone());
+                    self.event(pod, "Warning", "Failed", format!("Error: {message}"))
+                        .await;
+                }
+                obs.waiting = Some(waiting);
                 return obs;
             }
         };
