@@ -2131,7 +2131,8 @@ pub mod internal {
         name: Option<&str>,
         status: bool,
     ) -> Result<Target, ApiError> {
-        let resource = resources::find(group, version, plural).ok_or_else(ApiError::path_not_found)?;
+        let resource =
+            resources::find(group, version, plural).ok_or_else(ApiError::path_not_found)?;
         Ok(Target {
             resource,
             namespace: namespace.map(str::to_owned),
@@ -2262,8 +2263,10 @@ pub mod internal {
         }
         let new = scoped(t.resource, t.sub, &old, obj, name)?;
         let opts = opts(manager, fence);
-        Ok(replace_object(&api, &t, name, new, &current, &opts, Some(manager))
-            .await?
-            .map(|(written, _)| written))
+        Ok(
+            replace_object(&api, &t, name, new, &current, &opts, Some(manager))
+                .await?
+                .map(|(written, _)| written),
+        )
     }
 }

@@ -95,6 +95,17 @@ pub fn kill_leftover_containers(data_dir: &Path) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+    // Memory-backed emptyDirs (tmpfs) of pods that were not deleted: unmounted, so the data
+    // directory can be removed and no mount outlives the test.
+    if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+        for line in mounts.lines() {
+            if let Some(point) = line.split_whitespace().nth(1)
+                && point.starts_with(needle.as_str())
+            {
+                let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
     // The sandboxes' network namespaces (`flotilla-<sandbox id>`), named by their state dirs.
     let Ok(nodes) = std::fs::read_dir(data_dir) else {
         return;

@@ -163,7 +163,12 @@ fn host_ports(pod: &Value) -> Vec<(String, i64)> {
         .into_iter()
         .flatten()
     {
-        for p in c.get("ports").and_then(Value::as_array).into_iter().flatten() {
+        for p in c
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(hp) = p.get("hostPort").and_then(Value::as_i64).filter(|p| *p > 0) {
                 let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
                 out.push((proto.to_owned(), hp));
@@ -208,8 +213,12 @@ fn requirement_matches(req: &Value, labels: &serde_json::Map<String, Value>) -> 
         "NotIn" => !have.is_some_and(|h| values.contains(&h)),
         "Exists" => have.is_some(),
         "DoesNotExist" => have.is_none(),
-        "Gt" => matches!((have.and_then(num), values.first().and_then(|v| num(v))), (Some(h), Some(v)) if h > v),
-        "Lt" => matches!((have.and_then(num), values.first().and_then(|v| num(v))), (Some(h), Some(v)) if h < v),
+        "Gt" => {
+            matches!((have.and_then(num), values.first().and_then(|v| num(v))), (Some(h), Some(v)) if h > v)
+        }
+        "Lt" => {
+            matches!((have.and_then(num), values.first().and_then(|v| num(v))), (Some(h), Some(v)) if h < v)
+        }
         _ => false,
     }
 }
@@ -245,7 +254,11 @@ fn unfit(pod: &Value, req: &Resources, n: &NodeInfo, live: &HashSet<String>) -> 
     if !live.contains(&n.name) {
         return Some("node(s) were not ready".into());
     }
-    if n.node.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+    if n.node
+        .pointer("/spec/unschedulable")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
         return Some("node(s) were unschedulable".into());
     }
     let tolerations: Vec<Value> = pod
@@ -301,7 +314,10 @@ fn score(pod: &Value, req: &Resources, n: &NodeInfo) -> f64 {
         + free(n.allocatable.memory, n.used.memory + req.memory)
         + free(n.allocatable.pods, n.used.pods + 1))
         / 3.0;
-    let same = owner_uid(pod).and_then(|o| n.owners.get(o)).copied().unwrap_or(0);
+    let same = owner_uid(pod)
+        .and_then(|o| n.owners.get(o))
+        .copied()
+        .unwrap_or(0);
     least - same as f64
 }
 
@@ -331,8 +347,14 @@ async fn pass(config: &SchedulerConfig) -> Result<(), flotilla_api::ApiError> {
         .kvs
         .into_iter()
         .map(|kv| {
-            let n = std::str::from_utf8(&kv.value).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-            (kv.key[ALLOC_PREFIX.len()..].to_owned(), (n, kv.mod_revision))
+            let n = std::str::from_utf8(&kv.value)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            (
+                kv.key[ALLOC_PREFIX.len()..].to_owned(),
+                (n, kv.mod_revision),
+            )
         })
         .collect();
     let live: HashSet<String> = (config.live)().into_iter().collect();
@@ -381,8 +403,14 @@ async fn pass(config: &SchedulerConfig) -> Result<(), flotilla_api::ApiError> {
         }
         let scheduler = str_at(&pod, "/spec/schedulerName");
         let ours = scheduler.is_empty() || scheduler == "default-scheduler";
-        let deleting = pod.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
-        let key = format!("{}/{}", str_at(&pod, "/metadata/namespace"), str_at(&pod, "/metadata/name"));
+        let deleting = pod
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|t| !t.is_null());
+        let key = format!(
+            "{}/{}",
+            str_at(&pod, "/metadata/namespace"),
+            str_at(&pod, "/metadata/name")
+        );
         let shard = config.shards.shard_of(&key);
         if ours && !deleting && owned.contains_key(&shard) {
             pending.push((pod, kv.mod_revision, shard));
@@ -419,7 +447,9 @@ async fn pass(config: &SchedulerConfig) -> Result<(), flotilla_api::ApiError> {
         let n = &mut nodes[i];
         let record_key = format!("{ALLOC_PREFIX}{}", n.name);
         let record_compare = if n.record.1 == 0 {
-            Compare::Missing { key: record_key.clone() }
+            Compare::Missing {
+                key: record_key.clone(),
+            }
         } else {
             Compare::ModRevision {
                 key: record_key.clone(),
@@ -444,7 +474,9 @@ async fn pass(config: &SchedulerConfig) -> Result<(), flotilla_api::ApiError> {
         .await?;
         match bound {
             Some(written) => {
-                let new_rev = str_at(&written, "/metadata/resourceVersion").parse().unwrap_or(0);
+                let new_rev = str_at(&written, "/metadata/resourceVersion")
+                    .parse()
+                    .unwrap_or(0);
                 n.record = (n.record.0 + 1, new_rev);
                 n.used.add(&req);
                 n.host_ports.extend(host_ports(&pod));
@@ -546,7 +578,11 @@ mod tests {
             name: "n1".into(),
             allocatable: allocatable(&node),
             node,
-            used: Resources { cpu_milli: 1500, memory: 0, pods: 3 },
+            used: Resources {
+                cpu_milli: 1500,
+                memory: 0,
+                pods: 3,
+            },
             host_ports: HashSet::from([("TCP".to_owned(), 8080)]),
             owners: HashMap::new(),
             record: (0, 0),
@@ -569,24 +605,50 @@ mod tests {
             unfit(&untolerated, &requests(&untolerated), &info, &live).unwrap(),
             "node(s) had untolerated taint {dedicated: db}"
         );
-        let big = pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "600m"}}}]}));
-        assert_eq!(unfit(&big, &requests(&big), &info, &live).unwrap(), "Insufficient cpu");
+        let big =
+            pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "600m"}}}]}));
+        assert_eq!(
+            unfit(&big, &requests(&big), &info, &live).unwrap(),
+            "Insufficient cpu"
+        );
         let hdd = pod(json!({"nodeSelector": {"disk": "hdd"}}));
-        assert!(unfit(&hdd, &requests(&hdd), &info, &live).unwrap().contains("affinity/selector"));
-        let affine = pod(json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        assert!(
+            unfit(&hdd, &requests(&hdd), &info, &live)
+                .unwrap()
+                .contains("affinity/selector")
+        );
+        let affine = pod(
+            json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
             {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]},
-            {"matchExpressions": [{"key": "disk", "operator": "Exists"}]}]}}}}));
+            {"matchExpressions": [{"key": "disk", "operator": "Exists"}]}]}}}}),
+        );
         assert_eq!(unfit(&affine, &requests(&affine), &info, &live), None);
-        let port = pod(json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 8080}]}]}));
-        assert!(unfit(&port, &requests(&port), &info, &live).unwrap().contains("free ports"));
+        let port = pod(
+            json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 8080}]}]}),
+        );
+        assert!(
+            unfit(&port, &requests(&port), &info, &live)
+                .unwrap()
+                .contains("free ports")
+        );
         assert_eq!(
             unfit(&ok, &requests(&ok), &info, &HashSet::new()).unwrap(),
             "node(s) were not ready"
         );
         let reasons = BTreeMap::from([("Insufficient cpu".to_owned(), 3)]);
-        assert_eq!(summary(3, &reasons), "0/3 nodes are available: 3 Insufficient cpu.");
+        assert_eq!(
+            summary(3, &reasons),
+            "0/3 nodes are available: 3 Insufficient cpu."
+        );
         let init = json!({"spec": {"containers": [{"resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}],
             "initContainers": [{"resources": {"requests": {"cpu": "1"}}}]}});
-        assert_eq!(requests(&init), Resources { cpu_milli: 1000, memory: 64 << 20, pods: 1 });
+        assert_eq!(
+            requests(&init),
+            Resources {
+                cpu_milli: 1000,
+                memory: 64 << 20,
+                pods: 1
+            }
+        );
     }
 }

@@ -70,11 +70,14 @@ impl Shards {
 
     /// The fence for writes about objects of `shard`, if this node owns it.
     pub fn fence(&self, shard: u32) -> Option<Compare> {
-        self.owned.borrow().get(&shard).map(|rev| Compare::ModRevision {
-            key: lease_key(shard),
-            op: CmpOp::Equal,
-            revision: *rev,
-        })
+        self.owned
+            .borrow()
+            .get(&shard)
+            .map(|rev| Compare::ModRevision {
+                key: lease_key(shard),
+                op: CmpOp::Equal,
+                revision: *rev,
+            })
     }
 
     /// The fence for an object's key, if its shard is owned here.

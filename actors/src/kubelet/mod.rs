@@ -5,11 +5,22 @@
 //! moves away or is deleted stops its worker). After an `Expired` (the watch fell behind the
 //! history), it relists. Workers drive the runtime towards the spec and write pod status back
 //! only when it changed.
+//!
+//! Modules: `worker` (one pod's lifecycle), `status` (pod status from observations),
+//! `probes` (liveness/readiness/startup; their exec and httpGet handlers are shared with
+//! `hooks`, postStart/preStop), `volumes` (configMap, secret, downwardAPI and projected files
+//! written atomically; memory emptyDirs), `downward` (fieldRef/resourceFieldRef values),
+//! `hostport` (hostPort forwarders into a pod's network namespace), `logs` (kubectl logs over
+//! mesh RPC).
 
+mod downward;
 pub mod exec;
+mod hooks;
+mod hostport;
 pub mod logs;
 mod probes;
 mod status;
+mod volumes;
 mod worker;
 
 use std::collections::HashMap;

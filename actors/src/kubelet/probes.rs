@@ -62,12 +62,23 @@ async fn in_netns<T: Send + 'static>(
     timeout: Duration,
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> std::io::Result<T> {
+    let netns = pid.map(|pid| std::path::PathBuf::from(format!("/proc/{pid}/ns/net")));
+    in_netns_path(netns, timeout, f).await
+}
+
+/// Runs blocking network work inside the network namespace at `netns` (a `/proc/PID/ns/net`
+/// or `/run/netns/NAME` file) when given. Sockets it creates stay in that namespace.
+pub(super) async fn in_netns_path<T: Send + 'static>(
+    netns: Option<std::path::PathBuf>,
+    timeout: Duration,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
     // A dedicated thread: entering a namespace changes only the calling thread.
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let result = (|| {
-            if let Some(pid) = pid {
-                let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+            if let Some(path) = netns {
+                let ns = std::fs::File::open(path)?;
                 nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
                     .map_err(std::io::Error::other)?;
             }
@@ -77,7 +88,10 @@ async fn in_netns<T: Send + 'static>(
     });
     match tokio::time::timeout(timeout + Duration::from_millis(200), rx).await {
         Ok(Ok(r)) => r,
-        _ => Err(std::io::Error::other("probe timed out")),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "timed out",
+        )),
     }
 }
 
@@ -98,6 +112,65 @@ fn http_get(addr: SocketAddr, path: &str, host: &str, timeout: Duration) -> std:
         .ok_or_else(|| std::io::Error::other("not an HTTP response"))
 }
 
+/// Runs an `exec` handler in the container to completion.
+pub async fn exec(
+    rt: &dyn Runtime,
+    container_id: &str,
+    exec: &Value,
+    timeout: Duration,
+) -> crate::runtime::Result<crate::runtime::ExecOutput> {
+    let cmd: Vec<String> = exec
+        .get("command")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    rt.exec_sync(container_id, cmd, timeout).await
+}
+
+/// The address network handlers connect to: in the pod's own namespace its localhost is the
+/// pod; otherwise the pod IP or the host.
+fn target_host(isolated_pid: Option<u32>, pod_ip: Option<&str>) -> String {
+    if isolated_pid.is_some() {
+        "127.0.0.1".to_owned()
+    } else {
+        pod_ip.unwrap_or("127.0.0.1").to_owned()
+    }
+}
+
+/// Runs an `httpGet` handler (probe or lifecycle hook); returns the HTTP status code.
+pub async fn http_get_handler(
+    h: &Value,
+    container: &Value,
+    isolated_pid: Option<u32>,
+    pod_ip: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<u16> {
+    let port = port(h, container).ok_or_else(|| std::io::Error::other("invalid port"))?;
+    let target = h
+        .get("host")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| target_host(isolated_pid, pod_ip));
+    let path = h
+        .get("path")
+        .and_then(Value::as_str)
+        .unwrap_or("/")
+        .to_owned();
+    in_netns(isolated_pid, timeout, move || {
+        let addr = (target.as_str(), port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        http_get(addr, &path, &target, timeout)
+    })
+    .await
+}
+
 /// Runs a probe once: true for success. `isolated_pid` is the container's process when it
 /// has its own network namespace; `pod_ip` the address to use otherwise.
 pub async fn run(
@@ -109,54 +182,18 @@ pub async fn run(
     pod_ip: Option<&str>,
 ) -> bool {
     let t = timing(probe);
-    if let Some(exec) = probe.get("exec") {
-        let cmd: Vec<String> = exec
-            .get("command")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        return matches!(rt.exec_sync(container_id, cmd, t.timeout).await, Ok(out) if out.exit_code == 0);
+    if let Some(e) = probe.get("exec") {
+        return matches!(exec(rt, container_id, e, t.timeout).await, Ok(out) if out.exit_code == 0);
     }
-    // In the pod's own namespace its localhost is the pod; otherwise the pod IP or the host.
-    let host = if isolated_pid.is_some() {
-        "127.0.0.1".to_owned()
-    } else {
-        pod_ip.unwrap_or("127.0.0.1").to_owned()
-    };
     if let Some(h) = probe.get("httpGet") {
-        let Some(port) = port(h, container) else {
-            return false;
-        };
-        let target = h
-            .get("host")
-            .and_then(Value::as_str)
-            .unwrap_or(&host)
-            .to_owned();
-        let path = h
-            .get("path")
-            .and_then(Value::as_str)
-            .unwrap_or("/")
-            .to_owned();
-        let timeout = t.timeout;
-        let code = in_netns(isolated_pid, timeout, move || {
-            let addr = (target.as_str(), port)
-                .to_socket_addrs()?
-                .next()
-                .ok_or_else(|| std::io::Error::other("no address"))?;
-            http_get(addr, &path, &target, timeout)
-        })
-        .await;
+        let code = http_get_handler(h, container, isolated_pid, pod_ip, t.timeout).await;
         return code.is_ok_and(|c| (200..400).contains(&c));
     }
     if let Some(tcp) = probe.get("tcpSocket") {
         let Some(port) = port(tcp, container) else {
             return false;
         };
+        let host = target_host(isolated_pid, pod_ip);
         let timeout = t.timeout;
         return in_netns(isolated_pid, timeout, move || {
             let addr: SocketAddr = format!("{host}:{port}")

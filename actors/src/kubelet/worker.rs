@@ -2,7 +2,7 @@
 //! order, containers with their restart policy and CrashLoopBackOff), handles graceful
 //! deletion, and writes the pod's status when it changes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,11 +12,13 @@ use kameo::actor::{ActorRef, Spawn};
 use kameo::message::{Context, Message};
 use serde_json::Value;
 
+mod inputs;
+
 use super::KubeletConfig;
+use super::hooks::{self, HookTarget};
 use super::status::{Observed, PodView, comparable, pod_status, rfc3339};
-use crate::runtime::{
-    ContainerConfig, ContainerState, ContainerStatus, Limits, Mount, PullPolicy, SandboxConfig,
-};
+use super::{hostport, volumes};
+use crate::runtime::{ContainerState, ContainerStatus, Limits, PullPolicy, SandboxConfig};
 
 /// How often a worker re-checks its containers without being told.
 const TICK: Duration = Duration::from_secs(1);
@@ -24,6 +26,12 @@ const TICK: Duration = Duration::from_secs(1);
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// How often configMap, secret, downwardAPI and projected volumes are rewritten from the
+/// latest objects (Kubernetes takes up to a minute; a write that changes nothing is cheap).
+const VOLUME_REFRESH: Duration = Duration::from_secs(2);
+/// The least SIGTERM-to-SIGKILL time left to a container whose preStop hook used up the
+/// grace period (the kubelet's `minimumGracePeriodInSeconds`).
+const MIN_GRACE_AFTER_HOOK: Duration = Duration::from_secs(2);
 
 /// The pod's latest desired state.
 pub struct Desired(pub Value);
@@ -56,6 +64,21 @@ pub struct PodWorker {
     done: bool,
     /// Probe tallies by (container id, probe kind).
     probes: HashMap<(String, &'static str), super::probes::ProbeState>,
+    /// The sandbox's own network namespace, if it has one.
+    netns: Option<PathBuf>,
+    /// Host ports being forwarded into the sandbox; dropped with the pod.
+    host_ports: hostport::Forwarders,
+    /// Host-port problems already reported as events (reported once, retried every sync).
+    host_port_errors: HashSet<String>,
+    /// When the volumes were last written (None: not since this worker started).
+    volumes_written: Option<Instant>,
+}
+
+/// A volume as a host path to bind into containers.
+struct PreparedVolume {
+    path: PathBuf,
+    /// Kubernetes mounts configMap, secret, downwardAPI and projected volumes read-only.
+    read_only: bool,
 }
 
 impl PodWorker {
@@ -70,6 +93,10 @@ impl PodWorker {
             start_time: rfc3339(SystemTime::now()),
             done: false,
             probes: HashMap::new(),
+            netns: None,
+            host_ports: hostport::Forwarders::default(),
+            host_port_errors: HashSet::new(),
+            volumes_written: None,
         });
         let ticker = worker.downgrade();
         tokio::spawn(async move {
@@ -113,6 +140,8 @@ impl PodWorker {
             tracing::warn!(pod = %name_of(&pod), error = %e, "sandbox failed");
             return;
         }
+        self.publish_host_ports(&pod).await;
+        self.refresh_volumes(&pod).await;
         let restart_policy = pod
             .pointer("/spec/restartPolicy")
             .and_then(Value::as_str)
@@ -196,6 +225,7 @@ impl PodWorker {
                     }
                 }
             }
+            self.netns = sb.netns;
             self.sandbox = Some((sb.id, sb.ip.map(|ip| ip.to_string())));
             return Ok(());
         }
@@ -218,6 +248,7 @@ impl PodWorker {
             ..Default::default()
         };
         let sb = rt.run_sandbox(config).await?;
+        self.netns = sb.netns;
         self.sandbox = Some((sb.id, sb.ip.map(|ip| ip.to_string())));
         Ok(())
     }
@@ -360,7 +391,15 @@ impl PodWorker {
         let config = match self.container_config(pod, spec, attempt).await {
             Ok(c) => c,
             Err(message) => {
-                obs.waiting = Some(("CreateContainerConfigError".into(), message));
+                let waiting = ("CreateContainerConfigError".to_owned(), message.clone());
+                let rec = self.records.entry(name.clone()).or_default();
+                // Said once per distinct problem, not on every retry.
+                if rec.waiting.as_ref() != Some(&waiting) {
+                    rec.waiting = Some(waiting.clone());
+                    self.event(pod, "Warning", "Failed", format!("Error: {message}"))
+                        .await;
+                }
+                obs.waiting = Some(waiting);
                 return obs;
             }
         };
@@ -376,10 +415,12 @@ impl PodWorker {
         .await;
         let rec = self.records.entry(name.clone()).or_default();
         rec.waiting = None;
+        let mut started_id = None;
         let event = match started {
             Ok(id) => {
                 obs.current = rt.container_status(&id).await.ok();
-                rec.id = Some(id);
+                rec.id = Some(id.clone());
+                started_id = Some(id);
                 ("Normal", "Started", format!("Started container {name}"))
             }
             Err(e) => {
@@ -389,12 +430,124 @@ impl PodWorker {
         };
         obs.previous = rec.previous.clone();
         obs.restarts = rec.restarts;
+        self.event(pod, event.0, event.1, event.2).await;
+        if let Some(id) = started_id
+            && let Some(handler) = hooks::handler(spec, "postStart")
+        {
+            self.post_start(pod, spec, &id, handler, &mut obs).await;
+        }
         obs.ready = obs
             .current
             .as_ref()
             .is_some_and(|s| s.state == ContainerState::Running);
-        self.event(pod, event.0, event.1, event.2).await;
         obs
+    }
+
+    /// Runs a container's postStart hook right after it started. A failed hook kills the
+    /// container (as the kubelet does), and the restart policy takes it from there.
+    async fn post_start(
+        &self,
+        pod: &Value,
+        spec: &Value,
+        id: &str,
+        handler: &Value,
+        obs: &mut Observed,
+    ) {
+        let rt = self.config.runtime.clone();
+        let pod_ip = self.pod_ip();
+        let target = HookTarget {
+            container_id: id,
+            container: spec,
+            isolated_pid: obs.current.as_ref().and_then(|s| s.pid),
+            pod_ip: pod_ip.as_deref(),
+        };
+        let Err(message) =
+            hooks::run(rt.as_ref(), &target, handler, hooks::POST_START_TIMEOUT).await
+        else {
+            return;
+        };
+        tracing::info!(pod = %name_of(pod), container = %obs.name, error = %message, "postStart hook failed");
+        self.event(
+            pod,
+            "Warning",
+            "FailedPostStartHook",
+            format!("PostStartHook failed: {message}"),
+        )
+        .await;
+        self.stop_gracefully(pod, Some(spec), id, grace_of(pod))
+            .await;
+        obs.current = rt.container_status(id).await.ok();
+    }
+
+    /// Stops a container the way the kubelet kills one: its preStop hook first, then SIGTERM,
+    /// then SIGKILL, all within `grace` (a hook that used it all still leaves a short
+    /// SIGTERM window).
+    async fn stop_gracefully(&self, pod: &Value, spec: Option<&Value>, id: &str, grace: Duration) {
+        let rt = self.config.runtime.clone();
+        let deadline = Instant::now() + grace;
+        let mut left = grace;
+        // No grace (a forced stop) leaves no time for a hook.
+        if let Some(handler) = spec.and_then(|s| hooks::handler(s, "preStop"))
+            && !grace.is_zero()
+            && let Ok(status) = rt.container_status(id).await
+            && status.state == ContainerState::Running
+        {
+            let pod_ip = self.pod_ip();
+            let target = HookTarget {
+                container_id: id,
+                container: spec.unwrap_or(&Value::Null),
+                isolated_pid: status.pid,
+                pod_ip: pod_ip.as_deref(),
+            };
+            if let Err(message) = hooks::run(rt.as_ref(), &target, handler, grace).await {
+                tracing::info!(pod = %name_of(pod), container = %status.name, error = %message, "preStop hook failed");
+                self.event(
+                    pod,
+                    "Warning",
+                    "FailedPreStopHook",
+                    format!("PreStopHook failed: {message}"),
+                )
+                .await;
+            }
+            left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(MIN_GRACE_AFTER_HOOK);
+        }
+        let _ = rt.stop_container(id, left).await;
+    }
+
+    fn pod_ip(&self) -> Option<String> {
+        self.sandbox.as_ref().and_then(|(_, ip)| ip.clone())
+    }
+
+    /// Forwards the pod's host ports into its network namespace (see `hostport`). Pods
+    /// without a namespace of their own (host network, unisolated runtime) already listen on
+    /// the node's ports.
+    async fn publish_host_ports(&mut self, pod: &Value) {
+        let Some(netns) = self.netns.clone() else {
+            return;
+        };
+        let (ports, errors) = hostport::host_ports(pod, &self.config.host_ip);
+        let mut problems = errors;
+        let target: std::net::IpAddr = self
+            .pod_ip()
+            .and_then(|ip| ip.parse().ok())
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        for port in ports {
+            if self.host_ports.is_published(&port) {
+                continue;
+            }
+            let text = port.to_string();
+            match self.host_ports.publish(port, netns.clone(), target).await {
+                Ok(()) => tracing::debug!(pod = %name_of(pod), port = %text, "host port published"),
+                Err(e) => problems.push(format!("publishing host port {text}: {e}")),
+            }
+        }
+        for p in problems {
+            if self.host_port_errors.insert(p.clone()) {
+                self.event(pod, "Warning", "FailedHostPort", p).await;
+            }
+        }
     }
 
     /// Records a core/v1 Event about this pod, as the kubelet does (what `kubectl describe`
@@ -462,11 +615,8 @@ impl PodWorker {
             .started_at
             .and_then(|t| t.elapsed().ok())
             .unwrap_or_default();
-        let pod_ip = self.sandbox.as_ref().and_then(|(_, ip)| ip.clone());
-        let grace = pod
-            .pointer("/spec/terminationGracePeriodSeconds")
-            .and_then(Value::as_u64)
-            .unwrap_or(30);
+        let pod_ip = self.pod_ip();
+        let grace = grace_of(pod);
         let mut run = |kind: &'static str| {
             let probe = spec.get(kind).cloned();
             let state = self
@@ -502,8 +652,7 @@ impl PodWorker {
                     .or_default();
                 if st.record(&t, ok) == Some(false) {
                     tracing::info!(container = %status.name, "startup probe failed; restarting");
-                    let _ = rt
-                        .stop_container(&status.id, Duration::from_secs(grace))
+                    self.stop_gracefully(pod, Some(spec), &status.id, grace)
                         .await;
                 }
             }
@@ -538,8 +687,7 @@ impl PodWorker {
                         ),
                     )
                     .await;
-                    let _ = rt
-                        .stop_container(&status.id, Duration::from_secs(grace))
+                    self.stop_gracefully(pod, Some(spec), &status.id, grace)
                         .await;
                     return false;
                 }
@@ -573,248 +721,24 @@ impl PodWorker {
         }
     }
 
-    /// The runtime's view of a container: command, env (resolved), mounts, limits.
-    async fn container_config(
-        &self,
-        pod: &Value,
-        spec: &Value,
-        attempt: u32,
-    ) -> Result<ContainerConfig, String> {
-        let strings = |p: &str| -> Vec<String> {
-            spec.pointer(p)
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let mut env = Vec::new();
-        for e in list(spec, "/env") {
-            let name = str_at(&e, "/name");
-            if let Some(v) = e.get("value").and_then(Value::as_str) {
-                env.push((name, v.to_owned()));
-            } else if let Some(from) = e.get("valueFrom") {
-                if let Some(v) = self.env_from_source(pod, from).await? {
-                    env.push((name, v));
-                }
-            } else {
-                env.push((name, String::new()));
-            }
-        }
-        let ns = str_at(pod, "/metadata/namespace");
-        for src in list(spec, "/envFrom") {
-            let prefix = str_at(&src, "/prefix");
-            let (kind, obj_name) = if let Some(r) = src.get("configMapRef") {
-                ("configmaps", str_at(r, "/name"))
-            } else if let Some(r) = src.get("secretRef") {
-                ("secrets", str_at(r, "/name"))
-            } else {
-                continue;
-            };
-            if let Some(data) = self.read_data(kind, &ns, &obj_name).await {
-                for (k, v) in data {
-                    env.push((format!("{prefix}{k}"), v));
-                }
-            }
-        }
-        let volumes = self.prepare_volumes(pod).await?;
-        let mut mounts = Vec::new();
-        for m in list(spec, "/volumeMounts") {
-            let vol = str_at(&m, "/name");
-            let Some(host) = volumes.get(&vol) else {
-                return Err(format!("volume {vol:?} not found"));
-            };
-            let sub = str_at(&m, "/subPath");
-            mounts.push(Mount {
-                host_path: if sub.is_empty() {
-                    host.clone()
-                } else {
-                    host.join(sub)
-                },
-                container_path: PathBuf::from(str_at(&m, "/mountPath")),
-                read_only: m.get("readOnly").and_then(Value::as_bool).unwrap_or(false),
-            });
-        }
-        Ok(ContainerConfig {
-            name: str_at(spec, "/name"),
-            image: str_at(spec, "/image"),
-            command: strings("/command"),
-            args: strings("/args"),
-            env,
-            working_dir: spec
-                .get("workingDir")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            mounts,
-            limits: limits_of(spec),
-            attempt,
-            stdin: spec.get("stdin").and_then(Value::as_bool).unwrap_or(false),
-            tty: spec.get("tty").and_then(Value::as_bool).unwrap_or(false),
-        })
-    }
-
-    async fn env_from_source(&self, pod: &Value, from: &Value) -> Result<Option<String>, String> {
-        let ns = str_at(pod, "/metadata/namespace");
-        let keyed = |r: &Value, kind: &'static str| {
-            (
-                kind,
-                str_at(r, "/name"),
-                str_at(r, "/key"),
-                r.get("optional").and_then(Value::as_bool).unwrap_or(false),
-            )
-        };
-        let source = if let Some(r) = from.get("configMapKeyRef") {
-            Some(keyed(r, "configmaps"))
-        } else {
-            from.get("secretKeyRef").map(|r| keyed(r, "secrets"))
-        };
-        if let Some((kind, name, key, optional)) = source {
-            let value = self
-                .read_data(kind, &ns, &name)
-                .await
-                .and_then(|d| d.into_iter().find(|(k, _)| *k == key).map(|(_, v)| v));
-            return match (value, optional) {
-                (Some(v), _) => Ok(Some(v)),
-                (None, true) => Ok(None),
-                (None, false) => Err(format!(
-                    "couldn't find key {key} in {} {ns}/{name}",
-                    if kind == "secrets" {
-                        "Secret"
-                    } else {
-                        "ConfigMap"
-                    }
-                )),
-            };
-        }
-        if let Some(f) = from.get("fieldRef") {
-            let path = str_at(f, "/fieldPath");
-            let v = match path.as_str() {
-                "metadata.name" => name_of(pod),
-                "metadata.namespace" => ns,
-                "metadata.uid" => self.uid.clone(),
-                "spec.nodeName" => self.config.node_name.clone(),
-                "spec.serviceAccountName" => str_at(pod, "/spec/serviceAccountName"),
-                "status.hostIP" => self.config.host_ip.clone(),
-                "status.podIP" => self
-                    .sandbox
-                    .as_ref()
-                    .and_then(|(_, ip)| ip.clone())
-                    .unwrap_or_else(|| self.config.host_ip.clone()),
-                other => {
-                    let label = other
-                        .strip_prefix("metadata.labels['")
-                        .or_else(|| other.strip_prefix("metadata.annotations['"))
-                        .and_then(|s| s.strip_suffix("']"));
-                    let map = if other.starts_with("metadata.labels") {
-                        "labels"
-                    } else {
-                        "annotations"
-                    };
-                    match label {
-                        Some(k) => pod
-                            .pointer(&format!("/metadata/{map}"))
-                            .and_then(|m| m.get(k))
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_owned(),
-                        None => return Err(format!("unsupported fieldRef {other:?}")),
-                    }
-                }
-            };
-            return Ok(Some(v));
-        }
-        Ok(None)
-    }
-
-    /// `data` of a ConfigMap or Secret (Secret values decoded), or None if absent.
-    async fn read_data(&self, kind: &str, ns: &str, name: &str) -> Option<Vec<(String, String)>> {
-        let key = format!("/registry/core/{kind}/{ns}/{name}");
-        let kv = self.config.store.get(&key, Read::Local).await.ok()?.kv?;
-        let obj: Value = serde_json::from_slice(&kv.value).ok()?;
-        let data = obj.get("data")?.as_object()?;
-        Some(
-            data.iter()
-                .filter_map(|(k, v)| {
-                    let s = v.as_str()?;
-                    let value = if kind == "secrets" {
-                        String::from_utf8(base64_decode(s)?).ok()?
-                    } else {
-                        s.to_owned()
-                    };
-                    Some((k.clone(), value))
-                })
-                .collect(),
-        )
-    }
-
-    /// Host directories for the pod's volumes: emptyDir and configMap/secret files under the
-    /// pod directory, hostPath as given.
-    async fn prepare_volumes(&self, pod: &Value) -> Result<HashMap<String, PathBuf>, String> {
-        let mut out = HashMap::new();
-        let ns = str_at(pod, "/metadata/namespace");
-        for v in list(pod, "/spec/volumes") {
-            let name = str_at(&v, "/name");
-            let dir = self.pod_dir().join("volumes").join(&name);
-            let path = if v.get("hostPath").is_some() {
-                PathBuf::from(str_at(&v, "/hostPath/path"))
-            } else if let Some((kind, src)) = v
-                .get("configMap")
-                .map(|s| ("configmaps", s))
-                .or_else(|| v.get("secret").map(|s| ("secrets", s)))
-            {
-                let obj_name = if kind == "secrets" {
-                    str_at(src, "/secretName")
-                } else {
-                    str_at(src, "/name")
-                };
-                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-                let data = self.read_data(kind, &ns, &obj_name).await;
-                let optional = src
-                    .get("optional")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-                match data {
-                    Some(data) => {
-                        for (k, val) in data {
-                            // Keys are validated by the API (no '/' or '..').
-                            std::fs::write(dir.join(&k), val).map_err(|e| e.to_string())?;
-                        }
-                    }
-                    None if optional => {}
-                    None => {
-                        return Err(format!(
-                            "{} {obj_name:?} not found",
-                            if kind == "secrets" {
-                                "secret"
-                            } else {
-                                "configmap"
-                            }
-                        ));
-                    }
-                }
-                dir
-            } else {
-                // emptyDir, and sources not materialised yet, get an empty directory.
-                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-                dir
-            };
-            out.insert(name, path);
-        }
-        Ok(out)
-    }
-
     /// Graceful deletion: stop containers within the grace period, remove the sandbox, then
     /// remove the pod object.
     async fn terminate(&mut self, pod: &Value) {
-        let grace = pod
-            .pointer("/metadata/deletionGracePeriodSeconds")
-            .and_then(Value::as_u64)
-            .unwrap_or(30);
+        let grace = Duration::from_secs(
+            pod.pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_u64)
+                .unwrap_or(30),
+        );
+        let specs: Vec<Value> = list(pod, "/spec/containers")
+            .into_iter()
+            .chain(list(pod, "/spec/initContainers"))
+            .collect();
         let rt = self.config.runtime.clone();
-        let mut ids: Vec<String> = self.records.values().filter_map(|r| r.id.clone()).collect();
+        let mut targets: Vec<(String, String)> = self
+            .records
+            .iter()
+            .filter_map(|(name, rec)| Some((name.clone(), rec.id.clone()?)))
+            .collect();
         // A pod deleted while this node was down: its worker is new and knows nothing of
         // what the runtime still runs for it.
         let mut orphans = Vec::new();
@@ -828,20 +752,22 @@ impl PodWorker {
                 .map(|s| s.id)
                 .collect();
             if let Ok(containers) = rt.list_containers().await {
-                orphan_containers = containers
+                for c in containers
                     .into_iter()
                     .filter(|c| orphans.contains(&c.sandbox_id))
-                    .map(|c| c.id)
-                    .collect();
-                ids.extend(orphan_containers.iter().cloned());
+                {
+                    orphan_containers.push(c.id.clone());
+                    targets.push((c.name, c.id));
+                }
             }
         }
-        // All at once: each gets the whole grace period, as in Kubernetes.
-        futures::future::join_all(
-            ids.iter()
-                .map(|id| rt.stop_container(id, Duration::from_secs(grace))),
-        )
-        .await;
+        // All containers at once: each one's preStop hook and SIGTERM share the grace period.
+        let this = &*self;
+        let stops = targets.iter().map(|(name, id)| {
+            let spec = specs.iter().find(|s| str_at(s, "/name") == *name);
+            async move { this.stop_gracefully(pod, spec, id, grace).await }
+        });
+        futures::future::join_all(stops).await;
         for id in &orphan_containers {
             let _ = rt.remove_container(id).await;
         }
@@ -890,11 +816,18 @@ impl PodWorker {
                 let _ = rt.remove_container(id).await;
             }
         }
+        // Host ports close before the sandbox goes, so nothing forwards into a dead namespace.
+        self.host_ports = hostport::Forwarders::default();
         if let Some((id, _)) = self.sandbox.take() {
             let _ = rt.stop_sandbox(&id).await;
             let _ = rt.remove_sandbox(&id).await;
         }
-        let _ = std::fs::remove_dir_all(self.pod_dir());
+        let dir = self.pod_dir();
+        let _ = tokio::task::spawn_blocking(move || {
+            volumes::unmount_all(&dir.join("volumes"));
+            std::fs::remove_dir_all(dir)
+        })
+        .await;
     }
 
     /// Writes `status` if it differs from what was last written, onto the latest stored pod.
@@ -1038,6 +971,15 @@ fn str_at(v: &Value, pointer: &str) -> String {
 
 fn name_of(pod: &Value) -> String {
     str_at(pod, "/metadata/name")
+}
+
+/// `terminationGracePeriodSeconds` (Kubernetes' default 30 s).
+fn grace_of(pod: &Value) -> Duration {
+    Duration::from_secs(
+        pod.pointer("/spec/terminationGracePeriodSeconds")
+            .and_then(Value::as_u64)
+            .unwrap_or(30),
+    )
 }
 
 /// Memory, CPU (millicores) and pid limits from `resources.limits`.

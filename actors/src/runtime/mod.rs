@@ -65,6 +65,9 @@ pub struct SandboxStatus {
     pub state: SandboxState,
     /// The pod's IP (None when it shares the host network).
     pub ip: Option<IpAddr>,
+    /// The pod's own network namespace (a file to `setns` into), when it has one; the
+    /// kubelet enters it to forward host ports.
+    pub netns: Option<PathBuf>,
     pub created_at: SystemTime,
     pub config: SandboxConfig,
 }

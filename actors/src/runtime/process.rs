@@ -398,6 +398,7 @@ impl ProcessRuntime {
                 SandboxState::NotReady
             },
             ip: rec.ip,
+            netns: rec.netns.as_deref().map(net::netns_path),
             created_at: rec.created_at,
             config: rec.config.clone(),
         }

@@ -100,6 +100,7 @@ impl Runtime for SimRuntime {
                 id: format!("sim-sb-{n}"),
                 state: SandboxState::Ready,
                 ip,
+                netns: None,
                 created_at: SystemTime::now(),
                 config,
             };
