@@ -744,7 +744,8 @@ async fn kubectl_default_workflows_validate_apply_create_expose_and_delete() {
         assert!(paged.contains(&format!("configmap/page-{i}")), "{paged}");
     }
 
-    // A pod starts Pending with its QoS class; field selectors the kubelet and kubectl use.
+    // A pod no node fits stays Pending, with its QoS class and the scheduler's reason; field
+    // selectors the kubelet and kubectl use.
     k.ok(
         1,
         &[
@@ -753,7 +754,7 @@ async fn kubectl_default_workflows_validate_apply_create_expose_and_delete() {
             "--image=nginx:1.27",
             "-n",
             "team-a",
-            r#"--overrides={"spec":{"containers":[{"name":"solo","image":"nginx:1.27","resources":{"requests":{"cpu":"100m"}}}]}}"#,
+            r#"--overrides={"spec":{"nodeSelector":{"example.com/pool":"none-such"},"containers":[{"name":"solo","image":"nginx:1.27","resources":{"requests":{"cpu":"100m"}}}]}}"#,
         ],
         None,
     )
@@ -775,6 +776,21 @@ async fn kubectl_default_workflows_validate_apply_create_expose_and_delete() {
         )
         .await;
     assert_eq!(pending, "solo Burstable");
+    eventually(CONVERGE, "FailedScheduling for solo", || async {
+        let (_, out, _) = k
+            .run(2, &["describe", "pod", "solo", "-n", "team-a"], None)
+            .await;
+        anyhow::ensure!(
+            out.contains("FailedScheduling")
+                && out.contains(
+                    "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."
+                ),
+            "{out}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
     let err = k
         .fails(
             0,

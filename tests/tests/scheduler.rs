@@ -1,0 +1,288 @@
+//! The scheduler on a 3-node cluster (`sim` runtime: placement does not need processes),
+//! driven by real kubectl: pods without a node are spread over the nodes and run; requests
+//! never overcommit a node even with every shard binding at once; nodeSelector, cordon and
+//! taints are honoured; a pod that fits nowhere stays Pending with Kubernetes' reason and is
+//! placed when the cluster changes; after a node is SIGKILLed, its shards move and new pods
+//! land on the live nodes.
+
+use std::collections::BTreeMap;
+
+use flotilla_tests::kubectl::{Kubectl, kubectl_binary};
+use flotilla_tests::{CONVERGE, TestCluster, eventually};
+
+fn pod(name: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: sched}}}}
+spec:
+  {extra_spec}
+  containers:
+  - name: app
+    image: busybox
+"
+    )
+}
+
+/// Pod name → node, for pods named with `prefix`.
+async fn placements(k: &Kubectl, prefix: &str) -> BTreeMap<String, String> {
+    let (_, out, _) = k
+        .run(
+            0,
+            &[
+                "get",
+                "pods",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}={.spec.nodeName}{\"\\n\"}{end}",
+            ],
+            None,
+        )
+        .await;
+    out.lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(n, _)| n.starts_with(prefix))
+        .map(|(n, node)| (n.to_owned(), node.to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_are_scheduled_spread_fenced_and_rescheduled_when_the_cluster_changes() {
+    let binary = tokio::task::spawn_blocking(kubectl_binary).await.unwrap();
+    let mut cluster = TestCluster::start("scheduler", 3, 3, &["--runtime", "sim"])
+        .await
+        .unwrap();
+    let k = Kubectl {
+        binary,
+        kubeconfig: cluster.kubeconfig_path(),
+    };
+    eventually(CONVERGE, "three nodes", || async {
+        let (ok, out, err) = k.run(0, &["get", "nodes", "-o", "name"], None).await;
+        anyhow::ensure!(ok && out.lines().count() == 3, "{out}{err}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    // Six pods, no node named: two per node, all Running.
+    let six: String = (0..6)
+        .map(|i| pod(&format!("spread-{i}"), "") + "---\n")
+        .collect();
+    k.ok(1, &["apply", "-f", "-"], Some(&six)).await;
+    eventually(CONVERGE, "six pods placed and running", || async {
+        let placed = placements(&k, "spread-").await;
+        anyhow::ensure!(
+            placed.values().filter(|n| !n.is_empty()).count() == 6,
+            "{placed:?}"
+        );
+        let (_, out, _) = k.run(2, &["get", "pods", "-l", "app=sched"], None).await;
+        anyhow::ensure!(out.matches("Running").count() == 6, "{out}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for node in placements(&k, "spread-").await.values() {
+        *per_node.entry(node.clone()).or_default() += 1;
+    }
+    assert_eq!(
+        per_node.values().copied().collect::<Vec<_>>(),
+        [2, 2, 2],
+        "{per_node:?}"
+    );
+
+    // Requests: every node has its machine's CPUs allocatable; pods asking for a third of a
+    // node's CPU fit three to a node, however many shards bind at once.
+    let cpus: u64 = k
+        .ok(
+            0,
+            &[
+                "get",
+                "node",
+                "node-1",
+                "-o",
+                "jsonpath={.status.allocatable.cpu}",
+            ],
+            None,
+        )
+        .await
+        .parse()
+        .unwrap();
+    let each = cpus * 1000 / 3;
+    let hungry: String = (0..12)
+        .map(|i| {
+            pod(&format!("hungry-{i:02}"), "").replace(
+                "    image: busybox\n",
+                &format!("    image: busybox\n    resources: {{requests: {{cpu: {each}m}}}}\n"),
+            ) + "---\n"
+        })
+        .collect();
+    k.ok(0, &["apply", "-f", "-"], Some(&hungry)).await;
+    eventually(
+        CONVERGE,
+        "nine hungry pods placed, three left over",
+        || async {
+            let placed = placements(&k, "hungry-").await;
+            let bound = placed.values().filter(|n| !n.is_empty()).count();
+            anyhow::ensure!(bound == 9 && placed.len() == 12, "{placed:?}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for node in placements(&k, "hungry-")
+        .await
+        .values()
+        .filter(|n| !n.is_empty())
+    {
+        *per_node.entry(node.clone()).or_default() += 1;
+    }
+    assert!(
+        per_node.values().all(|n| *n == 3),
+        "overcommitted: {per_node:?}"
+    );
+    let left = placements(&k, "hungry-")
+        .await
+        .into_iter()
+        .find(|(_, n)| n.is_empty())
+        .unwrap()
+        .0;
+    eventually(CONVERGE, "the reason a hungry pod waits", || async {
+        let (_, out, _) = k.run(1, &["describe", "pod", &left], None).await;
+        anyhow::ensure!(
+            out.contains("FailedScheduling")
+                && out.contains("0/3 nodes are available: 3 Insufficient cpu."),
+            "{out}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    // Deleting the placed ones lets the waiting ones in.
+    let placed: Vec<String> = placements(&k, "hungry-")
+        .await
+        .into_iter()
+        .filter(|(_, n)| !n.is_empty())
+        .map(|(p, _)| p)
+        .collect();
+    let mut args = vec!["delete", "pod", "--grace-period=0", "--force"];
+    args.extend(placed.iter().map(String::as_str));
+    k.ok(2, &args, None).await;
+    eventually(CONVERGE, "the three waiting pods placed", || async {
+        let placed = placements(&k, "hungry-").await;
+        anyhow::ensure!(
+            placed.len() == 3 && placed.values().all(|n| !n.is_empty()),
+            "{placed:?}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    // nodeSelector, cordon and taints.
+    k.ok(0, &["cordon", "node-3"], None).await;
+    k.ok(
+        0,
+        &["taint", "nodes", "node-1", "dedicated=db:NoSchedule"],
+        None,
+    )
+    .await;
+    k.ok(
+        1,
+        &["apply", "-f", "-"],
+        Some(&(pod("picky", "nodeSelector: {kubernetes.io/hostname: node-2}")
+            + "---\n"
+            + &pod("plain", "")
+            + "---\n"
+            + &pod(
+                "tolerant",
+                "nodeSelector: {kubernetes.io/hostname: node-1}\n  tolerations: [{key: dedicated, operator: Equal, value: db, effect: NoSchedule}]",
+            )
+            + "---\n"
+            + &pod("blue", "nodeSelector: {pool: blue}"))),
+    )
+    .await;
+    eventually(
+        CONVERGE,
+        "selected, cordoned and tainted placements",
+        || async {
+            let placed = placements(&k, "").await;
+            anyhow::ensure!(
+                placed.get("picky").map(String::as_str) == Some("node-2")
+                    && placed.get("plain").map(String::as_str) == Some("node-2")
+                    && placed.get("tolerant").map(String::as_str) == Some("node-1")
+                    && placed.get("blue").map(String::as_str) == Some(""),
+                "{placed:?}"
+            );
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    // The pod no node fitted is placed once a node gets the label.
+    k.ok(0, &["uncordon", "node-3"], None).await;
+    k.ok(0, &["label", "node", "node-3", "pool=blue"], None)
+        .await;
+    eventually(CONVERGE, "blue placed on node-3", || async {
+        let placed = placements(&k, "blue").await;
+        anyhow::ensure!(
+            placed.get("blue").map(String::as_str) == Some("node-3"),
+            "{placed:?}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    // node-3 dies: once gossip says so, the scheduler leaves it out (its shards moved to the
+    // live nodes), and new pods go to the live nodes only.
+    cluster.kill(2).await.unwrap();
+    let started = std::time::Instant::now();
+    eventually(CONVERGE, "gossip declares node-3 dead", || async {
+        for i in 0..2 {
+            let s = cluster.status(i, false).await?;
+            anyhow::ensure!(
+                s.members.iter().any(|m| m.name == "node-3" && !m.alive),
+                "node-{} still sees node-3",
+                i + 1
+            );
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "gossip declared node-3 dead {} ms after its SIGKILL",
+        started.elapsed().as_millis()
+    );
+    k.ok(
+        0,
+        &["apply", "-f", "-"],
+        Some(&pod(
+            "orphan",
+            "nodeSelector: {kubernetes.io/hostname: node-3}",
+        )),
+    )
+    .await;
+    eventually(CONVERGE, "node-3 seen as not ready", || async {
+        let (_, out, _) = k.run(1, &["describe", "pod", "orphan"], None).await;
+        anyhow::ensure!(out.contains("1 node(s) were not ready"), "{out}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let late: String = (0..4)
+        .map(|i| pod(&format!("late-{i}"), "") + "---\n")
+        .collect();
+    k.ok(0, &["apply", "-f", "-"], Some(&late)).await;
+    eventually(CONVERGE, "late pods on live nodes", || async {
+        let placed = placements(&k, "late-").await;
+        anyhow::ensure!(
+            placed.len() == 4 && placed.values().all(|n| n == "node-1" || n == "node-2"),
+            "{placed:?}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
