@@ -2234,6 +2234,71 @@ pub mod internal {
         }))
     }
 
+    /// Deletes an object as the API would (a pod on a node is marked for its kubelet with
+    /// `grace` or its own grace period; an object with finalizers is marked), fenced. `uid`,
+    /// when given, must still be the object's. `Ok(false)`: gone already, not the same
+    /// object, or the fence or object changed.
+    pub async fn delete(
+        store: &Store,
+        (group, version, plural): (&str, &str, &str),
+        namespace: Option<&str>,
+        name: &str,
+        uid: Option<&str>,
+        grace: Option<i64>,
+        fence: Fence,
+    ) -> Result<bool, ApiError> {
+        let t = target(group, version, plural, namespace, Some(name), false)?;
+        let r = t.resource;
+        let key = r.key(namespace, name);
+        let Some(current) = store.get(&key, Read::Linearizable).await?.kv else {
+            return Ok(false);
+        };
+        let stored = served(r, &current)?;
+        if uid.is_some_and(|u| stored.pointer("/metadata/uid").and_then(Value::as_str) != Some(u)) {
+            return Ok(false);
+        }
+        let mut marked = stored.clone();
+        let mut success = if r.plural == "pods"
+            && let Some(grace) = crate::lifecycle::pod_grace_period(&stored, grace)
+        {
+            if !crate::lifecycle::mark_pod_deleting(&mut marked, grace) {
+                return Ok(true);
+            }
+            vec![Op::Put {
+                key: key.clone(),
+                value: encode_object(r, name, &marked)?,
+            }]
+        } else if crate::lifecycle::has_finalizers(&stored) {
+            if crate::lifecycle::is_deleting(&stored) {
+                return Ok(true);
+            }
+            crate::lifecycle::mark_deleting(&mut marked);
+            vec![Op::Put {
+                key: key.clone(),
+                value: encode_object(r, name, &marked)?,
+            }]
+        } else {
+            let (_, mut ops) = crate::alloc::ops(&key, None, Some(&stored));
+            ops.push(Op::Delete { key: key.clone() });
+            ops
+        };
+        success.extend(fence.also);
+        let mut compare = vec![Compare::ModRevision {
+            key,
+            op: flotilla_consensus::CmpOp::Equal,
+            revision: current.mod_revision,
+        }];
+        compare.extend(fence.compare);
+        Ok(store
+            .txn(TxnRequest {
+                compare,
+                success,
+                failure: vec![],
+            })
+            .await?
+            .succeeded)
+    }
+
     /// Replaces the object, or only its status (`status`), if its `resourceVersion` is still
     /// current and the fence holds: `Ok(None)` when either changed.
     #[allow(clippy::too_many_arguments)]

@@ -387,23 +387,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 .collect()
         })
     };
-    let shards = flotilla_actors::controllers::shards::start(
-        flotilla_actors::controllers::shards::ShardConfig {
-            node: args.name.clone(),
-            count: args.controller_shards,
-            store: store.clone(),
-            members: live.clone(),
-            interval: Duration::from_millis(500),
-        },
-        shutdown_rx.clone(),
-    );
-    flotilla_actors::controllers::scheduler::start(
-        flotilla_actors::controllers::scheduler::SchedulerConfig {
-            node: args.name.clone(),
-            store: store.clone(),
-            shards,
-            live,
-        },
+    flotilla_actors::controllers::start(
+        &args.name,
+        store.clone(),
+        args.controller_shards,
+        live,
         shutdown_rx.clone(),
     );
     tokio::spawn(flotilla_api::run_namespace_lifecycle(

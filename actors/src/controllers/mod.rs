@@ -1,5 +1,55 @@
 //! Controllers and the scheduler, split into shards owned across the cluster's nodes
 //! ([`shards`]); every write they make is fenced by the shard's lease.
 
+pub mod common;
+pub mod replicaset;
+pub mod runner;
 pub mod scheduler;
 pub mod shards;
+
+use std::sync::Arc;
+
+use flotilla_consensus::Store;
+use tokio::sync::watch;
+
+/// Starts this node's shard host, scheduler and controllers; they stop with `shutdown`.
+pub fn start(
+    node: &str,
+    store: Store,
+    shard_count: u32,
+    live: shards::Members,
+    shutdown: watch::Receiver<bool>,
+) -> shards::Shards {
+    let shards = shards::start(
+        shards::ShardConfig {
+            node: node.to_owned(),
+            count: shard_count,
+            store: store.clone(),
+            members: live.clone(),
+            interval: std::time::Duration::from_millis(500),
+        },
+        shutdown.clone(),
+    );
+    scheduler::start(
+        scheduler::SchedulerConfig {
+            node: node.to_owned(),
+            store: store.clone(),
+            shards: shards.clone(),
+            live,
+        },
+        shutdown.clone(),
+    );
+    let ctx = Arc::new(runner::Ctx {
+        node: node.to_owned(),
+        store,
+        shards: shards.clone(),
+    });
+    let reconcilers: Vec<Arc<dyn runner::Reconciler>> = vec![
+        Arc::new(replicaset::ReplicaSetController::replica_sets()),
+        Arc::new(replicaset::ReplicaSetController::replication_controllers()),
+    ];
+    for r in reconcilers {
+        runner::start(ctx.clone(), r, shutdown.clone());
+    }
+    shards
+}

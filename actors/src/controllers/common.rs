@@ -1,0 +1,168 @@
+//! What several controllers share: label selectors, pod states, owner references, time.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+pub fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
+    v.pointer(p).and_then(Value::as_str).unwrap_or("")
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn now() -> String {
+    flotilla_api::rfc3339(now_secs())
+}
+
+/// A `LabelSelector` (matchLabels and matchExpressions) against `labels`. An empty selector
+/// matches everything; a malformed one nothing.
+pub fn selector_matches(selector: &Value, labels: &Value) -> bool {
+    let label = |k: &str| labels.get(k).and_then(Value::as_str);
+    if let Some(ml) = selector.get("matchLabels").and_then(Value::as_object)
+        && ml.iter().any(|(k, v)| label(k) != v.as_str())
+    {
+        return false;
+    }
+    selector
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .all(|e| {
+            let have = label(str_at(e, "/key"));
+            let values: Vec<&str> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            match str_at(e, "/operator") {
+                "In" => have.is_some_and(|h| values.contains(&h)),
+                "NotIn" => !have.is_some_and(|h| values.contains(&h)),
+                "Exists" => have.is_some(),
+                "DoesNotExist" => have.is_none(),
+                _ => false,
+            }
+        })
+}
+
+/// A plain label map (a ReplicationController's or Service's selector) as a LabelSelector.
+pub fn map_selector(map: &Value) -> Value {
+    json!({"matchLabels": map})
+}
+
+pub fn is_deleting(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+}
+
+/// Not finished and not being deleted: counts against a controller's replicas.
+pub fn is_active(pod: &Value) -> bool {
+    !is_deleting(pod) && !matches!(str_at(pod, "/status/phase"), "Succeeded" | "Failed")
+}
+
+fn condition<'a>(pod: &'a Value, kind: &str) -> Option<&'a Value> {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|c| str_at(c, "/type") == kind)
+}
+
+pub fn is_ready(pod: &Value) -> bool {
+    condition(pod, "Ready").is_some_and(|c| str_at(c, "/status") == "True")
+}
+
+/// Ready for at least `min_ready` seconds (as of `now`).
+pub fn is_available(pod: &Value, min_ready: u64, now: u64) -> bool {
+    let Some(ready) = condition(pod, "Ready").filter(|c| str_at(c, "/status") == "True") else {
+        return false;
+    };
+    if min_ready == 0 {
+        return true;
+    }
+    flotilla_api::parse_rfc3339(str_at(ready, "/lastTransitionTime"))
+        .is_some_and(|t| t + min_ready <= now)
+}
+
+/// The uid of the object's controller, if any.
+pub fn controller_uid(obj: &Value) -> Option<&str> {
+    obj.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|o| o.get("controller").and_then(Value::as_bool) == Some(true))
+        .and_then(|o| o.get("uid").and_then(Value::as_str))
+}
+
+/// The owner reference a controller puts on what it makes.
+pub fn owner_ref(owner: &Value, api_version: &str, kind: &str) -> Value {
+    json!({
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": str_at(owner, "/metadata/name"),
+        "uid": str_at(owner, "/metadata/uid"),
+        "controller": true,
+        "blockOwnerDeletion": true,
+    })
+}
+
+/// An Event about `obj`, as controllers record them.
+pub fn event(obj: &Value, kind: &str, reason: &str, message: &str, component: &str) -> Value {
+    let now = now();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "generateName": format!("{}.", str_at(obj, "/metadata/name")),
+            "namespace": str_at(obj, "/metadata/namespace"),
+        },
+        "involvedObject": {
+            "apiVersion": str_at(obj, "/apiVersion"),
+            "kind": str_at(obj, "/kind"),
+            "name": str_at(obj, "/metadata/name"),
+            "namespace": str_at(obj, "/metadata/namespace"),
+            "uid": str_at(obj, "/metadata/uid"),
+        },
+        "reason": reason,
+        "message": message,
+        "type": kind,
+        "count": 1,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "source": {"component": component},
+        "reportingComponent": component,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors() {
+        let labels = json!({"app": "web", "tier": "front"});
+        assert!(selector_matches(
+            &json!({"matchLabels": {"app": "web"}}),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &json!({"matchLabels": {"app": "db"}}),
+            &labels
+        ));
+        assert!(selector_matches(
+            &json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["front", "back"]},
+                {"key": "canary", "operator": "DoesNotExist"}]}),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &json!({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["front"]}]}),
+            &labels
+        ));
+        assert!(selector_matches(&json!({}), &labels));
+    }
+}
