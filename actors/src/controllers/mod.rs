@@ -2,6 +2,7 @@
 //! ([`shards`]); every write they make is fenced by the shard's lease.
 
 pub mod common;
+pub mod deployment;
 pub mod replicaset;
 pub mod runner;
 pub mod scheduler;
@@ -45,6 +46,7 @@ pub fn start(
         shards: shards.clone(),
     });
     let reconcilers: Vec<Arc<dyn runner::Reconciler>> = vec![
+        Arc::new(deployment::DeploymentController),
         Arc::new(replicaset::ReplicaSetController::replica_sets()),
         Arc::new(replicaset::ReplicaSetController::replication_controllers()),
     ];
