@@ -189,6 +189,67 @@ fn service_ports(o: &Value) -> Value {
 }
 
 /// Columns before and after Age, per kind.
+/// `ip:port` pairs as kubectl lists them: the first three, then `+ N more...`.
+fn listed(all: Vec<String>) -> Value {
+    if all.is_empty() {
+        return json!("<none>");
+    }
+    let shown = all[..all.len().min(3)].join(",");
+    if all.len() > 3 {
+        json!(format!("{shown} + {} more...", all.len() - 3))
+    } else {
+        json!(shown)
+    }
+}
+
+fn endpoints_list(o: &Value) -> Value {
+    let mut all = Vec::new();
+    for subset in o
+        .get("subsets")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let ports: Vec<i64> = subset
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.get("port").and_then(Value::as_i64))
+            .collect();
+        for a in subset
+            .get("addresses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let ip = a.get("ip").and_then(Value::as_str).unwrap_or("");
+            if ports.is_empty() {
+                all.push(ip.to_owned());
+            }
+            all.extend(ports.iter().map(|p| format!("{ip}:{p}")));
+        }
+    }
+    listed(all)
+}
+
+fn slice_endpoints(o: &Value) -> Value {
+    let all = o
+        .get("endpoints")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .flat_map(|e| {
+            e.get("addresses")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    listed(all)
+}
+
 fn printer(r: &Resource) -> (Vec<Column>, Vec<Column>) {
     // The pod template's containers and images, shown with `-o wide` by every workload kind.
     let images = || {
@@ -280,6 +341,25 @@ fn printer(r: &Resource) -> (Vec<Column>, Vec<Column>) {
                 col("Port(s)", 0, service_ports),
             ],
             vec![col("Selector", 1, |o| selector(o, "/spec/selector"))],
+        ),
+        ("", "endpoints") => (vec![col("Endpoints", 0, endpoints_list)], vec![]),
+        ("discovery.k8s.io", "endpointslices") => (
+            vec![
+                col("AddressType", 0, |o| json!(str_at(o, "/addressType"))),
+                col("Ports", 0, |o| {
+                    let ports: Vec<String> = o
+                        .get("ports")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| p.get("port").and_then(Value::as_i64))
+                        .map(|p| p.to_string())
+                        .collect();
+                    or_none(ports.join(","))
+                }),
+                col("Endpoints", 0, slice_endpoints),
+            ],
+            vec![],
         ),
         ("apps", "deployments") => (
             vec![

@@ -1,5 +1,6 @@
 //! The scheduler on a 3-node cluster (`sim` runtime: placement does not need processes),
-//! driven by real kubectl: pods without a node are spread over the nodes and run; requests
+//! driven by real kubectl: pods without a node are spread over the nodes and run (and a
+//! Service's Endpoints and EndpointSlices follow them); requests
 //! never overcommit a node even with every shard binding at once; nodeSelector, cordon and
 //! taints are honoured; a pod that fits nowhere stays Pending with Kubernetes' reason and is
 //! placed when the cluster changes; after a node is SIGKILLed, its shards move and new pods
@@ -89,6 +90,61 @@ async fn pods_are_scheduled_spread_fenced_and_rescheduled_when_the_cluster_chang
         [2, 2, 2],
         "{per_node:?}"
     );
+
+    // A Service over them: Endpoints and an EndpointSlice list the six pods' IPs.
+    k.ok(
+        0,
+        &["create", "service", "clusterip", "sched", "--tcp=80:8080"],
+        None,
+    )
+    .await;
+    k.ok(
+        0,
+        &["set", "selector", "service", "sched", "app=sched"],
+        None,
+    )
+    .await;
+    eventually(CONVERGE, "endpoints of the six pods", || async {
+        let (_, out, _) = k
+            .run(1, &["get", "endpoints", "sched", "-o", "jsonpath={.subsets[*].addresses[*].targetRef.name} {.subsets[*].ports[*].port}"], None)
+            .await;
+        anyhow::ensure!(out.matches("spread-").count() == 6 && out.ends_with(" 8080"), "{out}");
+        let (_, slices, _) = k
+            .run(2, &["get", "endpointslices", "-l", "kubernetes.io/service-name=sched", "-o", "jsonpath={.items[*].endpoints[*].targetRef.name}"], None)
+            .await;
+        anyhow::ensure!(slices.matches("spread-").count() == 6, "{slices}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    k.ok(
+        0,
+        &["delete", "pod", "spread-0", "--grace-period=0", "--force"],
+        None,
+    )
+    .await;
+    eventually(CONVERGE, "endpoints without the deleted pod", || async {
+        let (_, out, _) = k
+            .run(
+                1,
+                &[
+                    "get",
+                    "endpoints",
+                    "sched",
+                    "-o",
+                    "jsonpath={.subsets[*].addresses[*].targetRef.name}",
+                ],
+                None,
+            )
+            .await;
+        anyhow::ensure!(
+            out.matches("spread-").count() == 5 && !out.contains("spread-0"),
+            "{out}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
 
     // Requests: every node has its machine's CPUs allocatable; pods asking for a third of a
     // node's CPU fit three to a node, however many shards bind at once.

@@ -3,6 +3,7 @@
 
 pub mod common;
 pub mod deployment;
+pub mod endpoints;
 pub mod replicaset;
 pub mod runner;
 pub mod scheduler;
@@ -47,6 +48,7 @@ pub fn start(
     });
     let reconcilers: Vec<Arc<dyn runner::Reconciler>> = vec![
         Arc::new(deployment::DeploymentController),
+        Arc::new(endpoints::EndpointsController),
         Arc::new(replicaset::ReplicaSetController::replica_sets()),
         Arc::new(replicaset::ReplicaSetController::replication_controllers()),
     ];

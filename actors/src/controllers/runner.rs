@@ -79,7 +79,8 @@ pub trait Reconciler: Send + Sync + 'static {
     fn related(&self) -> &'static [&'static str] {
         &[]
     }
-    /// The keys of this kind a related object's change concerns (its owner, say).
+    /// The keys of this kind a related object's change concerns (its owner, say);
+    /// `namespace/*` stands for every object of the kind in the namespace.
     fn keys_for(&self, _related: &Value) -> Vec<String> {
         Vec::new()
     }
@@ -210,7 +211,9 @@ async fn run(
             .collect();
         for key in ready {
             due.remove(&key);
-            if ctx.shards.fence_for(&key).is_none() {
+            // `namespace/*` fans out to the namespace's objects: every node takes it, and
+            // reconciles the ones it owns.
+            if !key.ends_with("/*") && ctx.shards.fence_for(&key).is_none() {
                 continue;
             }
             match reconciler.reconcile(&ctx, &key).await {
