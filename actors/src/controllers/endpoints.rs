@@ -160,7 +160,7 @@ impl EndpointsController {
                     .collect();
                 let not_ready: Vec<Value> = pods
                     .iter()
-                    .filter(|p| !(is_ready(p) && !is_deleting(p)))
+                    .filter(|p| !is_ready(p) || is_deleting(p))
                     .map(address)
                     .collect();
                 let mut s = json!({"ports": port_json(ports)});
