@@ -1,17 +1,14 @@
 //! Object deletion with finalizers, and the namespace lifecycle.
 //!
 //! Deleting an object that has finalizers only marks it (`deletionTimestamp`); it goes when
-//! the last finalizer is removed. Every active namespace gets a `default` ServiceAccount. Deleting a namespace marks it `Terminating`; the sweep
-//! below (run on the Raft leader's node until the controller shards of the controllers issue
-//! take it over) deletes what is in it, then drops the `kubernetes` finalizer and the
-//! namespace itself. Every step is a conditional transaction, so a sweep that runs twice,
-//! or on a deposed leader, changes nothing twice.
-
-use std::time::Duration;
+//! the last finalizer is removed. Every active namespace gets a `default` ServiceAccount.
+//! Deleting a namespace marks it `Terminating`; [`reconcile_namespace`] (run by the namespace
+//! controller on the node owning the namespace's shard) deletes what is in it, then drops the
+//! `kubernetes` finalizer and the namespace itself. Every step is a conditional transaction
+//! fenced by the shard lease, so work done twice, or by a deposed owner, changes nothing twice.
 
 use flotilla_consensus::{CmpOp, Compare, Op, Read, Store, TxnRequest};
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 use crate::meta;
 use crate::resources::{self, RESOURCES};
@@ -101,48 +98,40 @@ pub fn added_finalizers(old: &Value, new: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Runs [`sweep`] while this node's store leads, until shutdown.
-pub async fn run_namespace_lifecycle(store: Store, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        if store.is_leader()
-            && let Err(e) = sweep(&store).await
-        {
-            tracing::debug!(error = ?e, "namespace sweep failed; retrying");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
-/// One pass over the Terminating namespaces.
-pub async fn sweep(store: &Store) -> Result<(), ApiError> {
+/// The namespace controller's work for namespace `name`, every write fenced by `fence` (the
+/// controller shard's lease): an active namespace gets its `default` ServiceAccount; a
+/// Terminating one is emptied, then its `kubernetes` finalizer dropped and the namespace
+/// removed. True while there is more to do (a Terminating namespace not yet gone).
+pub async fn reconcile_namespace(
+    store: &Store,
+    name: &str,
+    fence: &[Compare],
+) -> Result<bool, ApiError> {
     let ns_res = resources::find("", "v1", "namespaces")
         .ok_or_else(|| ApiError::internal("namespaces not served"))?;
-    let namespaces = store
-        .range(&ns_res.key_prefix(), usize::MAX, Read::Local)
-        .await?;
-    for kv in namespaces.kvs {
-        let Ok(ns) = serde_json::from_slice::<Value>(&kv.value) else {
-            continue;
-        };
-        let Some(name) = ns.pointer("/metadata/name").and_then(Value::as_str) else {
-            continue;
-        };
-        if !is_deleting(&ns) {
-            ensure_default_service_account(store, name).await?;
-            continue;
-        }
-        if empty_namespace(store, name).await? {
-            finish_namespace(store, &kv.key, kv.mod_revision, ns.clone()).await?;
-        }
+    let key = ns_res.key(None, name);
+    let Some(kv) = store.get(&key, Read::Linearizable).await?.kv else {
+        return Ok(false);
+    };
+    let Ok(ns) = serde_json::from_slice::<Value>(&kv.value) else {
+        return Ok(false);
+    };
+    if !is_deleting(&ns) {
+        ensure_default_service_account(store, name, fence).await?;
+        return Ok(false);
     }
-    Ok(())
+    if empty_namespace(store, name, fence).await? {
+        finish_namespace(store, &kv.key, kv.mod_revision, ns, fence).await?;
+    }
+    Ok(true)
 }
 
 /// Every active namespace has a `default` ServiceAccount, as the apiserver's controllers make.
-async fn ensure_default_service_account(store: &Store, ns: &str) -> Result<(), ApiError> {
+async fn ensure_default_service_account(
+    store: &Store,
+    ns: &str,
+    fence: &[Compare],
+) -> Result<(), ApiError> {
     let sa = resources::find("", "v1", "serviceaccounts")
         .ok_or_else(|| ApiError::internal("serviceaccounts not served"))?;
     let key = sa.key(Some(ns), "default");
@@ -159,9 +148,11 @@ async fn ensure_default_service_account(store: &Store, ns: &str) -> Result<(), A
             "creationTimestamp": meta::rfc3339(meta::now_secs()),
         },
     });
+    let mut compare = vec![Compare::Missing { key: key.clone() }];
+    compare.extend_from_slice(fence);
     store
         .txn(TxnRequest {
-            compare: vec![Compare::Missing { key: key.clone() }],
+            compare,
             success: vec![Op::Put {
                 key,
                 value: serde_json::to_vec(&obj).unwrap_or_default(),
@@ -173,7 +164,7 @@ async fn ensure_default_service_account(store: &Store, ns: &str) -> Result<(), A
 }
 
 /// Deletes what is left in namespace `ns`; true once nothing is.
-async fn empty_namespace(store: &Store, ns: &str) -> Result<bool, ApiError> {
+async fn empty_namespace(store: &Store, ns: &str, fence: &[Compare]) -> Result<bool, ApiError> {
     let mut prefixes: Vec<String> = RESOURCES
         .iter()
         .filter(|r| r.namespaced)
@@ -209,9 +200,11 @@ async fn empty_namespace(store: &Store, ns: &str) -> Result<bool, ApiError> {
                     key: kv.key.clone(),
                 });
             }
+            let mut compare = vec![same];
+            compare.extend_from_slice(fence);
             store
                 .txn(TxnRequest {
-                    compare: vec![same],
+                    compare,
                     success: ops,
                     failure: vec![],
                 })
@@ -227,6 +220,7 @@ async fn finish_namespace(
     key: &str,
     revision: u64,
     mut ns: Value,
+    fence: &[Compare],
 ) -> Result<(), ApiError> {
     if let Some(Value::Array(f)) = ns.pointer_mut("/spec/finalizers") {
         f.retain(|x| x.as_str() != Some("kubernetes"));
@@ -241,13 +235,15 @@ async fn finish_namespace(
             key: key.to_owned(),
         }
     };
+    let mut compare = vec![Compare::ModRevision {
+        key: key.to_owned(),
+        op: CmpOp::Equal,
+        revision,
+    }];
+    compare.extend_from_slice(fence);
     store
         .txn(TxnRequest {
-            compare: vec![Compare::ModRevision {
-                key: key.to_owned(),
-                op: CmpOp::Equal,
-                revision,
-            }],
+            compare,
             success: vec![op],
             failure: vec![],
         })

@@ -394,10 +394,6 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         live,
         shutdown_rx.clone(),
     );
-    tokio::spawn(flotilla_api::run_namespace_lifecycle(
-        store.clone(),
-        shutdown_rx.clone(),
-    ));
 
     let state = Arc::new(AppState {
         store: store.clone(),

@@ -4,6 +4,7 @@
 pub mod common;
 pub mod deployment;
 pub mod endpoints;
+pub mod namespace;
 pub mod replicaset;
 pub mod runner;
 pub mod scheduler;
@@ -49,6 +50,7 @@ pub fn start(
     let reconcilers: Vec<Arc<dyn runner::Reconciler>> = vec![
         Arc::new(deployment::DeploymentController),
         Arc::new(endpoints::EndpointsController),
+        Arc::new(namespace::NamespaceController),
         Arc::new(replicaset::ReplicaSetController::replica_sets()),
         Arc::new(replicaset::ReplicaSetController::replication_controllers()),
     ];
