@@ -95,6 +95,8 @@ pub enum BenchCommand {
     Api(flotilla_chaos::bench_api::ApiBenchArgs),
     /// Pod start latency (create → Running) of 100 pods on one node, and the node's memory.
     Pods(flotilla_chaos::bench_pods::PodBenchArgs),
+    /// Scheduling throughput and latency: hollow nodes (default 1,000) and many pods.
+    Schedule(flotilla_chaos::bench_schedule::ScheduleBenchArgs),
 }
 
 /// Tries each server in turn until one answers.
@@ -300,5 +302,6 @@ pub async fn bench(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Store(args) => flotilla_chaos::bench::store(args).await,
         BenchCommand::Api(args) => flotilla_chaos::bench_api::api(args).await,
         BenchCommand::Pods(args) => flotilla_chaos::bench_pods::pods(args).await,
+        BenchCommand::Schedule(args) => flotilla_chaos::bench_schedule::schedule(args).await,
     }
 }

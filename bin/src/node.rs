@@ -97,6 +97,10 @@ pub struct NodeArgs {
     /// The node bridge pods are attached to (default: named after the pod CIDR).
     #[arg(long)]
     pod_bridge: Option<String>,
+    /// Scale trials: this node also serves N hollow nodes (`NAME-hollow-I`, Node objects whose
+    /// pods its `sim` runtime runs; their liveness is this node's). Needs `--runtime sim`.
+    #[arg(long, default_value_t = 0)]
+    hollow_nodes: usize,
     /// How many shards the controllers' and the scheduler's work is split into (the same on
     /// every node); each is owned by one live node at a time.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
@@ -230,9 +234,15 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or_default();
+    if args.hollow_nodes > 0 && args.runtime != "sim" {
+        anyhow::bail!("--hollow-nodes needs --runtime sim");
+    }
     let mut roles = vec![ROLE_RAFT.to_owned()];
     if !args.no_voter {
         roles.push(ROLE_VOTER.to_owned());
+    }
+    if args.hollow_nodes > 0 {
+        roles.push(format!("{HOLLOW_ROLE}{}", args.hollow_nodes));
     }
     let mut capacity = BTreeMap::new();
     capacity.insert(
@@ -312,6 +322,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let registered = tokio::spawn(create_default_objects(
         store.clone(),
         registration,
+        args.hollow_nodes,
         shutdown_rx.clone(),
     ));
     let mut process_runtime = None;
@@ -352,6 +363,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         );
         let config = flotilla_actors::kubelet::KubeletConfig {
             node_name: args.name.clone(),
+            hosted: Arc::new(hollow_names(&args.name, args.hollow_nodes).collect()),
             host_ip: advertise.to_string(),
             pods_dir: args.data_dir.join("pods"),
             runtime,
@@ -379,6 +391,23 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let live: flotilla_actors::controllers::shards::Members = {
         let gossip = gossip.clone();
         Arc::new(move || {
+            let mut names = Vec::new();
+            for m in gossip.live_members().into_iter().filter(|m| m.ready) {
+                // A live node's hollow nodes are live with it.
+                let hollow = m
+                    .roles
+                    .iter()
+                    .find_map(|r| r.strip_prefix(HOLLOW_ROLE)?.parse().ok())
+                    .unwrap_or(0);
+                names.extend(hollow_names(&m.name, hollow));
+                names.push(m.name);
+            }
+            names
+        })
+    };
+    let members: flotilla_actors::controllers::shards::Members = {
+        let gossip = gossip.clone();
+        Arc::new(move || {
             gossip
                 .live_members()
                 .into_iter()
@@ -391,6 +420,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         &args.name,
         store.clone(),
         args.controller_shards,
+        members,
         live,
         shutdown_rx.clone(),
     );
@@ -498,12 +528,36 @@ async fn drop_stale_connections(
 async fn create_default_objects(
     store: Store,
     node: flotilla_api::NodeRegistration,
+    hollow: usize,
     mut shutdown: watch::Receiver<bool>,
 ) -> Option<Option<String>> {
     loop {
         if store.leader_name().is_some() {
             let done = async {
                 flotilla_api::ensure_default_namespaces(&store).await?;
+                // Hollow nodes: a roomy machine each, registered a batch at a time.
+                let names: Vec<String> = hollow_names(&node.name, hollow).collect();
+                for batch in names.chunks(64) {
+                    let regs = batch.iter().map(|name| {
+                        let mut reg = node.clone();
+                        reg.name = name.clone();
+                        reg.pod_cidr = flotilla_api::PodCidr::None;
+                        reg.cpus = 32;
+                        reg.memory_kib = 128 << 20;
+                        reg.max_pods = 110;
+                        reg.labels
+                            .push(("flotilla.io/hollow".into(), "true".into()));
+                        reg
+                    });
+                    let regs: Vec<_> = regs.collect();
+                    for r in futures::future::join_all(
+                        regs.iter().map(|r| flotilla_api::register_node(&store, r)),
+                    )
+                    .await
+                    {
+                        r?;
+                    }
+                }
                 flotilla_api::register_node(&store, &node).await
             };
             match done.await {
@@ -516,6 +570,14 @@ async fn create_default_objects(
             _ = shutdown.changed() => return None,
         }
     }
+}
+
+/// The gossip role of a node serving hollow nodes: `hollow=N`.
+const HOLLOW_ROLE: &str = "hollow=";
+
+/// The names of the hollow nodes a node serves.
+fn hollow_names(node: &str, n: usize) -> impl Iterator<Item = String> + '_ {
+    (0..n).map(move |i| format!("{node}-hollow-{i}"))
 }
 
 /// Ready = a leader is known. Published over gossip and served at /readyz.

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bench_api;
 pub mod bench_pods;
+pub mod bench_schedule;
 pub mod etcd;
 pub mod http;
 pub mod kubeconfig;

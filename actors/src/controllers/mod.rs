@@ -16,10 +16,13 @@ use flotilla_consensus::Store;
 use tokio::sync::watch;
 
 /// Starts this node's shard host, scheduler and controllers; they stop with `shutdown`.
+/// `members` are the live, ready node daemons (they own shards); `live` adds the hollow
+/// nodes they serve (nodes pods can be placed on).
 pub fn start(
     node: &str,
     store: Store,
     shard_count: u32,
+    members: shards::Members,
     live: shards::Members,
     shutdown: watch::Receiver<bool>,
 ) -> shards::Shards {
@@ -28,7 +31,7 @@ pub fn start(
             node: node.to_owned(),
             count: shard_count,
             store: store.clone(),
-            members: live.clone(),
+            members,
             interval: std::time::Duration::from_millis(500),
         },
         shutdown.clone(),

@@ -48,6 +48,8 @@ const PODS_PREFIX: &str = "/registry/core/pods/";
 #[derive(Clone)]
 pub struct KubeletConfig {
     pub node_name: String,
+    /// More node names this kubelet serves (hollow nodes for scale trials, `sim` runtime).
+    pub hosted: Arc<std::collections::HashSet<String>>,
     /// The node's address, reported as `hostIP`.
     pub host_ip: String,
     /// Per-pod directories (volumes, generated files).
@@ -94,7 +96,12 @@ impl Actor for Kubelet {
             self.workers.remove(&uid);
             if let (Some(pod), Some(me)) = (self.desired.get(&uid).cloned(), me.upgrade()) {
                 tracing::warn!(pod = %uid, reason = %reason, "pod worker died; starting a new one");
-                let worker = self.worker_for(&me, uid).await;
+                let node = pod
+                    .pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                let worker = self.worker_for(&me, uid, &node).await;
                 let _ = worker.tell(worker::Desired(pod)).try_send();
             }
         }
@@ -104,11 +111,21 @@ impl Actor for Kubelet {
 
 impl Kubelet {
     /// The pod's worker, started (and linked to us) if it has none.
-    async fn worker_for(&mut self, me: &ActorRef<Self>, uid: String) -> ActorRef<PodWorker> {
+    async fn worker_for(
+        &mut self,
+        me: &ActorRef<Self>,
+        uid: String,
+        node: &str,
+    ) -> ActorRef<PodWorker> {
         if let Some(w) = self.workers.get(&uid) {
             return w.clone();
         }
-        let worker = PodWorker::start(self.config.clone(), uid.clone());
+        let mut config = self.config.clone();
+        // A hollow node's pods are that node's.
+        if !node.is_empty() {
+            config.node_name = node.to_owned();
+        }
+        let worker = PodWorker::start(config, uid.clone());
         me.link(&worker).await;
         self.serving.insert(worker.id(), uid.clone());
         self.workers.insert(uid, worker.clone());
@@ -141,7 +158,13 @@ impl Message<PodChanged> for Kubelet {
     async fn handle(&mut self, msg: PodChanged, ctx: &mut Context<Self, ()>) {
         let Some(uid) = pod_uid(&msg.0) else { return };
         self.desired.insert(uid.clone(), msg.0.clone());
-        let worker = self.worker_for(ctx.actor_ref(), uid).await;
+        let node = msg
+            .0
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let worker = self.worker_for(ctx.actor_ref(), uid, &node).await;
         // A full mailbox only delays the update: the worker also resyncs on its own tick.
         let _ = worker.tell(worker::Desired(msg.0)).try_send();
     }
@@ -170,8 +193,10 @@ impl Kubelet {
     }
 }
 
-fn bound_here(pod: &Value, node: &str) -> bool {
-    pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
+fn bound_here(pod: &Value, config: &KubeletConfig) -> bool {
+    pod.pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| n == config.node_name || config.hosted.contains(n))
 }
 
 fn with_rv(value: &[u8], rev: u64) -> Option<Value> {
@@ -208,7 +233,6 @@ async fn list_and_watch(
     kubelet: &ActorRef<Kubelet>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
-    let node = &config.node_name;
     let listed = config
         .store
         .range(PODS_PREFIX, usize::MAX, Read::Linearizable)
@@ -216,7 +240,7 @@ async fn list_and_watch(
     let mut here = std::collections::HashSet::new();
     for kv in &listed.kvs {
         if let Some(pod) = with_rv(&kv.value, kv.mod_revision)
-            && bound_here(&pod, node)
+            && bound_here(&pod, config)
         {
             if let Some(uid) = pod_uid(&pod) {
                 here.insert(uid);
@@ -241,9 +265,9 @@ async fn list_and_watch(
                 .prev
                 .as_ref()
                 .and_then(|p| serde_json::from_slice::<Value>(&p.value).ok())
-                .is_some_and(|p| bound_here(&p, node));
+                .is_some_and(|p| bound_here(&p, config));
             match (event.kind, pod) {
-                (EventKind::Put, Some(pod)) if bound_here(&pod, node) => {
+                (EventKind::Put, Some(pod)) if bound_here(&pod, config) => {
                     let _ = kubelet.tell(PodChanged(pod)).await;
                 }
                 (EventKind::Put, Some(pod)) if was_here => {
@@ -251,7 +275,7 @@ async fn list_and_watch(
                         let _ = kubelet.tell(PodGone(uid)).await;
                     }
                 }
-                (EventKind::Delete, Some(pod)) if bound_here(&pod, node) => {
+                (EventKind::Delete, Some(pod)) if bound_here(&pod, config) => {
                     if let Some(uid) = pod_uid(&pod) {
                         let _ = kubelet.tell(PodGone(uid)).await;
                     }
@@ -352,6 +376,7 @@ mod tests {
         let kubelet = Kubelet::start(
             KubeletConfig {
                 node_name: "solo".into(),
+                hosted: Default::default(),
                 host_ip: "127.0.0.1".into(),
                 pods_dir: dir.path().join("pods"),
                 runtime: runtime.clone(),
