@@ -354,6 +354,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             node_name: args.name.clone(),
             host_ip: advertise.to_string(),
             pods_dir: args.data_dir.join("pods"),
+            volumes_dir: args.data_dir.join("volumes"),
             runtime,
             store: store.clone(),
         };

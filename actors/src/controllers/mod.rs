@@ -7,6 +7,7 @@ pub mod replicaset;
 pub mod runner;
 pub mod scheduler;
 pub mod shards;
+pub mod statefulset;
 
 use std::sync::Arc;
 
@@ -47,6 +48,7 @@ pub fn start(
     });
     let reconcilers: Vec<Arc<dyn runner::Reconciler>> = vec![
         Arc::new(deployment::DeploymentController),
+        Arc::new(statefulset::StatefulSetController),
         Arc::new(replicaset::ReplicaSetController::replica_sets()),
         Arc::new(replicaset::ReplicaSetController::replication_controllers()),
     ];
