@@ -67,6 +67,10 @@ pub(crate) fn apply_defaults(api_version: &str, kind: &str, obj: &mut Value) {
             }
         }
         ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => role_binding(o),
+        ("storage.k8s.io", "StorageClass") => {
+            default_str(o, "reclaimPolicy", "Delete");
+            default_str(o, "volumeBindingMode", "Immediate");
+        }
         _ => {}
     }
 }

@@ -30,6 +30,7 @@ pub use meta::{new_uid, parse_rfc3339, rfc3339};
 pub use nodes::{NodeRegistration, PodCidr, register_node};
 pub use resources::{RESOURCES, Resource};
 pub use server::{
-    MAX_OBJECT_BYTES, MAX_REQUEST_BYTES, ensure_default_namespaces, internal, router,
+    DEFAULT_CLASS_ANNOTATION, DEFAULT_STORAGE_CLASS, LOCAL_PROVISIONER, MAX_OBJECT_BYTES,
+    MAX_REQUEST_BYTES, ensure_default_namespaces, internal, router,
 };
 pub use status::ApiError;

@@ -328,6 +328,16 @@ pub static RESOURCES: &[Resource] = &[
         ALL
     ),
     res!(
+        "storage.k8s.io",
+        "v1",
+        "StorageClass",
+        "storageclasses",
+        "storageclass",
+        false,
+        &["sc"],
+        NONE
+    ),
+    res!(
         "rbac.authorization.k8s.io",
         "v1",
         "Role",

@@ -2040,6 +2040,13 @@ async fn delete_collection(api: &Api, t: &Target, q: &ListQuery) -> ApiResult {
 
 /// Creates the namespaces every cluster starts with, if they are missing. Idempotent, so every
 /// node may run it.
+/// The StorageClass every cluster starts with, marked default.
+pub const DEFAULT_STORAGE_CLASS: &str = "local";
+/// The provisioner of node-local volumes (the kubelets provision them).
+pub const LOCAL_PROVISIONER: &str = "flotilla.io/local";
+/// Marks the StorageClass claims without `storageClassName` get.
+pub const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
+
 pub async fn ensure_default_namespaces(store: &Store) -> Result<(), ApiError> {
     let ns = resources::find("", "v1", "namespaces")
         .ok_or_else(|| ApiError::internal("namespaces not served"))?;
@@ -2066,6 +2073,34 @@ pub async fn ensure_default_namespaces(store: &Store) -> Result<(), ApiError> {
             })
             .await?;
     }
+    // The default StorageClass: node-local directories, bound where the first pod using a
+    // claim is scheduled (a local volume cannot follow a pod to another node).
+    let sc = resources::find("storage.k8s.io", "v1", "storageclasses")
+        .ok_or_else(|| ApiError::internal("storageclasses not served"))?;
+    let key = sc.key(None, DEFAULT_STORAGE_CLASS);
+    let obj = json!({
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {
+            "name": DEFAULT_STORAGE_CLASS,
+            "uid": meta::new_uid(),
+            "creationTimestamp": meta::rfc3339(meta::now_secs()),
+            "annotations": {DEFAULT_CLASS_ANNOTATION: "true"},
+        },
+        "provisioner": LOCAL_PROVISIONER,
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "WaitForFirstConsumer",
+    });
+    store
+        .txn(TxnRequest {
+            compare: vec![Compare::Missing { key: key.clone() }],
+            success: vec![Op::Put {
+                key,
+                value: encode_object(sc, DEFAULT_STORAGE_CLASS, &obj)?,
+            }],
+            failure: vec![],
+        })
+        .await?;
     // The `kubernetes` Service every cluster has, on the first service IP.
     let svc = resources::find("", "v1", "services")
         .ok_or_else(|| ApiError::internal("services not served"))?;

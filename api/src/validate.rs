@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::status::StatusCause;
 
@@ -2326,6 +2326,33 @@ const STATEFULSET_MUTABLE: [&str; 7] = [
     "minReadySeconds",
 ];
 
+/// A StatefulSet's template as its pods get it: each volumeClaimTemplate is a volume of that
+/// name (replacing one the template declares), so containers may mount the claims.
+fn with_claim_volumes(template: &Value, spec: &Value) -> Value {
+    let claims: Vec<&str> = list(spec, "volumeClaimTemplates")
+        .iter()
+        .map(|c| text(get(c, "metadata"), "name"))
+        .filter(|n| !n.is_empty())
+        .collect();
+    if claims.is_empty() || !template.is_object() {
+        return template.clone();
+    }
+    let mut t = template.clone();
+    let mut volumes: Vec<Value> = list(get(template, "spec"), "volumes")
+        .iter()
+        .filter(|v| !claims.contains(&text(v, "name")))
+        .cloned()
+        .collect();
+    for name in claims {
+        volumes.push(json!({"name": name, "persistentVolumeClaim": {"claimName": name}}));
+    }
+    if !t["spec"].is_object() {
+        t["spec"] = json!({});
+    }
+    t["spec"]["volumes"] = json!(volumes);
+    t
+}
+
 fn stateful_set(e: &mut Errs, obj: &Value, old: Option<&Value>) {
     let spec = get(obj, "spec");
     match text(spec, "podManagementPolicy") {
@@ -2410,7 +2437,7 @@ fn stateful_set(e: &mut Errs, obj: &Value, old: Option<&Value>) {
     let template = get(spec, "template");
     if converts {
         selector_matches_template(e, &Selector::of(sel), template, "spec.template");
-        pod_template(e, template, "spec.template");
+        pod_template(e, &with_claim_volumes(template, spec), "spec.template");
     } else {
         e.invalid("spec.selector", &go_selector(sel), "");
     }
@@ -3918,6 +3945,20 @@ mod tests {
             one("Secret", &bad).1,
             "Invalid value: \"<secret contents redacted>\": illegal base64 data at input byte 2"
         );
+    }
+
+    #[test]
+    fn statefulset_containers_may_mount_claim_templates() {
+        let mut s = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "serviceName": "web",
+                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "busybox",
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
+                "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"]}}]}});
+        crate::defaults::apply_defaults("apps/v1", "StatefulSet", &mut s);
+        assert_eq!(causes("StatefulSet", &s), vec![]);
+        s["spec"]["volumeClaimTemplates"] = json!([]);
+        assert_eq!(causes("StatefulSet", &s).len(), 1);
     }
 
     #[test]

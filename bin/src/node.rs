@@ -366,6 +366,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             hosted: Arc::new(hollow_names(&args.name, args.hollow_nodes).collect()),
             host_ip: advertise.to_string(),
             pods_dir: args.data_dir.join("pods"),
+            volumes_dir: args.data_dir.join("volumes"),
             runtime,
             store: store.clone(),
         };

@@ -9,6 +9,7 @@ pub mod replicaset;
 pub mod runner;
 pub mod scheduler;
 pub mod shards;
+pub mod statefulset;
 
 use std::sync::Arc;
 
@@ -54,6 +55,7 @@ pub fn start(
         Arc::new(deployment::DeploymentController),
         Arc::new(endpoints::EndpointsController),
         Arc::new(namespace::NamespaceController),
+        Arc::new(statefulset::StatefulSetController),
         Arc::new(replicaset::ReplicaSetController::replica_sets()),
         Arc::new(replicaset::ReplicaSetController::replication_controllers()),
     ];

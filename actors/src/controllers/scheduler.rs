@@ -7,7 +7,8 @@
 //!
 //! Filters: the node is live (gossip) and schedulable, its taints are tolerated, the pod's
 //! nodeSelector and required node affinity match, requests fit in allocatable minus what its
-//! pods request, host ports are free. Score: least allocated, then fewest pods of the same
+//! pods request, host ports are free, the PVs its claims are bound to allow the node (a local
+//! volume pins its pods to its node; a missing claim keeps the pod pending). Score: least allocated, then fewest pods of the same
 //! owner (spreading a ReplicaSet over nodes). A pod no node fits gets `PodScheduled=False`
 //! and a `FailedScheduling` event worded like Kubernetes'; it is retried whenever pods or
 //! nodes change.
@@ -27,6 +28,8 @@ use crate::kubelet::parse_quantity;
 const ALLOC_PREFIX: &str = "/flotilla/alloc/";
 const PODS: &str = "/registry/core/pods/";
 const NODES: &str = "/registry/core/nodes/";
+const CLAIMS: &str = "/registry/core/persistentvolumeclaims/";
+const VOLUMES: &str = "/registry/core/persistentvolumes/";
 const MANAGER: &str = "flotilla-scheduler";
 
 pub struct SchedulerConfig {
@@ -249,6 +252,72 @@ fn selects(pod: &Value, node: &Value) -> bool {
     })
 }
 
+/// Whether `node` satisfies every required node affinity of the pod's bound volumes (each
+/// entry is one PV's `nodeSelectorTerms`: ORed terms of ANDed expressions).
+fn volumes_allow(volume_terms: &[Value], node: &Value) -> bool {
+    let empty = serde_json::Map::new();
+    let labels = node
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    volume_terms.iter().all(|terms| {
+        terms.as_array().is_none_or(|terms| {
+            terms.iter().any(|term| {
+                term.get("matchExpressions")
+                    .and_then(Value::as_array)
+                    .is_none_or(|exprs| exprs.iter().all(|e| requirement_matches(e, labels)))
+            })
+        })
+    })
+}
+
+/// The node affinities of the PVs the pod's claims are bound to; an unbound claim adds none
+/// (its volume is provisioned where the pod lands: WaitForFirstConsumer). Err: why the pod
+/// cannot be scheduled anywhere yet, in Kubernetes' words.
+fn pod_volume_terms(
+    pod: &Value,
+    claims: &HashMap<String, Value>,
+    volumes: &HashMap<String, Value>,
+) -> Result<Vec<Value>, String> {
+    let ns = str_at(pod, "/metadata/namespace");
+    let mut out = Vec::new();
+    for v in pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(claim) = v
+            .pointer("/persistentVolumeClaim/claimName")
+            .and_then(Value::as_str)
+        else {
+            continue;
+        };
+        let Some(pvc) = claims.get(&format!("{ns}/{claim}")) else {
+            return Err(format!("persistentvolumeclaim \"{claim}\" not found"));
+        };
+        if pvc
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|t| !t.is_null())
+        {
+            return Err(format!(
+                "persistentvolumeclaim \"{claim}\" is being deleted"
+            ));
+        }
+        let pv_name = str_at(pvc, "/spec/volumeName");
+        if pv_name.is_empty() {
+            continue;
+        }
+        let Some(pv) = volumes.get(pv_name) else {
+            return Err(format!("persistentvolume \"{pv_name}\" not found"));
+        };
+        if let Some(terms) = pv.pointer("/spec/nodeAffinity/required/nodeSelectorTerms") {
+            out.push(terms.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// Why `node` cannot take `pod`, in the scheduler's words; `None` if it can.
 fn unfit(pod: &Value, req: &Resources, n: &NodeInfo, live: &HashSet<String>) -> Option<String> {
     if !live.contains(&n.name) {
@@ -377,6 +446,28 @@ async fn pass(config: &SchedulerConfig) -> Result<(), flotilla_api::ApiError> {
             }
         })
         .collect();
+    let by_key = |prefix: &str, kvs: Vec<flotilla_consensus::KeyValue>| -> HashMap<String, Value> {
+        kvs.into_iter()
+            .filter_map(|kv| {
+                let v = serde_json::from_slice::<Value>(&kv.value).ok()?;
+                Some((kv.key.get(prefix.len()..)?.to_owned(), v))
+            })
+            .collect()
+    };
+    let claims = by_key(
+        CLAIMS,
+        store
+            .range(CLAIMS, usize::MAX, Read::Linearizable)
+            .await?
+            .kvs,
+    );
+    let volumes = by_key(
+        VOLUMES,
+        store
+            .range(VOLUMES, usize::MAX, Read::Linearizable)
+            .await?
+            .kvs,
+    );
     let index: HashMap<String, usize> = nodes
         .iter()
         .enumerate()
@@ -425,10 +516,23 @@ async fn pass(config: &SchedulerConfig) -> Result<(), flotilla_api::ApiError> {
             continue;
         };
         let req = requests(&pod);
+        let volume_terms = match pod_volume_terms(&pod, &claims, &volumes) {
+            Ok(t) => t,
+            Err(why) => {
+                let message = format!("0/{} nodes are available: {why}.", nodes.len());
+                unschedulable(config, &pod, &message, fence).await;
+                continue;
+            }
+        };
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut best: Option<(f64, usize)> = None;
         for (i, n) in nodes.iter().enumerate() {
-            match unfit(&pod, &req, n, &live) {
+            let why = if volumes_allow(&volume_terms, &n.node) {
+                unfit(&pod, &req, n, &live)
+            } else {
+                Some("node(s) had volume node affinity conflict".to_owned())
+            };
+            match why {
                 Some(r) => *reasons.entry(r).or_default() += 1,
                 None => {
                     let s = score(&pod, &req, n);
@@ -568,6 +672,34 @@ async fn unschedulable(config: &SchedulerConfig, pod: &Value, message: &str, fen
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bound_local_volumes_pin_pods_to_their_node() {
+        let pod = json!({"metadata": {"namespace": "default"}, "spec": {"volumes": [
+            {"name": "data", "persistentVolumeClaim": {"claimName": "data-web-0"}}]}});
+        let node = |name: &str| json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}});
+        let mut claims = HashMap::new();
+        let volumes = HashMap::from([(
+            "pvc-1".to_owned(),
+            json!({"spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": ["n2"]}]}]}}}}),
+        )]);
+        assert_eq!(
+            pod_volume_terms(&pod, &claims, &volumes),
+            Err("persistentvolumeclaim \"data-web-0\" not found".to_owned())
+        );
+        // Unbound (WaitForFirstConsumer): any node.
+        claims.insert("default/data-web-0".to_owned(), json!({"spec": {}}));
+        let terms = pod_volume_terms(&pod, &claims, &volumes).unwrap();
+        assert!(volumes_allow(&terms, &node("n1")));
+        claims.insert(
+            "default/data-web-0".to_owned(),
+            json!({"spec": {"volumeName": "pvc-1"}}),
+        );
+        let terms = pod_volume_terms(&pod, &claims, &volumes).unwrap();
+        assert!(!volumes_allow(&terms, &node("n1")));
+        assert!(volumes_allow(&terms, &node("n2")));
+    }
 
     #[test]
     fn filters_and_messages() {

@@ -10,13 +10,15 @@
 //! `probes` (liveness/readiness/startup; their exec and httpGet handlers are shared with
 //! `hooks`, postStart/preStop), `volumes` (configMap, secret, downwardAPI and projected files
 //! written atomically; memory emptyDirs), `downward` (fieldRef/resourceFieldRef values),
-//! `hostport` (hostPort forwarders into a pod's network namespace), `logs` (kubectl logs over
+//! `hostport` (hostPort forwarders into a pod's network namespace), `local_volumes`
+//! (node-local PersistentVolumes: provisioned, mounted and reclaimed here), `logs` (kubectl logs over
 //! mesh RPC).
 
 mod downward;
 pub mod exec;
 mod hooks;
 mod hostport;
+pub mod local_volumes;
 pub mod logs;
 mod probes;
 mod status;
@@ -54,6 +56,8 @@ pub struct KubeletConfig {
     pub host_ip: String,
     /// Per-pod directories (volumes, generated files).
     pub pods_dir: PathBuf,
+    /// Where this node's local persistent volumes live (`<data-dir>/volumes`).
+    pub volumes_dir: PathBuf,
     pub runtime: Arc<dyn Runtime>,
     pub store: Store,
 }
@@ -188,6 +192,11 @@ impl Kubelet {
             desired: HashMap::new(),
             serving: HashMap::new(),
         });
+        tokio::spawn(local_volumes::run_reclaimer(
+            config.store.clone(),
+            config.node_name.clone(),
+            shutdown.clone(),
+        ));
         tokio::spawn(watch_pods(config, kubelet.clone(), shutdown));
         kubelet
     }
@@ -379,6 +388,7 @@ mod tests {
                 hosted: Default::default(),
                 host_ip: "127.0.0.1".into(),
                 pods_dir: dir.path().join("pods"),
+                volumes_dir: dir.path().join("volumes"),
                 runtime: runtime.clone(),
                 store: store.clone(),
             },

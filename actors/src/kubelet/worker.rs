@@ -20,6 +20,8 @@ use super::status::{Observed, PodView, comparable, pod_status, rfc3339};
 use super::{hostport, volumes};
 use crate::runtime::{ContainerState, ContainerStatus, Limits, PullPolicy, SandboxConfig};
 
+/// The cluster's DNS domain (the kubelet's `--cluster-domain` default).
+const CLUSTER_DOMAIN: &str = "cluster.local";
 /// How often a worker re-checks its containers without being told.
 const TICK: Duration = Duration::from_secs(1);
 /// CrashLoopBackOff: 10 s doubling to 5 min, forgotten after 10 min of running.
@@ -240,6 +242,13 @@ impl PodWorker {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
                 .unwrap_or_else(|| name_of(pod)),
+            domain: match pod.pointer("/spec/subdomain").and_then(Value::as_str) {
+                Some(sub) if !sub.is_empty() => format!(
+                    "{sub}.{}.svc.{CLUSTER_DOMAIN}",
+                    str_at(pod, "/metadata/namespace")
+                ),
+                _ => String::new(),
+            },
             host_network: pod
                 .pointer("/spec/hostNetwork")
                 .and_then(Value::as_bool)

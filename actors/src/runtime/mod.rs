@@ -42,6 +42,10 @@ pub struct SandboxConfig {
     pub namespace: String,
     pub name: String,
     pub hostname: String,
+    /// The pod's DNS domain when it has a `subdomain` (`<subdomain>.<namespace>.svc.<cluster
+    /// domain>`); `/etc/hosts` then names the pod `<hostname>.<domain>` too, as in Kubernetes.
+    #[serde(default)]
+    pub domain: String,
     /// Share the node's network namespace (`hostNetwork`).
     pub host_network: bool,
     /// Extra `/etc/hosts` lines and DNS settings written into the sandbox.

@@ -1046,9 +1046,14 @@ fn write_etc_files(rec: &SandboxRecord) -> std::io::Result<()> {
         let mut hosts = String::from(
             "# Kubernetes-managed hosts file (flotilla).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
         );
+        let names = if config.domain.is_empty() {
+            hostname.clone()
+        } else {
+            format!("{hostname}.{}\t{hostname}", config.domain)
+        };
         match rec.ip {
-            Some(ip) => hosts.push_str(&format!("{ip}\t{hostname}\n")),
-            None => hosts.push_str(&format!("127.0.1.1\t{hostname}\n")),
+            Some(ip) => hosts.push_str(&format!("{ip}\t{names}\n")),
+            None => hosts.push_str(&format!("127.0.1.1\t{names}\n")),
         }
         for (ip, names) in &config.hosts {
             hosts.push_str(&format!("{ip}\t{}\n", names.join("\t")));

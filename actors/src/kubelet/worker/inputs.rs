@@ -370,7 +370,20 @@ impl PodWorker {
         for v in list(pod, "/spec/volumes") {
             let name = str_at(&v, "/name");
             let dir = self.pod_dir().join("volumes").join(&name);
-            let prepared = if let Some(hp) = v.get("hostPath") {
+            let prepared = if let Some(claim) = v.get("persistentVolumeClaim") {
+                let path = crate::kubelet::local_volumes::claim_path(
+                    &self.config.store,
+                    &self.config.node_name,
+                    &self.config.volumes_dir,
+                    &str_at(pod, "/metadata/namespace"),
+                    &str_at(claim, "/claimName"),
+                )
+                .await?;
+                PreparedVolume {
+                    path,
+                    read_only: claim.get("readOnly").and_then(Value::as_bool) == Some(true),
+                }
+            } else if let Some(hp) = v.get("hostPath") {
                 let path = PathBuf::from(str_at(hp, "/path"));
                 if str_at(hp, "/type") == "DirectoryOrCreate" {
                     std::fs::create_dir_all(&path)
