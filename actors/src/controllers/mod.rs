@@ -2,6 +2,10 @@
 //! ([`shards`]); every write they make is fenced by the shard's lease.
 
 pub mod common;
+pub mod cron;
+pub mod cronjob;
+pub mod daemonset;
+pub mod job;
 pub mod replicaset;
 pub mod runner;
 pub mod scheduler;
@@ -47,6 +51,9 @@ pub fn start(
     let reconcilers: Vec<Arc<dyn runner::Reconciler>> = vec![
         Arc::new(replicaset::ReplicaSetController::replica_sets()),
         Arc::new(replicaset::ReplicaSetController::replication_controllers()),
+        Arc::new(job::JobController),
+        Arc::new(cronjob::CronJobController),
+        Arc::new(daemonset::DaemonSetController::new()),
     ];
     for r in reconcilers {
         runner::start(ctx.clone(), r, shutdown.clone());
