@@ -221,17 +221,31 @@ impl DaemonSetController {
         let nodes = ctx.list(NODES).await?;
         let pods = owned_pods(ctx, &ns, &uid).await?;
 
-        let mut deleted: BTreeSet<String> = BTreeSet::new();
+        let node_names: BTreeSet<&str> =
+            nodes.iter().map(|n| str_at(n, "/metadata/name")).collect();
         let mut by_node: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
         for p in &pods {
+            if !node_names.contains(str_at(p, "/spec/nodeName")) {
+                // Its node is gone, and with it the kubelet that would finish a graceful
+                // deletion: the pod goes at once (Kubernetes' pod GC does the same).
+                internal::delete(
+                    &ctx.store,
+                    ("", "v1", "pods"),
+                    Some(&ns),
+                    str_at(p, "/metadata/name"),
+                    Some(str_at(p, "/metadata/uid")),
+                    Some(0),
+                    fence.clone(),
+                )
+                .await?;
+                continue;
+            }
             if is_deleting(p) {
                 continue;
             }
             if matches!(str_at(p, "/status/phase"), "Succeeded" | "Failed") {
                 // A daemon pod that ended is replaced.
-                if delete_pod(&ctx.store, p, &fence).await? {
-                    deleted.insert(str_at(p, "/metadata/uid").to_owned());
-                }
+                delete_pod(&ctx.store, p, &fence).await?;
                 continue;
             }
             by_node
@@ -295,7 +309,7 @@ impl DaemonSetController {
                 }
             }
         }
-        // Pods on nodes that no longer exist, or with no node at all.
+        // Pods on nodes that no longer select them (every node was visited above).
         for (_, pods) in by_node {
             to_delete.extend(pods);
         }
@@ -313,9 +327,7 @@ impl DaemonSetController {
             }
         }
         for p in to_delete {
-            if delete_pod(&ctx.store, p, &fence).await? {
-                deleted.insert(str_at(p, "/metadata/uid").to_owned());
-            }
+            delete_pod(&ctx.store, p, &fence).await?;
         }
         let mut created = 0;
         for node in &to_create {
