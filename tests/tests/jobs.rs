@@ -258,6 +258,103 @@ async fn jobs_complete_fail_and_index_and_cron_jobs_start_them_on_schedule() {
         assert_eq!(log.trim(), format!("index={index}"));
     }
 
+    // Suspended: no pods and `Suspended`; resumed, it runs to completion.
+    k.ok(
+        0,
+        &["apply", "-f", "-"],
+        Some(&job("later", "suspend: true", "true")),
+    )
+    .await;
+    k.ok(
+        0,
+        &[
+            "wait",
+            "--for=condition=suspended",
+            "job/later",
+            "--timeout=60s",
+        ],
+        None,
+    )
+    .await;
+    assert!(job_pods(&k, "later").await.is_empty());
+    k.ok(
+        0,
+        &[
+            "patch",
+            "job",
+            "later",
+            "-p",
+            "{\"spec\":{\"suspend\":false}}",
+        ],
+        None,
+    )
+    .await;
+    k.ok(
+        0,
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/later",
+            "--timeout=120s",
+        ],
+        None,
+    )
+    .await;
+    // activeDeadlineSeconds ends a Job that runs too long, and its pod.
+    k.ok(
+        0,
+        &["apply", "-f", "-"],
+        Some(&job("slow", "activeDeadlineSeconds: 3", "sleep 600")),
+    )
+    .await;
+    k.ok(
+        0,
+        &[
+            "wait",
+            "--for=condition=failed",
+            "job/slow",
+            "--timeout=120s",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        jsonpath(
+            &k,
+            "job/slow",
+            "{.status.conditions[?(@.type==\"Failed\")].reason}"
+        )
+        .await,
+        "DeadlineExceeded"
+    );
+    eventually(CONVERGE, "the slow job's pod gone", || async {
+        let pods = job_pods(&k, "slow").await;
+        anyhow::ensure!(pods.iter().all(|p| p.1 != "Running"), "{pods:?}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    // ttlSecondsAfterFinished: the finished Job and its pods are deleted.
+    k.ok(
+        0,
+        &["apply", "-f", "-"],
+        Some(&job("brief", "ttlSecondsAfterFinished: 2", "true")),
+    )
+    .await;
+    eventually(
+        CONVERGE * 2,
+        "the brief job deleted with its pods",
+        || async {
+            let (ok, out, err) = k.run(0, &["get", "job", "brief"], None).await;
+            anyhow::ensure!(!ok && err.contains("NotFound"), "{out}{err}");
+            let pods = job_pods(&k, "brief").await;
+            anyhow::ensure!(pods.is_empty(), "{pods:?}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+
     // The CronJob: a Job at the minute, named by it and owned by the CronJob. Forbid: the
     // next minute comes while that one still runs (75 s), so it waits, and runs when the
     // first has finished.
