@@ -2,6 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use flotilla_api::internal::{self, Fence};
 use serde_json::{Value, json};
 
 pub fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
@@ -137,6 +138,121 @@ pub fn event(obj: &Value, kind: &str, reason: &str, message: &str, component: &s
         "source": {"component": component},
         "reportingComponent": component,
     })
+}
+
+/// Records an Event about `obj` (of `api_version`/`kind`) on behalf of `component`; best effort.
+#[allow(clippy::too_many_arguments)]
+pub async fn record(
+    store: &flotilla_consensus::Store,
+    obj: &Value,
+    api_version: &str,
+    kind: &str,
+    event_type: &str,
+    reason: &str,
+    message: &str,
+    component: &str,
+    fence: &Fence,
+) {
+    let mut involved = obj.clone();
+    involved["apiVersion"] = json!(api_version);
+    involved["kind"] = json!(kind);
+    let e = event(&involved, event_type, reason, message, component);
+    let _ = internal::create(
+        store,
+        ("", "v1", "events"),
+        Some(str_at(obj, "/metadata/namespace")),
+        e,
+        component,
+        fence.clone(),
+    )
+    .await;
+}
+
+/// Deletes a pod a controller owns (the kubelet stops it first when it is on a node), if it
+/// is still the same pod.
+pub async fn delete_pod(
+    store: &flotilla_consensus::Store,
+    pod: &Value,
+    fence: &Fence,
+) -> Result<bool, flotilla_api::ApiError> {
+    internal::delete(
+        store,
+        ("", "v1", "pods"),
+        Some(str_at(pod, "/metadata/namespace")),
+        str_at(pod, "/metadata/name"),
+        Some(str_at(pod, "/metadata/uid")),
+        None,
+        fence.clone(),
+    )
+    .await
+}
+
+/// The pods in `namespace` whose controller is `uid`.
+pub async fn owned_pods(
+    ctx: &super::runner::Ctx,
+    namespace: &str,
+    uid: &str,
+) -> Result<Vec<Value>, flotilla_api::ApiError> {
+    Ok(ctx
+        .list(&format!("/registry/core/pods/{namespace}/"))
+        .await?
+        .into_iter()
+        .filter(|p| controller_uid(p) == Some(uid))
+        .collect())
+}
+
+/// The keys (`namespace/name`) of the `kind` owners an object names.
+pub fn owner_keys(obj: &Value, kind: &str) -> Vec<String> {
+    obj.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|o| o.get("kind").and_then(Value::as_str) == Some(kind))
+        .filter_map(|o| o.get("name").and_then(Value::as_str))
+        .map(|n| format!("{}/{n}", str_at(obj, "/metadata/namespace")))
+        .collect()
+}
+
+/// Sets a condition of `conditions` (`type`, `status`, `reason`, `message`); the transition
+/// time changes only when the status does. Whether anything changed.
+pub fn set_condition(
+    conditions: &mut Vec<Value>,
+    kind: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+) -> bool {
+    let now = now();
+    if let Some(c) = conditions.iter_mut().find(|c| str_at(c, "/type") == kind) {
+        if str_at(c, "/status") == status
+            && str_at(c, "/reason") == reason
+            && str_at(c, "/message") == message
+        {
+            return false;
+        }
+        if str_at(c, "/status") != status {
+            c["lastTransitionTime"] = json!(now);
+        }
+        c["status"] = json!(status);
+        c["reason"] = json!(reason);
+        c["message"] = json!(message);
+        c["lastProbeTime"] = json!(now);
+        return true;
+    }
+    conditions.push(json!({
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastProbeTime": now,
+        "lastTransitionTime": now,
+    }));
+    true
+}
+
+/// Whether the condition `kind` is `True`.
+pub fn condition_true(obj: &Value, kind: &str) -> bool {
+    condition(obj, kind).is_some_and(|c| str_at(c, "/status") == "True")
 }
 
 #[cfg(test)]

@@ -2,8 +2,12 @@
 //! ([`shards`]); every write they make is fenced by the shard's lease.
 
 pub mod common;
+pub mod cron;
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
+pub mod job;
 pub mod namespace;
 pub mod replicaset;
 pub mod runner;
@@ -58,6 +62,9 @@ pub fn start(
         Arc::new(statefulset::StatefulSetController),
         Arc::new(replicaset::ReplicaSetController::replica_sets()),
         Arc::new(replicaset::ReplicaSetController::replication_controllers()),
+        Arc::new(job::JobController),
+        Arc::new(cronjob::CronJobController),
+        Arc::new(daemonset::DaemonSetController::new()),
     ];
     for r in reconcilers {
         runner::start(ctx.clone(), r, shutdown.clone());

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use super::shards::{Members, Shards};
 use crate::kubelet::parse_quantity;
 
-const ALLOC_PREFIX: &str = "/flotilla/alloc/";
+pub(crate) const ALLOC_PREFIX: &str = "/flotilla/alloc/";
 const PODS: &str = "/registry/core/pods/";
 const NODES: &str = "/registry/core/nodes/";
 const CLAIMS: &str = "/registry/core/persistentvolumeclaims/";
@@ -182,7 +182,7 @@ fn host_ports(pod: &Value) -> Vec<(String, i64)> {
 }
 
 /// Whether `tolerations` tolerate `taint` (Kubernetes' matching rules).
-fn tolerates(tolerations: &[Value], taint: &Value) -> bool {
+pub(crate) fn tolerates(tolerations: &[Value], taint: &Value) -> bool {
     let key = str_at(taint, "/key");
     let value = str_at(taint, "/value");
     let effect = str_at(taint, "/effect");
@@ -227,7 +227,7 @@ fn requirement_matches(req: &Value, labels: &serde_json::Map<String, Value>) -> 
 }
 
 /// nodeSelector and required node affinity.
-fn selects(pod: &Value, node: &Value) -> bool {
+pub(crate) fn selects(pod: &Value, node: &Value) -> bool {
     let empty = serde_json::Map::new();
     let labels = node
         .pointer("/metadata/labels")
