@@ -157,6 +157,9 @@ fn subresources(
     if r.plural == "pods" && r.group.is_empty() {
         out.push(("log", "", "v1", "Pod", &["get"]));
         out.push(("exec", "", "v1", "PodExecOptions", &["create", "get"]));
+        // `kubectl drain` looks for exactly this entry (name, kind, group and version) in
+        // `/api/v1` before it evicts rather than deletes.
+        out.push(("eviction", "policy", "v1", "Eviction", &["create"]));
     }
     out
 }
@@ -297,6 +300,7 @@ enum Sub {
     Status,
     Scale,
     Log,
+    Eviction,
 }
 
 impl Sub {
@@ -305,6 +309,7 @@ impl Sub {
             Sub::Status => "status",
             Sub::Scale => "scale",
             Sub::Log => "log",
+            Sub::Eviction => "eviction",
         }
     }
 }
@@ -314,6 +319,7 @@ fn subresource(r: &Resource, name: &str) -> Result<Sub, ApiError> {
         "status" if r.has_status() => Ok(Sub::Status),
         "scale" if r.has_scale() => Ok(Sub::Scale),
         "log" if r.plural == "pods" => Ok(Sub::Log),
+        "eviction" if r.plural == "pods" && r.group.is_empty() => Ok(Sub::Eviction),
         other => Err(ApiError::path_not_found_msg(&format!(
             "{} has no subresource {other:?}",
             r.qualified_plural()
@@ -385,6 +391,10 @@ struct ListQuery {
     dry_run: Option<String>,
     #[serde(rename = "gracePeriodSeconds")]
     grace_period_seconds: Option<i64>,
+    #[serde(rename = "propagationPolicy")]
+    propagation_policy: Option<String>,
+    #[serde(rename = "orphanDependents")]
+    orphan_dependents: Option<bool>,
     // pods/log
     container: Option<String>,
     follow: Option<String>,
@@ -557,6 +567,12 @@ async fn dispatch(
         }
         (_, Some(_)) if target.sub == Some(Sub::Log) => Err(ApiError::method_not_allowed(
             &format!("{method} on pods/log"),
+        )),
+        (&Method::POST, Some(name)) if target.sub == Some(Sub::Eviction) => {
+            evict(api, &target, name, headers, &body, q).await
+        }
+        (_, Some(_)) if target.sub == Some(Sub::Eviction) => Err(ApiError::method_not_allowed(
+            &format!("{method} on pods/eviction"),
         )),
         (&Method::GET, Some(name)) if target.sub == Some(Sub::Scale) => {
             let current = read_current(api, &target, name).await?;
@@ -1435,6 +1451,9 @@ fn scoped(
 ) -> Result<Value, ApiError> {
     match sub {
         Some(Sub::Log) => Err(ApiError::method_not_allowed("writes to pods/log")),
+        Some(Sub::Eviction) => Err(ApiError::method_not_allowed(
+            "updates of pods/eviction (POST an Eviction)",
+        )),
         None if r.has_status() => {
             let mut obj = new;
             match old.get("status") {
@@ -1884,15 +1903,40 @@ async fn delete(
     body: &Bytes,
     q: &ListQuery,
 ) -> ApiResult {
+    let options = if body.is_empty() {
+        None
+    } else {
+        Some(parse_body(headers, body)?)
+    };
+    delete_with(api, t, name, options.as_ref(), q).await
+}
+
+/// A DELETE with its `DeleteOptions` (the body's win over the query's): preconditions, the
+/// grace period of a pod, and the propagation policy, which becomes the garbage collector's
+/// finalizers (`foregroundDeletion`, `orphan`) on the object.
+async fn delete_with(
+    api: &Api,
+    t: &Target,
+    name: &str,
+    options: Option<&Value>,
+    q: &ListQuery,
+) -> ApiResult {
     let r = t.resource;
     let key = r.key(t.namespace.as_deref(), name);
     let current = read_current(api, t, name).await?;
     let mut grace = q.grace_period_seconds;
-    // DeleteOptions (JSON) may carry preconditions on uid and resourceVersion.
-    if !body.is_empty() {
-        let options = parse_body(headers, body)?;
+    let mut policy = q.propagation_policy.clone();
+    let mut orphan_dependents = q.orphan_dependents;
+    // DeleteOptions may carry preconditions on uid and resourceVersion.
+    if let Some(options) = options {
         if let Some(g) = options.get("gracePeriodSeconds").and_then(Value::as_i64) {
             grace = Some(g);
+        }
+        if let Some(p) = options.get("propagationPolicy").and_then(Value::as_str) {
+            policy = Some(p.to_owned());
+        }
+        if let Some(o) = options.get("orphanDependents").and_then(Value::as_bool) {
+            orphan_dependents = Some(o);
         }
         let stored = served(r, &current)?;
         if let Some(uid) = options
@@ -1928,23 +1972,27 @@ async fn delete(
             ));
         }
     }
+    let policy = crate::lifecycle::Propagation::from_options(policy.as_deref(), orphan_dependents)?;
     let stored = served(r, &current)?;
+    let finalizers = crate::lifecycle::deletion_finalizers(&stored, policy);
+    let mut marked = stored.clone();
+    if let Some(f) = &finalizers {
+        marked["metadata"]["finalizers"] = json!(f);
+    }
     if r.plural == "pods"
         && let Some(grace) = crate::lifecycle::pod_grace_period(&stored, grace)
     {
         // A pod on a node is stopped by its kubelet, which then removes the object.
-        let mut marked = stored.clone();
-        if !crate::lifecycle::mark_pod_deleting(&mut marked, grace) {
+        if !crate::lifecycle::mark_pod_deleting(&mut marked, grace) && finalizers.is_none() {
             return Ok(json_response(StatusCode::OK, &stored));
         }
         return write_marked(api, r, name, &current, marked).await;
     }
-    if crate::lifecycle::has_finalizers(&stored) {
+    if crate::lifecycle::has_finalizers(&marked) {
         // Finalizers hold the object: mark it, and let their owners remove them.
-        if crate::lifecycle::is_deleting(&stored) {
+        if crate::lifecycle::is_deleting(&stored) && finalizers.is_none() {
             return Ok(json_response(StatusCode::OK, &stored));
         }
-        let mut marked = stored.clone();
         crate::lifecycle::mark_deleting(&mut marked);
         return write_marked(api, r, name, &current, marked).await;
     }
@@ -1972,6 +2020,51 @@ async fn delete(
     });
     let obj = served(r, deleted.as_ref().unwrap_or(&current))?;
     Ok(json_response(StatusCode::OK, &obj))
+}
+
+/// `POST pods/NAME/eviction` (a policy/v1 `Eviction`): a graceful delete of the pod with the
+/// eviction's `deleteOptions`, answered like the apiserver with a `Success` Status and 201.
+/// PodDisruptionBudgets are not served, so no eviction is ever refused for one.
+async fn evict(
+    api: &Api,
+    t: &Target,
+    name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    q: &ListQuery,
+) -> ApiResult {
+    let eviction = if body.is_empty() {
+        json!({})
+    } else {
+        parse_body(headers, body)?
+    };
+    if let Some(kind) = eviction.get("kind").and_then(Value::as_str)
+        && kind != "Eviction"
+    {
+        return Err(ApiError::bad_request(format!(
+            "expected an Eviction, got a {kind}"
+        )));
+    }
+    if let Some(named) = eviction.pointer("/metadata/name").and_then(Value::as_str)
+        && !named.is_empty()
+        && named != name
+    {
+        return Err(ApiError::bad_request(
+            "name in URL does not match name in Eviction object",
+        ));
+    }
+    let options = eviction.get("deleteOptions").filter(|o| o.is_object());
+    let pod = Target {
+        resource: t.resource,
+        namespace: t.namespace.clone(),
+        name: Some(name.to_owned()),
+        sub: None,
+    };
+    delete_with(api, &pod, name, options, q).await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
 }
 
 /// DELETE on a collection: every object that matches the selectors, in one transaction.
@@ -2240,11 +2333,28 @@ pub mod internal {
     /// object, or the fence or object changed.
     pub async fn delete(
         store: &Store,
+        gvr: (&str, &str, &str),
+        namespace: Option<&str>,
+        name: &str,
+        uid: Option<&str>,
+        grace: Option<i64>,
+        fence: Fence,
+    ) -> Result<bool, ApiError> {
+        delete_propagating(store, gvr, namespace, name, uid, grace, None, fence).await
+    }
+
+    /// [`delete`] with a propagation policy, as `DeleteOptions.propagationPolicy` gives it:
+    /// `Foreground` and `Orphan` leave the object marked with the garbage collector's
+    /// finalizer.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn delete_propagating(
+        store: &Store,
         (group, version, plural): (&str, &str, &str),
         namespace: Option<&str>,
         name: &str,
         uid: Option<&str>,
         grace: Option<i64>,
+        policy: Option<crate::lifecycle::Propagation>,
         fence: Fence,
     ) -> Result<bool, ApiError> {
         let t = target(group, version, plural, namespace, Some(name), false)?;
@@ -2257,19 +2367,23 @@ pub mod internal {
         if uid.is_some_and(|u| stored.pointer("/metadata/uid").and_then(Value::as_str) != Some(u)) {
             return Ok(false);
         }
+        let finalizers = crate::lifecycle::deletion_finalizers(&stored, policy);
         let mut marked = stored.clone();
+        if let Some(f) = &finalizers {
+            marked["metadata"]["finalizers"] = json!(f);
+        }
         let mut success = if r.plural == "pods"
             && let Some(grace) = crate::lifecycle::pod_grace_period(&stored, grace)
         {
-            if !crate::lifecycle::mark_pod_deleting(&mut marked, grace) {
+            if !crate::lifecycle::mark_pod_deleting(&mut marked, grace) && finalizers.is_none() {
                 return Ok(true);
             }
             vec![Op::Put {
                 key: key.clone(),
                 value: encode_object(r, name, &marked)?,
             }]
-        } else if crate::lifecycle::has_finalizers(&stored) {
-            if crate::lifecycle::is_deleting(&stored) {
+        } else if crate::lifecycle::has_finalizers(&marked) {
+            if crate::lifecycle::is_deleting(&stored) && finalizers.is_none() {
                 return Ok(true);
             }
             crate::lifecycle::mark_deleting(&mut marked);
