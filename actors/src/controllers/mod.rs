@@ -2,6 +2,8 @@
 //! ([`shards`]); every write they make is fenced by the shard's lease.
 
 pub mod common;
+pub mod gc;
+pub mod nodelifecycle;
 pub mod replicaset;
 pub mod runner;
 pub mod scheduler;
@@ -12,14 +14,23 @@ use std::sync::Arc;
 use flotilla_consensus::Store;
 use tokio::sync::watch;
 
+/// What the controllers are told at start.
+pub struct ControllerConfig {
+    pub shard_count: u32,
+    /// How long a pod without a toleration of `node.kubernetes.io/unreachable` stays bound to
+    /// an unreachable node before it is evicted.
+    pub default_unreachable_toleration: std::time::Duration,
+}
+
 /// Starts this node's shard host, scheduler and controllers; they stop with `shutdown`.
 pub fn start(
     node: &str,
     store: Store,
-    shard_count: u32,
+    config: ControllerConfig,
     live: shards::Members,
     shutdown: watch::Receiver<bool>,
 ) -> shards::Shards {
+    let shard_count = config.shard_count;
     let shards = shards::start(
         shards::ShardConfig {
             node: node.to_owned(),
@@ -35,7 +46,7 @@ pub fn start(
             node: node.to_owned(),
             store: store.clone(),
             shards: shards.clone(),
-            live,
+            live: live.clone(),
         },
         shutdown.clone(),
     );
@@ -47,9 +58,14 @@ pub fn start(
     let reconcilers: Vec<Arc<dyn runner::Reconciler>> = vec![
         Arc::new(replicaset::ReplicaSetController::replica_sets()),
         Arc::new(replicaset::ReplicaSetController::replication_controllers()),
+        Arc::new(nodelifecycle::NodeLifecycleController::new(
+            live,
+            config.default_unreachable_toleration,
+        )),
     ];
     for r in reconcilers {
         runner::start(ctx.clone(), r, shutdown.clone());
     }
+    gc::start(ctx, shutdown);
     shards
 }
