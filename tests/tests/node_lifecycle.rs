@@ -1,8 +1,9 @@
 //! Node lifecycle on a 3-node cluster (`sim` runtime), driven by real kubectl: a SIGKILLed
-//! node becomes NotReady with the unreachable taint and its ReplicaSet pods are replaced on
-//! the other nodes (the evicted ones stay Terminating until it returns); restarted, it is
-//! Ready again and untainted, and its kubelet finishes the evicted pods; `kubectl drain`
-//! cordons a node and evicts its pods, which are replaced elsewhere.
+//! node becomes NotReady with the unreachable taint, its pods not Ready, and its ReplicaSet
+//! pods are replaced on the other nodes (the evicted ones stay Terminating until it
+//! returns); restarted, it is Ready again and untainted, and its kubelet finishes the
+//! evicted pods; `kubectl drain` cordons a node and evicts its pods, which are replaced
+//! elsewhere.
 
 use std::time::Instant;
 
@@ -150,6 +151,28 @@ async fn dead_nodes_are_tainted_and_emptied_and_drain_evicts() {
         killed.elapsed()
     );
     assert_eq!(terminating, on_victim, "the evicted pods stay Terminating");
+    // Nobody vouches for them any more: not Ready, so Services stop sending them traffic.
+    let ready = k
+        .ok(
+            1,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=web",
+                "--field-selector",
+                "spec.nodeName=node-3",
+                "-o",
+                "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        ready.split_whitespace().collect::<Vec<_>>(),
+        vec!["False"; on_victim],
+        "{ready}"
+    );
 
     // node-3 returns: Ready, untainted, and its kubelet finishes the evicted pods.
     let restarted = Instant::now();

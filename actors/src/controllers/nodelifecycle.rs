@@ -40,15 +40,24 @@ pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 const UNREACHABLE_AFTER: Duration = Duration::from_secs(2);
 /// How often liveness is looked at (gossip changes are not store events).
 const POLL: Duration = Duration::from_secs(1);
+/// How often the pods of an unreachable node are looked at when none is due for eviction
+/// (a pod bound to it later, say).
+const PODS_RECHECK: Duration = Duration::from_secs(10);
 /// Above this share of unreachable nodes, evictions stop.
 pub const MAX_UNREACHABLE_PERCENT: usize = 55;
 
 pub struct NodeLifecycleController {
     live: Members,
     default_toleration: Duration,
-    /// When this node's gossip first missed each node (per controller instance: after a
-    /// restart or a shard move the grace starts again).
-    missing_since: Mutex<HashMap<String, Instant>>,
+    /// What this instance saw of each node gossip misses (after a restart or a shard move it
+    /// starts again, grace included).
+    missing: Mutex<HashMap<String, Missing>>,
+}
+
+struct Missing {
+    since: Instant,
+    /// When the pods of the node are to be looked at next (not every poll: that lists them).
+    pods_next: Instant,
 }
 
 impl NodeLifecycleController {
@@ -56,7 +65,7 @@ impl NodeLifecycleController {
         NodeLifecycleController {
             live,
             default_toleration,
-            missing_since: Mutex::new(HashMap::new()),
+            missing: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -91,6 +100,22 @@ pub fn eviction_due(pod: &Value, tainted_at: u64, default_toleration: Duration) 
         }
     }
     Some(tainted_at.saturating_add(longest))
+}
+
+/// The pod with its Ready condition False, as its unreachable kubelet can no longer vouch
+/// for it; None if it is not Ready now.
+fn pod_not_ready(pod: &Value) -> Option<Value> {
+    let mut updated = pod.clone();
+    let conditions = updated
+        .pointer_mut("/status/conditions")
+        .and_then(Value::as_array_mut)?;
+    let ready = conditions
+        .iter_mut()
+        .find(|c| str_at(c, "/type") == "Ready" && str_at(c, "/status") == "True")?;
+    ready["status"] = json!("False");
+    ready["reason"] = json!("NodeUnreachable");
+    ready["lastTransitionTime"] = json!(now());
+    Some(updated)
 }
 
 fn ready_condition(node: &Value) -> Option<&Value> {
@@ -183,16 +208,18 @@ impl NodeLifecycleController {
         };
         node["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
         let live = (self.live)().iter().any(|m| m == name);
-        let missing_for = {
-            let mut missing = self.missing_since.lock().unwrap_or_else(|e| e.into_inner());
+        let (missing_for, pods_due) = {
+            let mut missing = self.missing.lock().unwrap_or_else(|e| e.into_inner());
             if live {
                 missing.remove(name);
-                Duration::ZERO
+                (Duration::ZERO, false)
             } else {
-                missing
-                    .entry(name.to_owned())
-                    .or_insert_with(Instant::now)
-                    .elapsed()
+                let now = Instant::now();
+                let m = missing.entry(name.to_owned()).or_insert(Missing {
+                    since: now,
+                    pods_next: now,
+                });
+                (m.since.elapsed(), m.pods_next <= now)
             }
         };
         if !live && missing_for < UNREACHABLE_AFTER {
@@ -243,22 +270,31 @@ impl NodeLifecycleController {
             )
             .await?;
         }
-        if live {
+        if live || !pods_due {
             return Ok(Some(POLL));
         }
         let next = self.evict(ctx, name, &node).await?;
-        Ok(Some(next.map_or(POLL, |n| n.min(POLL))))
+        let pods_next = Instant::now() + next.map_or(PODS_RECHECK, |n| n.min(PODS_RECHECK));
+        if let Some(m) = self
+            .missing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(name)
+        {
+            m.pods_next = pods_next;
+        }
+        Ok(Some(POLL))
     }
 
     fn forget(&self, name: &str) {
-        self.missing_since
+        self.missing
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
     }
 
-    /// Evicts the pods of unreachable `node` whose toleration ran out; when the next one is
-    /// due.
+    /// Marks the pods of unreachable `node` not Ready (so Services stop sending them traffic)
+    /// and evicts those whose toleration ran out; when the next one is due.
     async fn evict(
         &self,
         ctx: &Ctx,
@@ -276,14 +312,35 @@ impl NodeLifecycleController {
             .iter()
             .filter(|n| !live.iter().any(|m| m == str_at(n, "/metadata/name")))
             .count();
-        if !evictions_allowed(nodes.len(), unreachable) {
+        let allowed = evictions_allowed(nodes.len(), unreachable);
+        if !allowed {
             tracing::warn!(node = %name, unreachable, total = nodes.len(), "not evicting pods: more than {MAX_UNREACHABLE_PERCENT}% of nodes look unreachable, so this node is probably the partitioned one");
-            return Ok(None);
         }
         let now = now_secs();
         let mut next: Option<u64> = None;
         for pod in ctx.list("/registry/core/pods/").await? {
             if str_at(&pod, "/spec/nodeName") != name || is_deleting(&pod) {
+                continue;
+            }
+            // The node's shard owner looks after the node's pods (whatever their own shards).
+            let Some(fence) = ctx.fence(name) else {
+                return Ok(None);
+            };
+            if let Some(not_ready) = pod_not_ready(&pod) {
+                // Best effort: a pod changed meanwhile is looked at on the next pass.
+                let _ = internal::replace(
+                    &ctx.store,
+                    ("", "v1", "pods"),
+                    Some(str_at(&pod, "/metadata/namespace")),
+                    str_at(&pod, "/metadata/name"),
+                    not_ready,
+                    true,
+                    MANAGER,
+                    fence.clone(),
+                )
+                .await;
+            }
+            if !allowed {
                 continue;
             }
             let Some(due) = eviction_due(&pod, tainted_at, self.default_toleration) else {
@@ -296,10 +353,6 @@ impl NodeLifecycleController {
             let ns = str_at(&pod, "/metadata/namespace");
             let pod_name = str_at(&pod, "/metadata/name");
             tracing::info!(node = %name, namespace = %ns, pod = %pod_name, "evicting a pod from an unreachable node");
-            // Each pod has its own shard; the node's fence covers the node's pods here.
-            let Some(fence) = ctx.fence(name) else {
-                return Ok(None);
-            };
             internal::delete(
                 &ctx.store,
                 ("", "v1", "pods"),
