@@ -243,5 +243,21 @@ async fn owners_take_their_dependents_along_or_leave_them_as_asked() {
     .await
     .unwrap();
 
+    // A policy the API does not know is refused, as the apiserver refuses it.
+    k.ok(0, &["create", "configmap", "kept"], None).await;
+    let err = k
+        .fails(
+            0,
+            &[
+                "delete",
+                "--raw",
+                "/api/v1/namespaces/default/configmaps/kept?propagationPolicy=Sideways",
+            ],
+            None,
+        )
+        .await;
+    assert!(err.contains("Unsupported value"), "{err}");
+    k.ok(1, &["get", "configmap", "kept"], None).await;
+
     cluster.stop().await.unwrap();
 }

@@ -239,5 +239,56 @@ async fn dead_nodes_are_tainted_and_emptied_and_drain_evicts() {
     .unwrap();
     k.ok(0, &["uncordon", "node-2"], None).await;
 
+    // Evicting a pod that is not there is NotFound; an Eviction naming another pod than
+    // its URL is refused.
+    let eviction = |name: &str| {
+        format!(r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{name}"}}}}"#)
+    };
+    let err = k
+        .fails(
+            0,
+            &[
+                "create",
+                "--raw",
+                "/api/v1/namespaces/default/pods/nope/eviction",
+                "-f",
+                "-",
+            ],
+            Some(&eviction("nope")),
+        )
+        .await;
+    assert!(
+        err.contains("NotFound") || err.contains("not found"),
+        "{err}"
+    );
+    let (_, some_pod, _) = k
+        .run(
+            0,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=web",
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ],
+            None,
+        )
+        .await;
+    let err = k
+        .fails(
+            0,
+            &[
+                "create",
+                "--raw",
+                &format!("/api/v1/namespaces/default/pods/{some_pod}/eviction"),
+                "-f",
+                "-",
+            ],
+            Some(&eviction("someone-else")),
+        )
+        .await;
+    assert!(err.contains("does not match"), "{err}");
+
     cluster.stop().await.unwrap();
 }

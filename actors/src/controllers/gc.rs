@@ -334,14 +334,33 @@ async fn sweep(ctx: &Ctx) -> Result<(Watched, bool), ApiError> {
         if writes >= WRITES_PER_SWEEP {
             return Ok((watched, true));
         }
-        if o.obj.pointer("/metadata/ownerReferences").is_some()
-            && ctx.fence(&key_of(&o.obj)).is_some()
-        {
-            writes += usize::from(collect_dependent(ctx, o, &by_uid).await?);
+        let key = key_of(&o.obj);
+        if ctx.fence(&key).is_none() {
+            continue;
         }
-        if waits_for_dependents(&o.obj) && ctx.fence(&key_of(&o.obj)).is_some() {
+        // One object the API refuses to write (say, stored before a validation rule existed)
+        // must not stop the collection of all the others.
+        if o.obj.pointer("/metadata/ownerReferences").is_some() {
+            match collect_dependent(ctx, o, &by_uid).await {
+                Ok(wrote) => writes += usize::from(wrote),
+                Err(e) if e.code() >= 500 => return Err(e),
+                // Changed or gone since the sweep read it: the next sweep sees it as it is.
+                Err(e) if matches!(e.code(), 404 | 409) => {}
+                Err(e) => {
+                    tracing::warn!(kind = o.resource.kind, %key, error = %e.message(), "cannot collect a dependent")
+                }
+            }
+        }
+        if waits_for_dependents(&o.obj) {
             let deps = dependents.get(o.uid()).map(Vec::as_slice).unwrap_or(&[]);
-            writes += usize::from(finish_owner(ctx, o, deps).await?);
+            match finish_owner(ctx, o, deps).await {
+                Ok(wrote) => writes += usize::from(wrote),
+                Err(e) if e.code() >= 500 => return Err(e),
+                Err(e) if matches!(e.code(), 404 | 409) => {}
+                Err(e) => {
+                    tracing::warn!(kind = o.resource.kind, %key, error = %e.message(), "cannot finish an owner's deletion")
+                }
+            }
         }
     }
     Ok((watched, false))
