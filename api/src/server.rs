@@ -610,7 +610,7 @@ async fn dispatch(
         (&Method::DELETE, Some(name)) if target.sub.is_none() => {
             delete(api, &target, name, headers, &body, q).await
         }
-        (&Method::DELETE, None) => delete_collection(api, &target, q).await,
+        (&Method::DELETE, None) => delete_collection(api, &target, headers, &body, q).await,
         _ => Err(ApiError::method_not_allowed(&format!(
             "{method} on this path"
         ))),
@@ -1861,15 +1861,15 @@ async fn server_side_apply(
     Err(ApiError::conflict(r, name))
 }
 
-/// Writes an object marked for deletion over `current` (unless it changed meanwhile) and
-/// answers with it, as a DELETE that does not remove the object yet does.
+/// Writes an object marked for deletion over `current` (unless it changed meanwhile); the
+/// written object is what a DELETE that does not remove the object yet answers with.
 async fn write_marked(
     api: &Api,
     r: &Resource,
     name: &str,
     current: &KeyValue,
     mut marked: Value,
-) -> ApiResult {
+) -> Result<Value, ApiError> {
     if let Some(m) = marked["metadata"].as_object_mut() {
         m.remove("resourceVersion");
     }
@@ -1892,7 +1892,7 @@ async fn write_marked(
         return Err(ApiError::conflict(r, name));
     }
     marked["metadata"]["resourceVersion"] = json!(resp.revision.to_string());
-    Ok(json_response(StatusCode::OK, &marked))
+    Ok(marked)
 }
 
 async fn delete(
@@ -1908,19 +1908,21 @@ async fn delete(
     } else {
         Some(parse_body(headers, body)?)
     };
-    delete_with(api, t, name, options.as_ref(), q).await
+    let obj = delete_with(api, t, name, options.as_ref(), q).await?;
+    Ok(json_response(StatusCode::OK, &obj))
 }
 
 /// A DELETE with its `DeleteOptions` (the body's win over the query's): preconditions, the
 /// grace period of a pod, and the propagation policy, which becomes the garbage collector's
-/// finalizers (`foregroundDeletion`, `orphan`) on the object.
+/// finalizers (`foregroundDeletion`, `orphan`) on the object. Returns the object as deleted
+/// or as marked for deletion.
 async fn delete_with(
     api: &Api,
     t: &Target,
     name: &str,
     options: Option<&Value>,
     q: &ListQuery,
-) -> ApiResult {
+) -> Result<Value, ApiError> {
     let r = t.resource;
     let key = r.key(t.namespace.as_deref(), name);
     let current = read_current(api, t, name).await?;
@@ -1984,14 +1986,14 @@ async fn delete_with(
     {
         // A pod on a node is stopped by its kubelet, which then removes the object.
         if !crate::lifecycle::mark_pod_deleting(&mut marked, grace) && finalizers.is_none() {
-            return Ok(json_response(StatusCode::OK, &stored));
+            return Ok(stored);
         }
         return write_marked(api, r, name, &current, marked).await;
     }
     if crate::lifecycle::has_finalizers(&marked) {
         // Finalizers hold the object: mark it, and let their owners remove them.
         if crate::lifecycle::is_deleting(&stored) && finalizers.is_none() {
-            return Ok(json_response(StatusCode::OK, &stored));
+            return Ok(stored);
         }
         crate::lifecycle::mark_deleting(&mut marked);
         return write_marked(api, r, name, &current, marked).await;
@@ -2018,8 +2020,7 @@ async fn delete_with(
         OpResult::Delete { deleted } => deleted.iter().find(|kv| kv.key == key).cloned(),
         _ => None,
     });
-    let obj = served(r, deleted.as_ref().unwrap_or(&current))?;
-    Ok(json_response(StatusCode::OK, &obj))
+    served(r, deleted.as_ref().unwrap_or(&current))
 }
 
 /// `POST pods/NAME/eviction` (a policy/v1 `Eviction`): a graceful delete of the pod with the
@@ -2067,14 +2068,27 @@ async fn evict(
     ))
 }
 
-/// DELETE on a collection: every object that matches the selectors, in one transaction.
-async fn delete_collection(api: &Api, t: &Target, q: &ListQuery) -> ApiResult {
+/// DELETE on a collection: every object that matches the selectors, each deleted as a DELETE
+/// of it would be (finalizers, graceful pod deletion, the propagation policy), as the
+/// apiserver does; an object deleted meanwhile by someone else is skipped.
+async fn delete_collection(
+    api: &Api,
+    t: &Target,
+    headers: &HeaderMap,
+    body: &Bytes,
+    q: &ListQuery,
+) -> ApiResult {
     let r = t.resource;
     if r.plural == "namespaces" {
         return Err(ApiError::method_not_allowed(
             "deletecollection of namespaces",
         ));
     }
+    let options = if body.is_empty() {
+        None
+    } else {
+        Some(parse_body(headers, body)?)
+    };
     let selector = label_selector(q)?;
     let range = api
         .store
@@ -2085,8 +2099,6 @@ async fn delete_collection(api: &Api, t: &Target, q: &ListQuery) -> ApiResult {
         )
         .await?;
     let mut items = Vec::new();
-    let mut compare = Vec::new();
-    let mut ops = Vec::new();
     for kv in &range.kvs {
         let obj = served(r, kv)?;
         if !selector.matches(&meta::labels_of(&obj)) {
@@ -2097,27 +2109,23 @@ async fn delete_collection(api: &Api, t: &Target, q: &ListQuery) -> ApiResult {
         {
             continue;
         }
-        compare.push(Compare::ModRevision {
-            key: kv.key.clone(),
-            op: flotilla_consensus::CmpOp::Equal,
-            revision: kv.mod_revision,
-        });
-        ops.push(Op::Delete {
-            key: kv.key.clone(),
-        });
-        items.push(obj);
-    }
-    if !ops.is_empty() {
-        let resp = api
-            .store
-            .txn(TxnRequest {
-                compare,
-                success: ops,
-                failure: vec![],
-            })
-            .await?;
-        if !resp.succeeded {
-            return Err(ApiError::conflict(r, ""));
+        let item = Target {
+            resource: r,
+            namespace: obj
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            name: None,
+            sub: None,
+        };
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        match delete_with(api, &item, name, options.as_ref(), q).await {
+            Ok(deleted) => items.push(deleted),
+            Err(e) if e.code() == 404 => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(json_response(

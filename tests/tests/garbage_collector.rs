@@ -2,7 +2,7 @@
 //! ReplicaSet deleted the default way (background) takes its pods and a ConfigMap it owns
 //! along; `--cascade=orphan` leaves its pods running without owner references;
 //! `--cascade=foreground` keeps the ReplicaSet, marked for deletion, until every dependent
-//! that blocks it is gone.
+//! that blocks it is gone. Collection DELETEs respect finalizers too.
 
 use flotilla_tests::kubectl::{Kubectl, kubectl_binary};
 use flotilla_tests::{CONVERGE, TestCluster, eventually};
@@ -258,6 +258,57 @@ async fn owners_take_their_dependents_along_or_leave_them_as_asked() {
         .await;
     assert!(err.contains("Unsupported value"), "{err}");
     k.ok(1, &["get", "configmap", "kept"], None).await;
+
+    // A collection DELETE deletes each object as a DELETE of it would: one held by a
+    // finalizer is only marked.
+    let batch = "apiVersion: v1
+kind: ConfigMap
+metadata: {name: plain, labels: {batch: one}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: held, labels: {batch: one}, finalizers: [example.com/hold]}
+";
+    k.ok(0, &["apply", "-f", "-"], Some(batch)).await;
+    k.ok(
+        2,
+        &[
+            "delete",
+            "--raw",
+            "/api/v1/namespaces/default/configmaps?labelSelector=batch%3Done",
+        ],
+        None,
+    )
+    .await;
+    k.fails(0, &["get", "configmap", "plain"], None).await;
+    let marked = k
+        .ok(
+            0,
+            &[
+                "get",
+                "configmap",
+                "held",
+                "-o",
+                "jsonpath={.metadata.deletionTimestamp}",
+            ],
+            None,
+        )
+        .await;
+    assert!(!marked.is_empty(), "held not marked for deletion");
+    k.ok(
+        0,
+        &[
+            "patch",
+            "configmap",
+            "held",
+            "--type=merge",
+            "-p",
+            "{\"metadata\":{\"finalizers\":null}}",
+        ],
+        None,
+    )
+    .await;
+    k.fails(1, &["get", "configmap", "held"], None).await;
 
     cluster.stop().await.unwrap();
 }
