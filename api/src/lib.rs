@@ -25,7 +25,7 @@ mod table;
 mod validate;
 mod watch;
 
-pub use lifecycle::reconcile_namespace;
+pub use lifecycle::{FOREGROUND_FINALIZER, ORPHAN_FINALIZER, Propagation, reconcile_namespace};
 pub use meta::{new_uid, parse_rfc3339, rfc3339};
 pub use nodes::{NodeRegistration, PodCidr, register_node};
 pub use resources::{RESOURCES, Resource};

@@ -78,21 +78,91 @@ pub fn mark_pod_deleting(pod: &mut Value, grace: i64) -> bool {
     true
 }
 
+/// The garbage collector's finalizers: an owner that carries one waits for its dependents to be
+/// deleted (`foregroundDeletion`) or released (`orphan`) before it goes.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+pub const ORPHAN_FINALIZER: &str = "orphan";
+
+/// How a DELETE treats the object's dependents (`DeleteOptions.propagationPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    Foreground,
+    Background,
+    Orphan,
+}
+
+impl Propagation {
+    /// `propagationPolicy` and the deprecated `orphanDependents`, as the apiserver reads them
+    /// (both set is an error; neither: keep what the object's finalizers already ask for).
+    pub fn from_options(
+        policy: Option<&str>,
+        orphan_dependents: Option<bool>,
+    ) -> Result<Option<Propagation>, ApiError> {
+        match (policy, orphan_dependents) {
+            (Some(_), Some(_)) => Err(ApiError::invalid_delete_options(
+                "propagationPolicy",
+                "FieldValueInvalid",
+                "orphanDependents and deletionPropagation cannot be both set",
+            )),
+            (Some("Foreground"), None) => Ok(Some(Propagation::Foreground)),
+            (Some("Background"), None) => Ok(Some(Propagation::Background)),
+            (Some("Orphan"), None) => Ok(Some(Propagation::Orphan)),
+            (Some(other), None) => Err(ApiError::invalid_delete_options(
+                "propagationPolicy",
+                "FieldValueNotSupported",
+                &format!(
+                    "Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
+                ),
+            )),
+            (None, Some(true)) => Ok(Some(Propagation::Orphan)),
+            (None, Some(false)) => Ok(Some(Propagation::Background)),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+fn finalizers_of(obj: &Value) -> Vec<String> {
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The finalizers `obj` gets when deleted with `policy`, or None when they stay as they are.
+/// As in the apiserver: the garbage collector's two finalizers are replaced by the one the
+/// policy asks for; without a policy, the ones already there stay.
+pub fn deletion_finalizers(obj: &Value, policy: Option<Propagation>) -> Option<Vec<String>> {
+    let current = finalizers_of(obj);
+    let has = |f: &str| current.iter().any(|c| c == f);
+    let orphan = policy.map_or_else(|| has(ORPHAN_FINALIZER), |p| p == Propagation::Orphan);
+    let foreground = policy.map_or_else(
+        || has(FOREGROUND_FINALIZER),
+        |p| p == Propagation::Foreground,
+    );
+    let mut new: Vec<String> = current
+        .iter()
+        .filter(|f| *f != ORPHAN_FINALIZER && *f != FOREGROUND_FINALIZER)
+        .cloned()
+        .collect();
+    if orphan {
+        new.push(ORPHAN_FINALIZER.to_owned());
+    }
+    if foreground {
+        new.push(FOREGROUND_FINALIZER.to_owned());
+    }
+    let same = new.len() == current.len() && new.iter().all(|f| current.contains(f));
+    (!same).then_some(new)
+}
+
 /// Finalizers in `new` that `old` (being deleted) did not have: the apiserver forbids them.
 pub fn added_finalizers(old: &Value, new: &Value) -> Vec<String> {
-    let list = |v: &Value| -> Vec<String> {
-        v.pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let before = list(old);
-    list(new)
+    let before = finalizers_of(old);
+    finalizers_of(new)
         .into_iter()
         .filter(|f| !before.contains(f))
         .collect()
@@ -249,4 +319,61 @@ async fn finish_namespace(
         })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deletion_finalizers_follow_the_propagation_policy() {
+        let plain = json!({"metadata": {"finalizers": ["example.com/keep"]}});
+        assert_eq!(deletion_finalizers(&plain, None), None);
+        assert_eq!(
+            deletion_finalizers(&plain, Some(Propagation::Background)),
+            None
+        );
+        assert_eq!(
+            deletion_finalizers(&plain, Some(Propagation::Foreground)),
+            Some(vec!["example.com/keep".into(), "foregroundDeletion".into()])
+        );
+        let orphaning = json!({"metadata": {"finalizers": ["orphan"]}});
+        assert_eq!(deletion_finalizers(&orphaning, None), None);
+        assert_eq!(
+            deletion_finalizers(&orphaning, Some(Propagation::Background)),
+            Some(vec![])
+        );
+        assert_eq!(
+            deletion_finalizers(&orphaning, Some(Propagation::Foreground)),
+            Some(vec!["foregroundDeletion".into()])
+        );
+        assert_eq!(
+            deletion_finalizers(&json!({}), Some(Propagation::Orphan)),
+            Some(vec!["orphan".into()])
+        );
+    }
+
+    #[test]
+    fn propagation_options() {
+        assert_eq!(
+            Propagation::from_options(Some("Orphan"), None).unwrap(),
+            Some(Propagation::Orphan)
+        );
+        assert_eq!(
+            Propagation::from_options(None, Some(true)).unwrap(),
+            Some(Propagation::Orphan)
+        );
+        assert_eq!(
+            Propagation::from_options(None, Some(false)).unwrap(),
+            Some(Propagation::Background)
+        );
+        assert_eq!(Propagation::from_options(None, None).unwrap(), None);
+        assert_eq!(
+            Propagation::from_options(Some("Sideways"), None)
+                .unwrap_err()
+                .code(),
+            422
+        );
+        assert!(Propagation::from_options(Some("Orphan"), Some(true)).is_err());
+    }
 }

@@ -157,6 +157,9 @@ fn subresources(
     if r.plural == "pods" && r.group.is_empty() {
         out.push(("log", "", "v1", "Pod", &["get"]));
         out.push(("exec", "", "v1", "PodExecOptions", &["create", "get"]));
+        // `kubectl drain` looks for exactly this entry (name, kind, group and version) in
+        // `/api/v1` before it evicts rather than deletes.
+        out.push(("eviction", "policy", "v1", "Eviction", &["create"]));
     }
     out
 }
@@ -297,6 +300,7 @@ enum Sub {
     Status,
     Scale,
     Log,
+    Eviction,
 }
 
 impl Sub {
@@ -305,6 +309,7 @@ impl Sub {
             Sub::Status => "status",
             Sub::Scale => "scale",
             Sub::Log => "log",
+            Sub::Eviction => "eviction",
         }
     }
 }
@@ -314,6 +319,7 @@ fn subresource(r: &Resource, name: &str) -> Result<Sub, ApiError> {
         "status" if r.has_status() => Ok(Sub::Status),
         "scale" if r.has_scale() => Ok(Sub::Scale),
         "log" if r.plural == "pods" => Ok(Sub::Log),
+        "eviction" if r.plural == "pods" && r.group.is_empty() => Ok(Sub::Eviction),
         other => Err(ApiError::path_not_found_msg(&format!(
             "{} has no subresource {other:?}",
             r.qualified_plural()
@@ -385,6 +391,10 @@ struct ListQuery {
     dry_run: Option<String>,
     #[serde(rename = "gracePeriodSeconds")]
     grace_period_seconds: Option<i64>,
+    #[serde(rename = "propagationPolicy")]
+    propagation_policy: Option<String>,
+    #[serde(rename = "orphanDependents")]
+    orphan_dependents: Option<bool>,
     // pods/log
     container: Option<String>,
     follow: Option<String>,
@@ -558,6 +568,12 @@ async fn dispatch(
         (_, Some(_)) if target.sub == Some(Sub::Log) => Err(ApiError::method_not_allowed(
             &format!("{method} on pods/log"),
         )),
+        (&Method::POST, Some(name)) if target.sub == Some(Sub::Eviction) => {
+            evict(api, &target, name, headers, &body, q).await
+        }
+        (_, Some(_)) if target.sub == Some(Sub::Eviction) => Err(ApiError::method_not_allowed(
+            &format!("{method} on pods/eviction"),
+        )),
         (&Method::GET, Some(name)) if target.sub == Some(Sub::Scale) => {
             let current = read_current(api, &target, name).await?;
             Ok(json_response(
@@ -594,7 +610,7 @@ async fn dispatch(
         (&Method::DELETE, Some(name)) if target.sub.is_none() => {
             delete(api, &target, name, headers, &body, q).await
         }
-        (&Method::DELETE, None) => delete_collection(api, &target, q).await,
+        (&Method::DELETE, None) => delete_collection(api, &target, headers, &body, q).await,
         _ => Err(ApiError::method_not_allowed(&format!(
             "{method} on this path"
         ))),
@@ -1435,6 +1451,9 @@ fn scoped(
 ) -> Result<Value, ApiError> {
     match sub {
         Some(Sub::Log) => Err(ApiError::method_not_allowed("writes to pods/log")),
+        Some(Sub::Eviction) => Err(ApiError::method_not_allowed(
+            "updates of pods/eviction (POST an Eviction)",
+        )),
         None if r.has_status() => {
             let mut obj = new;
             match old.get("status") {
@@ -1842,15 +1861,15 @@ async fn server_side_apply(
     Err(ApiError::conflict(r, name))
 }
 
-/// Writes an object marked for deletion over `current` (unless it changed meanwhile) and
-/// answers with it, as a DELETE that does not remove the object yet does.
+/// Writes an object marked for deletion over `current` (unless it changed meanwhile); the
+/// written object is what a DELETE that does not remove the object yet answers with.
 async fn write_marked(
     api: &Api,
     r: &Resource,
     name: &str,
     current: &KeyValue,
     mut marked: Value,
-) -> ApiResult {
+) -> Result<Value, ApiError> {
     if let Some(m) = marked["metadata"].as_object_mut() {
         m.remove("resourceVersion");
     }
@@ -1873,7 +1892,7 @@ async fn write_marked(
         return Err(ApiError::conflict(r, name));
     }
     marked["metadata"]["resourceVersion"] = json!(resp.revision.to_string());
-    Ok(json_response(StatusCode::OK, &marked))
+    Ok(marked)
 }
 
 async fn delete(
@@ -1884,15 +1903,42 @@ async fn delete(
     body: &Bytes,
     q: &ListQuery,
 ) -> ApiResult {
+    let options = if body.is_empty() {
+        None
+    } else {
+        Some(parse_body(headers, body)?)
+    };
+    let obj = delete_with(api, t, name, options.as_ref(), q).await?;
+    Ok(json_response(StatusCode::OK, &obj))
+}
+
+/// A DELETE with its `DeleteOptions` (the body's win over the query's): preconditions, the
+/// grace period of a pod, and the propagation policy, which becomes the garbage collector's
+/// finalizers (`foregroundDeletion`, `orphan`) on the object. Returns the object as deleted
+/// or as marked for deletion.
+async fn delete_with(
+    api: &Api,
+    t: &Target,
+    name: &str,
+    options: Option<&Value>,
+    q: &ListQuery,
+) -> Result<Value, ApiError> {
     let r = t.resource;
     let key = r.key(t.namespace.as_deref(), name);
     let current = read_current(api, t, name).await?;
     let mut grace = q.grace_period_seconds;
-    // DeleteOptions (JSON) may carry preconditions on uid and resourceVersion.
-    if !body.is_empty() {
-        let options = parse_body(headers, body)?;
+    let mut policy = q.propagation_policy.clone();
+    let mut orphan_dependents = q.orphan_dependents;
+    // DeleteOptions may carry preconditions on uid and resourceVersion.
+    if let Some(options) = options {
         if let Some(g) = options.get("gracePeriodSeconds").and_then(Value::as_i64) {
             grace = Some(g);
+        }
+        if let Some(p) = options.get("propagationPolicy").and_then(Value::as_str) {
+            policy = Some(p.to_owned());
+        }
+        if let Some(o) = options.get("orphanDependents").and_then(Value::as_bool) {
+            orphan_dependents = Some(o);
         }
         let stored = served(r, &current)?;
         if let Some(uid) = options
@@ -1928,23 +1974,27 @@ async fn delete(
             ));
         }
     }
+    let policy = crate::lifecycle::Propagation::from_options(policy.as_deref(), orphan_dependents)?;
     let stored = served(r, &current)?;
+    let finalizers = crate::lifecycle::deletion_finalizers(&stored, policy);
+    let mut marked = stored.clone();
+    if let Some(f) = &finalizers {
+        marked["metadata"]["finalizers"] = json!(f);
+    }
     if r.plural == "pods"
         && let Some(grace) = crate::lifecycle::pod_grace_period(&stored, grace)
     {
         // A pod on a node is stopped by its kubelet, which then removes the object.
-        let mut marked = stored.clone();
-        if !crate::lifecycle::mark_pod_deleting(&mut marked, grace) {
-            return Ok(json_response(StatusCode::OK, &stored));
+        if !crate::lifecycle::mark_pod_deleting(&mut marked, grace) && finalizers.is_none() {
+            return Ok(stored);
         }
         return write_marked(api, r, name, &current, marked).await;
     }
-    if crate::lifecycle::has_finalizers(&stored) {
+    if crate::lifecycle::has_finalizers(&marked) {
         // Finalizers hold the object: mark it, and let their owners remove them.
-        if crate::lifecycle::is_deleting(&stored) {
-            return Ok(json_response(StatusCode::OK, &stored));
+        if crate::lifecycle::is_deleting(&stored) && finalizers.is_none() {
+            return Ok(stored);
         }
-        let mut marked = stored.clone();
         crate::lifecycle::mark_deleting(&mut marked);
         return write_marked(api, r, name, &current, marked).await;
     }
@@ -1970,18 +2020,75 @@ async fn delete(
         OpResult::Delete { deleted } => deleted.iter().find(|kv| kv.key == key).cloned(),
         _ => None,
     });
-    let obj = served(r, deleted.as_ref().unwrap_or(&current))?;
-    Ok(json_response(StatusCode::OK, &obj))
+    served(r, deleted.as_ref().unwrap_or(&current))
 }
 
-/// DELETE on a collection: every object that matches the selectors, in one transaction.
-async fn delete_collection(api: &Api, t: &Target, q: &ListQuery) -> ApiResult {
+/// `POST pods/NAME/eviction` (a policy/v1 `Eviction`): a graceful delete of the pod with the
+/// eviction's `deleteOptions`, answered like the apiserver with a `Success` Status and 201.
+/// PodDisruptionBudgets are not served, so no eviction is ever refused for one.
+async fn evict(
+    api: &Api,
+    t: &Target,
+    name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    q: &ListQuery,
+) -> ApiResult {
+    let eviction = if body.is_empty() {
+        json!({})
+    } else {
+        parse_body(headers, body)?
+    };
+    if let Some(kind) = eviction.get("kind").and_then(Value::as_str)
+        && kind != "Eviction"
+    {
+        return Err(ApiError::bad_request(format!(
+            "expected an Eviction, got a {kind}"
+        )));
+    }
+    if let Some(named) = eviction.pointer("/metadata/name").and_then(Value::as_str)
+        && !named.is_empty()
+        && named != name
+    {
+        return Err(ApiError::bad_request(
+            "name in URL does not match name in Eviction object",
+        ));
+    }
+    let options = eviction.get("deleteOptions").filter(|o| o.is_object());
+    let pod = Target {
+        resource: t.resource,
+        namespace: t.namespace.clone(),
+        name: Some(name.to_owned()),
+        sub: None,
+    };
+    delete_with(api, &pod, name, options, q).await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
+}
+
+/// DELETE on a collection: every object that matches the selectors, each deleted as a DELETE
+/// of it would be (finalizers, graceful pod deletion, the propagation policy), as the
+/// apiserver does; an object deleted meanwhile by someone else is skipped.
+async fn delete_collection(
+    api: &Api,
+    t: &Target,
+    headers: &HeaderMap,
+    body: &Bytes,
+    q: &ListQuery,
+) -> ApiResult {
     let r = t.resource;
     if r.plural == "namespaces" {
         return Err(ApiError::method_not_allowed(
             "deletecollection of namespaces",
         ));
     }
+    let options = if body.is_empty() {
+        None
+    } else {
+        Some(parse_body(headers, body)?)
+    };
     let selector = label_selector(q)?;
     let range = api
         .store
@@ -1992,8 +2099,6 @@ async fn delete_collection(api: &Api, t: &Target, q: &ListQuery) -> ApiResult {
         )
         .await?;
     let mut items = Vec::new();
-    let mut compare = Vec::new();
-    let mut ops = Vec::new();
     for kv in &range.kvs {
         let obj = served(r, kv)?;
         if !selector.matches(&meta::labels_of(&obj)) {
@@ -2004,27 +2109,23 @@ async fn delete_collection(api: &Api, t: &Target, q: &ListQuery) -> ApiResult {
         {
             continue;
         }
-        compare.push(Compare::ModRevision {
-            key: kv.key.clone(),
-            op: flotilla_consensus::CmpOp::Equal,
-            revision: kv.mod_revision,
-        });
-        ops.push(Op::Delete {
-            key: kv.key.clone(),
-        });
-        items.push(obj);
-    }
-    if !ops.is_empty() {
-        let resp = api
-            .store
-            .txn(TxnRequest {
-                compare,
-                success: ops,
-                failure: vec![],
-            })
-            .await?;
-        if !resp.succeeded {
-            return Err(ApiError::conflict(r, ""));
+        let item = Target {
+            resource: r,
+            namespace: obj
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            name: None,
+            sub: None,
+        };
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        match delete_with(api, &item, name, options.as_ref(), q).await {
+            Ok(deleted) => items.push(deleted),
+            Err(e) if e.code() == 404 => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(json_response(
@@ -2275,11 +2376,28 @@ pub mod internal {
     /// object, or the fence or object changed.
     pub async fn delete(
         store: &Store,
+        gvr: (&str, &str, &str),
+        namespace: Option<&str>,
+        name: &str,
+        uid: Option<&str>,
+        grace: Option<i64>,
+        fence: Fence,
+    ) -> Result<bool, ApiError> {
+        delete_propagating(store, gvr, namespace, name, uid, grace, None, fence).await
+    }
+
+    /// [`delete`] with a propagation policy, as `DeleteOptions.propagationPolicy` gives it:
+    /// `Foreground` and `Orphan` leave the object marked with the garbage collector's
+    /// finalizer.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn delete_propagating(
+        store: &Store,
         (group, version, plural): (&str, &str, &str),
         namespace: Option<&str>,
         name: &str,
         uid: Option<&str>,
         grace: Option<i64>,
+        policy: Option<crate::lifecycle::Propagation>,
         fence: Fence,
     ) -> Result<bool, ApiError> {
         let t = target(group, version, plural, namespace, Some(name), false)?;
@@ -2292,19 +2410,23 @@ pub mod internal {
         if uid.is_some_and(|u| stored.pointer("/metadata/uid").and_then(Value::as_str) != Some(u)) {
             return Ok(false);
         }
+        let finalizers = crate::lifecycle::deletion_finalizers(&stored, policy);
         let mut marked = stored.clone();
+        if let Some(f) = &finalizers {
+            marked["metadata"]["finalizers"] = json!(f);
+        }
         let mut success = if r.plural == "pods"
             && let Some(grace) = crate::lifecycle::pod_grace_period(&stored, grace)
         {
-            if !crate::lifecycle::mark_pod_deleting(&mut marked, grace) {
+            if !crate::lifecycle::mark_pod_deleting(&mut marked, grace) && finalizers.is_none() {
                 return Ok(true);
             }
             vec![Op::Put {
                 key: key.clone(),
                 value: encode_object(r, name, &marked)?,
             }]
-        } else if crate::lifecycle::has_finalizers(&stored) {
-            if crate::lifecycle::is_deleting(&stored) {
+        } else if crate::lifecycle::has_finalizers(&marked) {
+            if crate::lifecycle::is_deleting(&stored) && finalizers.is_none() {
                 return Ok(true);
             }
             crate::lifecycle::mark_deleting(&mut marked);

@@ -217,6 +217,26 @@ impl ApiError {
         e
     }
 
+    /// 422 for invalid `DeleteOptions`, worded as the apiserver words it.
+    pub fn invalid_delete_options(field: &str, reason: &str, message: &str) -> ApiError {
+        let mut e = ApiError::new(
+            422,
+            "Invalid",
+            format!("DeleteOptions.meta.k8s.io \"\" is invalid: {field}: {message}"),
+        );
+        e.0.details = Some(StatusDetails {
+            name: None,
+            group: Some("meta.k8s.io".into()),
+            kind: Some("DeleteOptions".into()),
+            causes: vec![StatusCause {
+                reason: reason.into(),
+                message: message.into(),
+                field: field.into(),
+            }],
+        });
+        e
+    }
+
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(400, "BadRequest", message.into())
     }

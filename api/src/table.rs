@@ -132,10 +132,12 @@ fn node_status(o: &Value) -> Value {
         .and_then(Value::as_array)
         .and_then(|cs| cs.iter().find(|c| c.get("type") == Some(&json!("Ready"))))
         .map(|c| str_at(c, "/status"));
+    // As kubectl's printer: any Ready status but True (False, Unknown) is NotReady; only a
+    // node without the condition is Unknown.
     let mut s = match ready.as_deref() {
         Some("True") => "Ready".to_owned(),
-        Some("False") => "NotReady".to_owned(),
-        _ => "Unknown".to_owned(),
+        Some(_) => "NotReady".to_owned(),
+        None => "Unknown".to_owned(),
     };
     if o.pointer("/spec/unschedulable") == Some(&json!(true)) {
         s.push_str(",SchedulingDisabled");

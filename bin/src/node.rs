@@ -105,6 +105,11 @@ pub struct NodeArgs {
     /// every node); each is owned by one live node at a time.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     controller_shards: u32,
+    /// Seconds a pod without its own toleration of the `node.kubernetes.io/unreachable` taint
+    /// stays bound to an unreachable node before it is evicted (Kubernetes: 300, added to
+    /// every pod by admission; Flotilla keeps it short so workloads move quickly).
+    #[arg(long, default_value_t = 5)]
+    default_unreachable_toleration_seconds: u64,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Gossip interval.
@@ -420,7 +425,12 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     flotilla_actors::controllers::start(
         &args.name,
         store.clone(),
-        args.controller_shards,
+        flotilla_actors::controllers::ControllerConfig {
+            shard_count: args.controller_shards,
+            default_unreachable_toleration: Duration::from_secs(
+                args.default_unreachable_toleration_seconds,
+            ),
+        },
         members,
         live,
         shutdown_rx.clone(),

@@ -91,6 +91,24 @@ pub fn is_available(pod: &Value, min_ready: u64, now: u64) -> bool {
         .is_some_and(|t| t + min_ready <= now)
 }
 
+/// Whether one toleration tolerates `taint` (Kubernetes' matching rules).
+pub fn toleration_matches(toleration: &Value, taint: &Value) -> bool {
+    let t_effect = str_at(toleration, "/effect");
+    if !t_effect.is_empty() && t_effect != str_at(taint, "/effect") {
+        return false;
+    }
+    let t_key = str_at(toleration, "/key");
+    let key = str_at(taint, "/key");
+    match toleration
+        .get("operator")
+        .and_then(Value::as_str)
+        .unwrap_or("Equal")
+    {
+        "Exists" => t_key.is_empty() || t_key == key,
+        _ => t_key == key && str_at(toleration, "/value") == str_at(taint, "/value"),
+    }
+}
+
 /// The uid of the object's controller, if any.
 pub fn controller_uid(obj: &Value) -> Option<&str> {
     obj.pointer("/metadata/ownerReferences")

@@ -7,8 +7,10 @@ pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
+pub mod gc;
 pub mod job;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod replicaset;
 pub mod runner;
 pub mod scheduler;
@@ -20,17 +22,26 @@ use std::sync::Arc;
 use flotilla_consensus::Store;
 use tokio::sync::watch;
 
+/// What the controllers are told at start.
+pub struct ControllerConfig {
+    pub shard_count: u32,
+    /// How long a pod without a toleration of `node.kubernetes.io/unreachable` stays bound to
+    /// an unreachable node before it is evicted.
+    pub default_unreachable_toleration: std::time::Duration,
+}
+
 /// Starts this node's shard host, scheduler and controllers; they stop with `shutdown`.
 /// `members` are the live, ready node daemons (they own shards); `live` adds the hollow
 /// nodes they serve (nodes pods can be placed on).
 pub fn start(
     node: &str,
     store: Store,
-    shard_count: u32,
+    config: ControllerConfig,
     members: shards::Members,
     live: shards::Members,
     shutdown: watch::Receiver<bool>,
 ) -> shards::Shards {
+    let shard_count = config.shard_count;
     let shards = shards::start(
         shards::ShardConfig {
             node: node.to_owned(),
@@ -46,7 +57,7 @@ pub fn start(
             node: node.to_owned(),
             store: store.clone(),
             shards: shards.clone(),
-            live,
+            live: live.clone(),
         },
         shutdown.clone(),
     );
@@ -65,9 +76,14 @@ pub fn start(
         Arc::new(job::JobController),
         Arc::new(cronjob::CronJobController),
         Arc::new(daemonset::DaemonSetController::new()),
+        Arc::new(nodelifecycle::NodeLifecycleController::new(
+            live,
+            config.default_unreachable_toleration,
+        )),
     ];
     for r in reconcilers {
         runner::start(ctx.clone(), r, shutdown.clone());
     }
+    gc::start(ctx, shutdown);
     shards
 }

@@ -22,6 +22,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use super::common::toleration_matches;
 use super::shards::{Members, Shards};
 use crate::kubelet::parse_quantity;
 
@@ -183,20 +184,7 @@ fn host_ports(pod: &Value) -> Vec<(String, i64)> {
 
 /// Whether `tolerations` tolerate `taint` (Kubernetes' matching rules).
 pub(crate) fn tolerates(tolerations: &[Value], taint: &Value) -> bool {
-    let key = str_at(taint, "/key");
-    let value = str_at(taint, "/value");
-    let effect = str_at(taint, "/effect");
-    tolerations.iter().any(|t| {
-        let t_effect = str_at(t, "/effect");
-        if !t_effect.is_empty() && t_effect != effect {
-            return false;
-        }
-        let t_key = str_at(t, "/key");
-        match t.get("operator").and_then(Value::as_str).unwrap_or("Equal") {
-            "Exists" => t_key.is_empty() || t_key == key,
-            _ => t_key == key && str_at(t, "/value") == value,
-        }
-    })
+    tolerations.iter().any(|t| toleration_matches(t, taint))
 }
 
 /// A nodeSelectorRequirement against the node's labels.
