@@ -1923,6 +1923,27 @@ async fn delete_with(
     options: Option<&Value>,
     q: &ListQuery,
 ) -> Result<Value, ApiError> {
+    // Like the apiserver, a delete that pins no resourceVersion is retried when the object
+    // changed under it (controllers write status all the time).
+    let pinned = options
+        .and_then(|o| o.pointer("/preconditions/resourceVersion"))
+        .is_some();
+    let mut tries = 0;
+    loop {
+        match delete_once(api, t, name, options, q).await {
+            Err(e) if e.code() == 409 && !pinned && tries < 8 => tries += 1,
+            other => return other,
+        }
+    }
+}
+
+async fn delete_once(
+    api: &Api,
+    t: &Target,
+    name: &str,
+    options: Option<&Value>,
+    q: &ListQuery,
+) -> Result<Value, ApiError> {
     let r = t.resource;
     let key = r.key(t.namespace.as_deref(), name);
     let current = read_current(api, t, name).await?;
@@ -2305,6 +2326,68 @@ pub mod internal {
         let opts = opts(manager, fence);
         let (written, _) = create_object(&api, &t, obj, &opts, manager, None).await?;
         Ok(written)
+    }
+
+    /// Binds several pending pods, as stored at the given mod revisions, to `node` in one
+    /// transaction (the scheduler's batched bindings): each pod's `spec.nodeName` and
+    /// `PodScheduled` condition, if no pod changed since and the fence holds. The revision
+    /// written, or `None` when a comparison failed (nothing was written).
+    pub async fn bind_all(
+        store: &Store,
+        node: &str,
+        pods: &[(Value, u64)],
+        fence: Fence,
+    ) -> Result<Option<u64>, ApiError> {
+        let r = resources::find("", "v1", "pods").ok_or_else(ApiError::path_not_found)?;
+        let now = meta::rfc3339(meta::now_secs());
+        let mut compare = fence.compare;
+        let mut success = fence.also;
+        for (stored, revision) in pods {
+            let mut pod = stored.clone();
+            let ns = pod
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let name = pod
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            pod["spec"]["nodeName"] = json!(node);
+            let mut conditions: Vec<Value> = pod
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            conditions.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+            conditions.insert(
+                0,
+                json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}),
+            );
+            pod["status"]["conditions"] = json!(conditions);
+            if let Some(m) = pod["metadata"].as_object_mut() {
+                m.remove("resourceVersion");
+            }
+            let key = r.key(Some(&ns), &name);
+            compare.push(Compare::ModRevision {
+                key: key.clone(),
+                op: flotilla_consensus::CmpOp::Equal,
+                revision: *revision,
+            });
+            success.push(Op::Put {
+                key,
+                value: encode_object(r, &name, &pod)?,
+            });
+        }
+        let resp = store
+            .txn(TxnRequest {
+                compare,
+                success,
+                failure: vec![],
+            })
+            .await?;
+        Ok(resp.succeeded.then_some(resp.revision))
     }
 
     /// Binds a pending pod to `node` (what `pods/binding` does): `spec.nodeName` and the

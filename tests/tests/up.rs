@@ -74,8 +74,16 @@ async fn wait_for_cluster(dir: &Path) -> serde_json::Value {
     .unwrap()
 }
 
-/// SIGINT to `up`; it must exit 0, and every node must be gone with its pid file.
-async fn interrupt(up: &mut Child, dir: &Path, layout: &ClusterLayout) {
+/// SIGINT to `up` once it says the cluster is up (before that, an interrupt is a failure to
+/// form, exit 1); it must exit 0, and every node must be gone with its pid file.
+async fn interrupt(up: &mut Child, dir: &Path, layout: &ClusterLayout, log: &Path) {
+    eventually(CONVERGE, "`up` to say the cluster is up", || async {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        anyhow::ensure!(text.contains("Press Ctrl-C"), "not yet: {text}");
+        Ok(())
+    })
+    .await
+    .unwrap();
     let pids: Vec<(String, i32)> = layout
         .nodes
         .iter()
@@ -125,7 +133,7 @@ async fn up_starts_stops_on_sigint_and_restarts_with_the_same_data() {
     let client = |i: usize| StoreClient::new(rpc.clone(), layout.rpc_addr(i).unwrap());
     let written = client(1).put("up/key", "survives restarts").await.unwrap();
 
-    interrupt(&mut up, &dir, &layout).await;
+    interrupt(&mut up, &dir, &layout, &dir.with_extension("up1.log")).await;
     eprintln!("first run:\n{}", tail(&dir.with_extension("up1.log"), 20));
 
     // Again, on the same directory (the base port flag is ignored: cluster.json is reused).
@@ -158,5 +166,5 @@ async fn up_starts_stops_on_sigint_and_restarts_with_the_same_data() {
     let resp = client(2).put("up/key2", "second run").await.unwrap();
     assert!(resp.revision > written.revision);
 
-    interrupt(&mut up, &dir, &layout).await;
+    interrupt(&mut up, &dir, &layout, &dir.with_extension("up2.log")).await;
 }

@@ -2,8 +2,10 @@
 //! shards it owns. Optimistic and shared-state (as in Google's Omega): every shard sees every
 //! node, and a binding is a transaction that compares the node's allocation record as read —
 //! bumped by every binding to that node — so two shards binding to one node at once cannot
-//! both win, and no node is overcommitted. The record is read before the pods, so the pods read
-//! include every binding the record has counted.
+//! both win, and no node is overcommitted. A pass places its pods in memory first, then binds
+//! them with one transaction per node (its record compared once), the nodes' in parallel.
+//! The record is read before the pods, so the pods read include every binding the record has
+//! counted.
 //!
 //! Filters: the node is live (gossip) and schedulable, its taints are tolerated, the pod's
 //! nodeSelector and required node affinity match, requests fit in allocatable minus what its
@@ -32,6 +34,12 @@ const NODES: &str = "/registry/core/nodes/";
 const CLAIMS: &str = "/registry/core/persistentvolumeclaims/";
 const VOLUMES: &str = "/registry/core/persistentvolumes/";
 const MANAGER: &str = "flotilla-scheduler";
+/// The pods a pass placed on one node (as stored, with their mod revisions) and the shard
+/// fences their bindings need.
+type NodeBatch = (Vec<(Value, u64)>, Vec<Compare>);
+
+/// Binding transactions in flight at once.
+const BIND_CONCURRENCY: usize = 16;
 
 pub struct SchedulerConfig {
     pub node: String,
@@ -495,6 +503,7 @@ async fn pass(config: &SchedulerConfig) -> Result<(), flotilla_api::ApiError> {
             pending.push((pod, kv.mod_revision, shard));
         }
     }
+    let mut plan: BTreeMap<usize, NodeBatch> = BTreeMap::new();
     // Oldest first, as a queue would.
     pending.sort_by(|a, b| {
         str_at(&a.0, "/metadata/creationTimestamp").cmp(str_at(&b.0, "/metadata/creationTimestamp"))
@@ -530,15 +539,30 @@ async fn pass(config: &SchedulerConfig) -> Result<(), flotilla_api::ApiError> {
                 }
             }
         }
-        let ns = str_at(&pod, "/metadata/namespace").to_owned();
-        let name = str_at(&pod, "/metadata/name").to_owned();
         let Some((_, i)) = best else {
             unschedulable(config, &pod, &summary(nodes.len(), &reasons), fence).await;
             continue;
         };
+        // Placed in memory now, so the next pods see this one's requests; written below.
         let n = &mut nodes[i];
+        n.used.add(&req);
+        n.host_ports.extend(host_ports(&pod));
+        if let Some(o) = owner_uid(&pod) {
+            *n.owners.entry(o.to_owned()).or_default() += 1;
+        }
+        let batch = plan.entry(i).or_default();
+        if !batch.1.contains(&fence) {
+            batch.1.push(fence);
+        }
+        batch.0.push((pod, rev));
+    }
+    // One transaction per node, comparing its allocation record once for all its pods; the
+    // nodes' transactions go concurrently (Raft batches them into few log appends).
+    let batches = plan.into_iter().map(|(i, (pods, fences))| {
+        let n = &nodes[i];
         let record_key = format!("{ALLOC_PREFIX}{}", n.name);
-        let record_compare = if n.record.1 == 0 {
+        let mut compare = fences;
+        compare.push(if n.record.1 == 0 {
             Compare::Missing {
                 key: record_key.clone(),
             }
@@ -548,39 +572,29 @@ async fn pass(config: &SchedulerConfig) -> Result<(), flotilla_api::ApiError> {
                 op: CmpOp::Equal,
                 revision: n.record.1,
             }
-        };
-        let bound = internal::bind(
-            store,
-            &ns,
-            &name,
-            rev,
-            &n.name,
-            Fence {
-                compare: vec![fence, record_compare],
+        });
+        let count = n.record.0 + pods.len() as u64;
+        let node = n.name.clone();
+        async move {
+            let fence = Fence {
+                compare,
                 also: vec![Op::Put {
                     key: record_key,
-                    value: (n.record.0 + 1).to_string().into_bytes(),
+                    value: count.to_string().into_bytes(),
                 }],
-            },
-        )
-        .await?;
-        match bound {
-            Some(written) => {
-                let new_rev = str_at(&written, "/metadata/resourceVersion")
-                    .parse()
-                    .unwrap_or(0);
-                n.record = (n.record.0 + 1, new_rev);
-                n.used.add(&req);
-                n.host_ports.extend(host_ports(&pod));
-                if let Some(o) = owner_uid(&pod) {
-                    *n.owners.entry(o.to_owned()).or_default() += 1;
-                }
-                tracing::debug!(pod = %format!("{ns}/{name}"), node = %n.name, "bound");
+            };
+            match internal::bind_all(store, &node, &pods, fence).await {
+                Ok(Some(_)) => tracing::debug!(%node, pods = pods.len(), "bound"),
+                // Another shard bound to this node, or a pod changed: the next pass re-reads.
+                Ok(None) => tracing::debug!(%node, "binding batch lost a race"),
+                Err(e) => tracing::debug!(%node, error = %e.message(), "binding failed"),
             }
-            // Someone else bound to that node (or changed the pod): the next pass re-reads.
-            None => return Ok(()),
         }
-    }
+    });
+    futures::stream::iter(batches)
+        .buffer_unordered(BIND_CONCURRENCY)
+        .collect::<Vec<()>>()
+        .await;
     Ok(())
 }
 
