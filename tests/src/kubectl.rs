@@ -96,3 +96,55 @@ impl Kubectl {
         err
     }
 }
+
+/// A cluster of `nodes` nodes (`process` runtime unless `extra_args` say otherwise) with the
+/// busybox image from `scripts/build-busybox-image.sh` imported on every node, the default
+/// namespace ready, and kubectl pointed at it. `None`, after saying why, when this machine
+/// cannot build the image.
+pub async fn busybox_cluster(
+    label: &str,
+    nodes: usize,
+    extra_args: &[&str],
+) -> Option<(crate::TestCluster, Kubectl)> {
+    let image = tempfile::tempdir().ok()?;
+    let tar = image.path().join("busybox.tar");
+    let built = tokio::process::Command::new("bash")
+        .arg(workspace_root().join("scripts/build-busybox-image.sh"))
+        .arg(&tar)
+        .output()
+        .await
+        .expect("running bash");
+    if !built.status.success() {
+        eprintln!(
+            "skipped: no busybox image could be built here: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        return None;
+    }
+    let binary = tokio::task::spawn_blocking(kubectl_binary).await.unwrap();
+    let cluster = crate::TestCluster::start(label, nodes, nodes.min(3), extra_args)
+        .await
+        .unwrap();
+    let (ok, out, err) = crate::run_cli(&[
+        "image",
+        "import",
+        tar.to_str().unwrap(),
+        "--all-nodes",
+        cluster.data_dir().to_str().unwrap(),
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{out}{err}");
+    let k = Kubectl {
+        binary,
+        kubeconfig: cluster.kubeconfig_path(),
+    };
+    crate::eventually(crate::CONVERGE, "the default namespace", || async {
+        let (ok, out, err) = k.run(0, &["get", "ns", "default"], None).await;
+        anyhow::ensure!(ok && out.contains("Active"), "{out}{err}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    Some((cluster, k))
+}

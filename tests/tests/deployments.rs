@@ -10,8 +10,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use flotilla_tests::kubectl::{Kubectl, kubectl_binary, workspace_root};
-use flotilla_tests::{CONVERGE, TestCluster, eventually, run_cli};
+use flotilla_tests::kubectl::{Kubectl, busybox_cluster};
+use flotilla_tests::{CONVERGE, eventually};
 
 const DEPLOYMENT: &str = "apiVersion: apps/v1
 kind: Deployment
@@ -42,44 +42,9 @@ async fn jsonpath(k: &Kubectl, node: usize, what: &[&str], path: &str) -> String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployments_spread_scale_roll_out_without_unavailability_and_undo() {
-    let image = tempfile::tempdir().unwrap();
-    let tar = image.path().join("busybox.tar");
-    let built = tokio::process::Command::new("bash")
-        .arg(workspace_root().join("scripts/build-busybox-image.sh"))
-        .arg(&tar)
-        .output()
-        .await
-        .unwrap();
-    if !built.status.success() {
-        eprintln!(
-            "skipped: no busybox image could be built here: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
+    let Some((_cluster, k)) = busybox_cluster("deployments", 3, &[]).await else {
         return;
-    }
-    let binary = tokio::task::spawn_blocking(kubectl_binary).await.unwrap();
-    let cluster = TestCluster::start("deployments", 3, 3, &[]).await.unwrap();
-    let (ok, out, err) = run_cli(&[
-        "image",
-        "import",
-        tar.to_str().unwrap(),
-        "--all-nodes",
-        cluster.data_dir().to_str().unwrap(),
-    ])
-    .await
-    .unwrap();
-    assert!(ok, "{out}{err}");
-    let k = Kubectl {
-        binary,
-        kubeconfig: cluster.kubeconfig_path(),
     };
-    eventually(CONVERGE, "the default namespace", || async {
-        let (ok, out, err) = k.run(0, &["get", "ns", "default"], None).await;
-        anyhow::ensure!(ok && out.contains("Active"), "{out}{err}");
-        Ok(())
-    })
-    .await
-    .unwrap();
 
     k.ok(0, &["apply", "-f", "-"], Some(DEPLOYMENT)).await;
     let (ok, out, err) = k

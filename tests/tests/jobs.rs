@@ -7,8 +7,8 @@
 
 use std::collections::BTreeSet;
 
-use flotilla_tests::kubectl::{Kubectl, kubectl_binary, workspace_root};
-use flotilla_tests::{CONVERGE, TestCluster, eventually, run_cli};
+use flotilla_tests::kubectl::{Kubectl, busybox_cluster};
+use flotilla_tests::{CONVERGE, eventually};
 
 fn job(name: &str, spec: &str, command: &str) -> String {
     format!(
@@ -83,45 +83,9 @@ async fn jsonpath(k: &Kubectl, kind_name: &str, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_complete_fail_and_index_and_cron_jobs_start_them_on_schedule() {
-    let image = tempfile::tempdir().unwrap();
-    let tar = image.path().join("busybox.tar");
-    let script = workspace_root().join("scripts/build-busybox-image.sh");
-    let built = tokio::process::Command::new("bash")
-        .arg(&script)
-        .arg(&tar)
-        .output()
-        .await
-        .unwrap();
-    if !built.status.success() {
-        eprintln!(
-            "skipped: no busybox image could be built here: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
+    let Some((cluster, k)) = busybox_cluster("jobs", 3, &[]).await else {
         return;
-    }
-    let binary = tokio::task::spawn_blocking(kubectl_binary).await.unwrap();
-    let cluster = TestCluster::start("jobs", 3, 3, &[]).await.unwrap();
-    let (ok, out, err) = run_cli(&[
-        "image",
-        "import",
-        tar.to_str().unwrap(),
-        "--all-nodes",
-        cluster.data_dir().to_str().unwrap(),
-    ])
-    .await
-    .unwrap();
-    assert!(ok, "{out}{err}");
-    let k = Kubectl {
-        binary,
-        kubeconfig: cluster.kubeconfig_path(),
     };
-    eventually(CONVERGE, "the default namespace", || async {
-        let (ok, out, err) = k.run(0, &["get", "ns", "default"], None).await;
-        anyhow::ensure!(ok && out.contains("Active"), "{out}{err}");
-        Ok(())
-    })
-    .await
-    .unwrap();
 
     // The CronJob first: its minute comes while the Jobs below run.
     k.ok(0, &["apply", "-f", "-"], Some(CRON)).await;

@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
-use flotilla_tests::kubectl::{Kubectl, kubectl_binary, workspace_root};
-use flotilla_tests::{CONVERGE, TestCluster, eventually, run_cli};
+use flotilla_tests::kubectl::busybox_cluster;
+use flotilla_tests::{CONVERGE, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// postStart writes a file the container waits for; preStop and the container's SIGTERM
@@ -188,49 +188,11 @@ async fn http_get(addr: &str) -> anyhow::Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hooks_volumes_downward_api_and_host_ports_work_as_in_kubernetes() {
-    let image = tempfile::tempdir().unwrap();
-    let tar = image.path().join("busybox.tar");
-    let script = workspace_root().join("scripts/build-busybox-image.sh");
-    let built = tokio::process::Command::new("bash")
-        .arg(&script)
-        .arg(&tar)
-        .output()
-        .await
-        .unwrap();
-    if !built.status.success() {
-        eprintln!(
-            "skipped: no busybox image could be built here: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
+    let Some((_cluster, k)) = busybox_cluster("kubelet-features", 3, &[]).await else {
         return;
-    }
+    };
     // Isolated pods (own network namespace, tmpfs mounts) need root.
     let root = nix::unistd::geteuid().is_root();
-    let binary = tokio::task::spawn_blocking(kubectl_binary).await.unwrap();
-    let cluster = TestCluster::start("kubelet-features", 3, 3, &[])
-        .await
-        .unwrap();
-    let (ok, out, err) = run_cli(&[
-        "image",
-        "import",
-        tar.to_str().unwrap(),
-        "--all-nodes",
-        cluster.data_dir().to_str().unwrap(),
-    ])
-    .await
-    .unwrap();
-    assert!(ok, "{out}{err}");
-    let k = Kubectl {
-        binary,
-        kubeconfig: cluster.kubeconfig_path(),
-    };
-    eventually(CONVERGE, "the default namespace", || async {
-        let (ok, out, err) = k.run(0, &["get", "ns", "default"], None).await;
-        anyhow::ensure!(ok && out.contains("Active"), "{out}{err}");
-        Ok(())
-    })
-    .await
-    .unwrap();
 
     let host_dir = tempfile::tempdir().unwrap();
     let host_log = host_dir.path().join("log");

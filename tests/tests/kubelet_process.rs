@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
-use flotilla_tests::kubectl::{Kubectl, kubectl_binary, workspace_root};
-use flotilla_tests::{CONVERGE, TestCluster, eventually, run_cli};
+use flotilla_tests::kubectl::busybox_cluster;
+use flotilla_tests::{CONVERGE, eventually, run_cli};
 
 const WEB: &str = "apiVersion: v1
 kind: Pod
@@ -123,50 +123,13 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_run_as_processes_share_volumes_and_localhost_and_survive_a_node_restart() {
-    let image = tempfile::tempdir().unwrap();
-    let tar = image.path().join("busybox.tar");
-    let script = workspace_root().join("scripts/build-busybox-image.sh");
-    let built = tokio::process::Command::new("bash")
-        .arg(&script)
-        .arg(&tar)
-        .output()
-        .await
-        .unwrap();
-    if !built.status.success() {
-        eprintln!(
-            "skipped: no busybox image could be built here: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-        return;
-    }
-    let binary = tokio::task::spawn_blocking(kubectl_binary).await.unwrap();
     // A pod network of its own (not 10.244/16, which `flotilla up` uses by default).
-    let mut cluster =
-        TestCluster::start("kubelet-process", 3, 3, &["--cluster-cidr=10.245.0.0/16"])
-            .await
-            .unwrap();
-    let _bridges = RemoveBridges((0..3).map(|i| format!("fl0af5{i:02x}00")).collect());
-    let (ok, out, err) = run_cli(&[
-        "image",
-        "import",
-        tar.to_str().unwrap(),
-        "--all-nodes",
-        cluster.data_dir().to_str().unwrap(),
-    ])
-    .await
-    .unwrap();
-    assert!(ok, "{out}{err}");
-    let k = Kubectl {
-        binary,
-        kubeconfig: cluster.kubeconfig_path(),
+    let Some((mut cluster, k)) =
+        busybox_cluster("kubelet-process", 3, &["--cluster-cidr=10.245.0.0/16"]).await
+    else {
+        return;
     };
-    eventually(CONVERGE, "the default namespace", || async {
-        let (ok, out, err) = k.run(0, &["get", "ns", "default"], None).await;
-        anyhow::ensure!(ok && out.contains("Active"), "{out}{err}");
-        Ok(())
-    })
-    .await
-    .unwrap();
+    let _bridges = RemoveBridges((0..3).map(|i| format!("fl0af5{i:02x}00")).collect());
 
     k.ok(
         0,
@@ -564,47 +527,9 @@ fn processes_with(needle: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oom_secrets_graceful_stop_and_pods_deleted_while_their_node_was_down() {
-    let image = tempfile::tempdir().unwrap();
-    let tar = image.path().join("busybox.tar");
-    let script = workspace_root().join("scripts/build-busybox-image.sh");
-    let built = tokio::process::Command::new("bash")
-        .arg(&script)
-        .arg(&tar)
-        .output()
-        .await
-        .unwrap();
-    if !built.status.success() {
-        eprintln!(
-            "skipped: no busybox image could be built here: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
+    let Some((mut cluster, k)) = busybox_cluster("kubelet-process-2", 3, &[]).await else {
         return;
-    }
-    let binary = tokio::task::spawn_blocking(kubectl_binary).await.unwrap();
-    let mut cluster = TestCluster::start("kubelet-process-2", 3, 3, &[])
-        .await
-        .unwrap();
-    let (ok, out, err) = run_cli(&[
-        "image",
-        "import",
-        tar.to_str().unwrap(),
-        "--all-nodes",
-        cluster.data_dir().to_str().unwrap(),
-    ])
-    .await
-    .unwrap();
-    assert!(ok, "{out}{err}");
-    let k = Kubectl {
-        binary,
-        kubeconfig: cluster.kubeconfig_path(),
     };
-    eventually(CONVERGE, "the default namespace", || async {
-        let (ok, out, err) = k.run(0, &["get", "ns", "default"], None).await;
-        anyhow::ensure!(ok && out.contains("Active"), "{out}{err}");
-        Ok(())
-    })
-    .await
-    .unwrap();
 
     // Memory limits are enforced only with isolation (root, cgroups).
     let isolated = nix::unistd::geteuid().is_root();

@@ -18,8 +18,8 @@
 //! The busybox image comes from `scripts/build-busybox-image.sh`; without it the test says so
 //! and stops.
 
-use flotilla_tests::kubectl::{Kubectl, kubectl_binary, workspace_root};
-use flotilla_tests::{CONVERGE, TestCluster, eventually, run_cli};
+use flotilla_tests::kubectl::{Kubectl, busybox_cluster};
+use flotilla_tests::{CONVERGE, eventually};
 
 const STATEFULSET: &str = "apiVersion: apps/v1
 kind: StatefulSet
@@ -168,44 +168,9 @@ async fn rollout(k: &Kubectl, node: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statefulsets_order_keep_storage_update_by_partition_and_never_duplicate_an_ordinal() {
-    let image = tempfile::tempdir().unwrap();
-    let tar = image.path().join("busybox.tar");
-    let built = tokio::process::Command::new("bash")
-        .arg(workspace_root().join("scripts/build-busybox-image.sh"))
-        .arg(&tar)
-        .output()
-        .await
-        .unwrap();
-    if !built.status.success() {
-        eprintln!(
-            "skipped: no busybox image could be built here: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
+    let Some((mut cluster, k)) = busybox_cluster("statefulsets", 3, &[]).await else {
         return;
-    }
-    let binary = tokio::task::spawn_blocking(kubectl_binary).await.unwrap();
-    let mut cluster = TestCluster::start("statefulsets", 3, 3, &[]).await.unwrap();
-    let (ok, out, err) = run_cli(&[
-        "image",
-        "import",
-        tar.to_str().unwrap(),
-        "--all-nodes",
-        cluster.data_dir().to_str().unwrap(),
-    ])
-    .await
-    .unwrap();
-    assert!(ok, "{out}{err}");
-    let k = Kubectl {
-        binary,
-        kubeconfig: cluster.kubeconfig_path(),
     };
-    eventually(CONVERGE, "the default namespace", || async {
-        let (ok, out, err) = k.run(0, &["get", "ns", "default"], None).await;
-        anyhow::ensure!(ok && out.contains("Active"), "{out}{err}");
-        Ok(())
-    })
-    .await
-    .unwrap();
     let sc = jsonpath(
         &k,
         0,
