@@ -546,17 +546,16 @@ impl DeploymentController {
         message: &str,
         fence: &Fence,
     ) {
-        let mut obj = d.clone();
-        obj["apiVersion"] = json!("apps/v1");
-        obj["kind"] = json!("Deployment");
-        let e = event(&obj, kind, reason, message, "deployment-controller");
-        let _ = internal::create(
+        super::common::record(
             &ctx.store,
-            ("", "v1", "events"),
-            Some(str_at(d, "/metadata/namespace")),
-            e,
-            MANAGER,
-            fence.clone(),
+            d,
+            "apps/v1",
+            "Deployment",
+            kind,
+            reason,
+            message,
+            "deployment-controller",
+            fence,
         )
         .await;
     }

@@ -283,17 +283,16 @@ impl ReplicaSetController {
         message: &str,
         fence: &Fence,
     ) {
-        let mut obj = rs.clone();
-        obj["apiVersion"] = json!(self.api_version);
-        obj["kind"] = json!(self.kind);
-        let e = event(&obj, kind, reason, message, "replicaset-controller");
-        let _ = internal::create(
+        super::common::record(
             &ctx.store,
-            ("", "v1", "events"),
-            Some(str_at(rs, "/metadata/namespace")),
-            e,
-            MANAGER,
-            fence.clone(),
+            rs,
+            self.api_version,
+            self.kind,
+            kind,
+            reason,
+            message,
+            "replicaset-controller",
+            fence,
         )
         .await;
     }

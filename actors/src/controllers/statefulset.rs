@@ -618,17 +618,16 @@ impl StatefulSetController {
         message: &str,
         fence: &Fence,
     ) {
-        let mut obj = set.clone();
-        obj["apiVersion"] = json!("apps/v1");
-        obj["kind"] = json!("StatefulSet");
-        let e = event(&obj, kind, reason, message, MANAGER);
-        let _ = internal::create(
+        super::common::record(
             &ctx.store,
-            ("", "v1", "events"),
-            Some(str_at(set, "/metadata/namespace")),
-            e,
+            set,
+            "apps/v1",
+            "StatefulSet",
+            kind,
+            reason,
+            message,
             MANAGER,
-            fence.clone(),
+            fence,
         )
         .await;
     }
