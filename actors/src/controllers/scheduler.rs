@@ -146,6 +146,17 @@ struct NodeInfo {
     record: (u64, u64),
 }
 
+impl NodeInfo {
+    /// Counts a pod bound (or just placed) here.
+    fn account(&mut self, pod: &Value, req: &Resources) {
+        self.used.add(req);
+        self.host_ports.extend(host_ports(pod));
+        if let Some(o) = owner_uid(pod) {
+            *self.owners.entry(o.to_owned()).or_default() += 1;
+        }
+    }
+}
+
 fn allocatable(node: &Value) -> Resources {
     let q = |k: &str| {
         node.pointer(&format!("/status/allocatable/{k}"))
@@ -479,12 +490,7 @@ async fn pass(config: &SchedulerConfig) -> Result<(), flotilla_api::ApiError> {
             if let Some(&i) = index.get(bound)
                 && !is_terminal(&pod)
             {
-                let n = &mut nodes[i];
-                n.used.add(&requests(&pod));
-                n.host_ports.extend(host_ports(&pod));
-                if let Some(o) = owner_uid(&pod) {
-                    *n.owners.entry(o.to_owned()).or_default() += 1;
-                }
+                nodes[i].account(&pod, &requests(&pod));
             }
             continue;
         }
@@ -544,12 +550,7 @@ async fn pass(config: &SchedulerConfig) -> Result<(), flotilla_api::ApiError> {
             continue;
         };
         // Placed in memory now, so the next pods see this one's requests; written below.
-        let n = &mut nodes[i];
-        n.used.add(&req);
-        n.host_ports.extend(host_ports(&pod));
-        if let Some(o) = owner_uid(&pod) {
-            *n.owners.entry(o.to_owned()).or_default() += 1;
-        }
+        nodes[i].account(&pod, &req);
         let batch = plan.entry(i).or_default();
         if !batch.1.contains(&fence) {
             batch.1.push(fence);
