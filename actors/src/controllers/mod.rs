@@ -9,6 +9,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod job;
+pub mod mirror;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;

@@ -19,12 +19,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use flotilla_api::internal::{self, Fence};
-use flotilla_consensus::{CmpOp, Compare, Op, Read, Store};
+use flotilla_consensus::{CmpOp, Compare, Op, Store};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::common::toleration_matches;
+use super::mirror::{self, Mirror};
 use super::shards::{Members, Shards};
 use crate::kubelet::parse_quantity;
 
@@ -49,27 +50,65 @@ pub struct SchedulerConfig {
     pub live: Members,
 }
 
+/// What the scheduler reads, mirrored in memory from the store (parsed once per change).
+struct Views {
+    pods: Mirror<PodEntry>,
+    nodes: Mirror<Value>,
+    /// Allocation records: bindings counted per node.
+    records: Mirror<u64>,
+    claims: Mirror<Value>,
+    volumes: Mirror<Value>,
+}
+
+/// A stored pod and its requests (worked out once per change, not once per pass).
+struct PodEntry {
+    pod: Value,
+    req: Resources,
+}
+
+fn parse_pod(kv: &flotilla_consensus::KeyValue) -> Option<PodEntry> {
+    let pod = mirror::json(kv)?;
+    Some(PodEntry {
+        req: requests(&pod),
+        pod,
+    })
+}
+
+fn parse_count(kv: &flotilla_consensus::KeyValue) -> Option<u64> {
+    std::str::from_utf8(&kv.value).ok()?.parse().ok()
+}
+
 /// Starts the scheduler loop; it stops with `shutdown`.
 pub fn start(config: SchedulerConfig, mut shutdown: watch::Receiver<bool>) {
+    let store = &config.store;
+    let views = Views {
+        pods: Mirror::start(store.clone(), PODS, parse_pod, shutdown.clone()),
+        nodes: Mirror::start(store.clone(), NODES, mirror::json, shutdown.clone()),
+        records: Mirror::start(store.clone(), ALLOC_PREFIX, parse_count, shutdown.clone()),
+        claims: Mirror::start(store.clone(), CLAIMS, mirror::json, shutdown.clone()),
+        volumes: Mirror::start(store.clone(), VOLUMES, mirror::json, shutdown.clone()),
+    };
     tokio::spawn(async move {
         let mut shards = config.shards.clone();
+        let (mut pods, mut nodes) = (views.pods.clone(), views.nodes.clone());
+        let (mut claims, mut volumes) = (views.claims.clone(), views.volumes.clone());
+        // Where the next search over nodes starts; each daemon starts elsewhere, so shards
+        // binding at once mostly pick different nodes (fewer lost races).
+        let mut next_start = config
+            .node
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
         loop {
-            let from = config.store.local_revision() + 1;
-            if let Err(e) = pass(&config).await {
+            if let Err(e) = pass(&config, &views, &mut next_start).await {
                 tracing::debug!(error = %e.message(), "scheduling pass failed");
             }
-            // Until something changes (a pod, a node, shard ownership) or a second passes.
-            let mut changes = config.store.watch("/registry/core/", from).ok();
-            let wake = async {
-                match changes.as_mut() {
-                    Some(w) => {
-                        let _ = w.next().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
+            // Until something changes (a pod, a node, a volume, shard ownership) or a second
+            // passes.
             tokio::select! {
-                _ = wake => {}
+                _ = pods.changed() => {}
+                _ = nodes.changed() => {}
+                _ = claims.changed() => {}
+                _ = volumes.changed() => {}
                 _ = shards.changed() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.changed() => return,
@@ -78,6 +117,17 @@ pub fn start(config: SchedulerConfig, mut shutdown: watch::Receiver<bool>) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
+}
+
+/// How many feasible nodes a pod's search stops at: kube-scheduler's adaptive
+/// percentageOfNodesToScore (every node up to 100, then 50% falling towards 5% as the cluster
+/// grows, never fewer than 100).
+fn nodes_to_find(total: usize) -> usize {
+    if total <= 100 {
+        return total;
+    }
+    let pct = (50 - (total / 125) as i64).max(5) as usize;
+    (total * pct / 100).max(100)
 }
 
 fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
@@ -136,7 +186,7 @@ impl Resources {
 /// What the scheduler knows of a node.
 struct NodeInfo {
     name: String,
-    node: Value,
+    node: std::sync::Arc<Value>,
     allocatable: Resources,
     used: Resources,
     host_ports: HashSet<(String, i64)>,
@@ -337,11 +387,10 @@ fn unfit(pod: &Value, req: &Resources, n: &NodeInfo, live: &HashSet<String>) -> 
     {
         return Some("node(s) were unschedulable".into());
     }
-    let tolerations: Vec<Value> = pod
+    let tolerations = pod
         .pointer("/spec/tolerations")
         .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+        .map_or(&[][..], Vec::as_slice);
     for taint in n
         .node
         .pointer("/spec/taints")
@@ -350,7 +399,7 @@ fn unfit(pod: &Value, req: &Resources, n: &NodeInfo, live: &HashSet<String>) -> 
         .flatten()
     {
         let effect = str_at(taint, "/effect");
-        if (effect == "NoSchedule" || effect == "NoExecute") && !tolerates(&tolerations, taint) {
+        if (effect == "NoSchedule" || effect == "NoExecute") && !tolerates(tolerations, taint) {
             return Some(format!(
                 "node(s) had untolerated taint {{{}: {}}}",
                 str_at(taint, "/key"),
@@ -370,7 +419,7 @@ fn unfit(pod: &Value, req: &Resources, n: &NodeInfo, live: &HashSet<String>) -> 
     if req.memory > 0 && n.used.memory + req.memory > n.allocatable.memory {
         return Some("Insufficient memory".into());
     }
-    if host_ports(pod).iter().any(|p| n.host_ports.contains(p)) {
+    if !n.host_ports.is_empty() && host_ports(pod).iter().any(|p| n.host_ports.contains(p)) {
         return Some("node(s) didn't have free ports for the requested pod ports".into());
     }
     None
@@ -410,37 +459,46 @@ fn is_terminal(pod: &Value) -> bool {
     matches!(str_at(pod, "/status/phase"), "Succeeded" | "Failed")
 }
 
-async fn pass(config: &SchedulerConfig) -> Result<(), flotilla_api::ApiError> {
+async fn pass(
+    config: &SchedulerConfig,
+    views: &Views,
+    next_start: &mut usize,
+) -> Result<(), flotilla_api::ApiError> {
     let owned = config.shards.owned();
-    if owned.is_empty() {
+    if owned.is_empty() || views.pods.revision() == 0 || views.nodes.revision() == 0 {
         return Ok(());
     }
-    let store = &config.store;
-    // Records first: the pods read next include every binding they count.
-    let records: HashMap<String, (u64, u64)> = store
-        .range(ALLOC_PREFIX, usize::MAX, Read::Linearizable)
-        .await?
-        .kvs
+    let (_, pod_entries) = views.pods.values();
+    let is_pending = |pod: &Value| {
+        let scheduler = str_at(pod, "/spec/schedulerName");
+        str_at(pod, "/spec/nodeName").is_empty()
+            && (scheduler.is_empty() || scheduler == "default-scheduler")
+            && pod
+                .pointer("/metadata/deletionTimestamp")
+                .is_none_or(Value::is_null)
+    };
+    // Most wake-ups are status changes of running pods: nothing to place, nothing to do.
+    if !pod_entries.iter().any(|e| is_pending(&e.value.pod)) {
+        return Ok(());
+    }
+    // Records first, then pods that include every binding the records count (a binding
+    // writes its pods and its node's record in one revision).
+    let (_, recs) = views.records.snapshot();
+    let records: HashMap<String, (u64, u64)> = recs
         .into_iter()
-        .map(|kv| {
-            let n = std::str::from_utf8(&kv.value)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            (
-                kv.key[ALLOC_PREFIX.len()..].to_owned(),
-                (n, kv.mod_revision),
-            )
-        })
+        .map(|(k, e)| (k, (*e.value, e.mod_revision)))
         .collect();
+    let newest = records.values().map(|r| r.1).max().unwrap_or(0);
+    if !views.pods.caught_up(newest, Duration::from_secs(2)).await {
+        return Ok(());
+    }
+    let (_, pod_entries) = views.pods.values();
     let live: HashSet<String> = (config.live)().into_iter().collect();
-    let mut nodes: Vec<NodeInfo> = store
-        .range(NODES, usize::MAX, Read::Linearizable)
-        .await?
-        .kvs
+    let (_, node_entries) = views.nodes.values();
+    let mut nodes: Vec<NodeInfo> = node_entries
         .into_iter()
-        .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
-        .map(|node| {
+        .map(|e| {
+            let node = e.value;
             let name = str_at(&node, "/metadata/name").to_owned();
             NodeInfo {
                 allocatable: allocatable(&node),
@@ -453,110 +511,112 @@ async fn pass(config: &SchedulerConfig) -> Result<(), flotilla_api::ApiError> {
             }
         })
         .collect();
-    let by_key = |prefix: &str, kvs: Vec<flotilla_consensus::KeyValue>| -> HashMap<String, Value> {
-        kvs.into_iter()
-            .filter_map(|kv| {
-                let v = serde_json::from_slice::<Value>(&kv.value).ok()?;
-                Some((kv.key.get(prefix.len()..)?.to_owned(), v))
-            })
+    // A stable order, so the rotating search start means the same nodes from pass to pass.
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let by_key = |entries: Vec<(String, mirror::Entry<Value>)>| -> HashMap<String, Value> {
+        entries
+            .into_iter()
+            .map(|(k, e)| (k, (*e.value).clone()))
             .collect()
     };
-    let claims = by_key(
-        CLAIMS,
-        store
-            .range(CLAIMS, usize::MAX, Read::Linearizable)
-            .await?
-            .kvs,
-    );
-    let volumes = by_key(
-        VOLUMES,
-        store
-            .range(VOLUMES, usize::MAX, Read::Linearizable)
-            .await?
-            .kvs,
-    );
+    let claims = by_key(views.claims.snapshot().1);
+    let volumes = by_key(views.volumes.snapshot().1);
     let index: HashMap<String, usize> = nodes
         .iter()
         .enumerate()
         .map(|(i, n)| (n.name.clone(), i))
         .collect();
     let mut pending = Vec::new();
-    for kv in store.range(PODS, usize::MAX, Read::Linearizable).await?.kvs {
-        let Ok(pod) = serde_json::from_slice::<Value>(&kv.value) else {
-            continue;
-        };
-        let bound = str_at(&pod, "/spec/nodeName");
+    for entry in pod_entries {
+        let PodEntry { pod, req } = &*entry.value;
+        let bound = str_at(pod, "/spec/nodeName");
         if !bound.is_empty() {
             if let Some(&i) = index.get(bound)
-                && !is_terminal(&pod)
+                && !is_terminal(pod)
             {
-                nodes[i].account(&pod, &requests(&pod));
+                nodes[i].account(pod, req);
             }
             continue;
         }
-        let scheduler = str_at(&pod, "/spec/schedulerName");
-        let ours = scheduler.is_empty() || scheduler == "default-scheduler";
-        let deleting = pod
-            .pointer("/metadata/deletionTimestamp")
-            .is_some_and(|t| !t.is_null());
+        if !is_pending(pod) {
+            continue;
+        }
         let key = format!(
             "{}/{}",
-            str_at(&pod, "/metadata/namespace"),
-            str_at(&pod, "/metadata/name")
+            str_at(pod, "/metadata/namespace"),
+            str_at(pod, "/metadata/name")
         );
         let shard = config.shards.shard_of(&key);
-        if ours && !deleting && owned.contains_key(&shard) {
-            pending.push((pod, kv.mod_revision, shard));
+        if owned.contains_key(&shard) {
+            pending.push((entry, shard));
         }
     }
     let mut plan: BTreeMap<usize, NodeBatch> = BTreeMap::new();
     // Oldest first, as a queue would.
     pending.sort_by(|a, b| {
-        str_at(&a.0, "/metadata/creationTimestamp").cmp(str_at(&b.0, "/metadata/creationTimestamp"))
+        fn at(e: &mirror::Entry<PodEntry>) -> &str {
+            str_at(&e.value.pod, "/metadata/creationTimestamp")
+        }
+        at(&a.0).cmp(at(&b.0))
     });
-    for (pod, rev, shard) in pending {
+    let to_find = nodes_to_find(nodes.len());
+    for (entry, shard) in pending {
         let Some(fence) = config.shards.fence(shard) else {
             continue;
         };
-        let req = requests(&pod);
-        let volume_terms = match pod_volume_terms(&pod, &claims, &volumes) {
+        let PodEntry { pod, req } = &*entry.value;
+        let volume_terms = match pod_volume_terms(pod, &claims, &volumes) {
             Ok(t) => t,
             Err(why) => {
                 let message = format!("0/{} nodes are available: {why}.", nodes.len());
-                unschedulable(config, &pod, &message, fence).await;
+                unschedulable(config, pod, &message, fence).await;
                 continue;
             }
         };
+        // Like kube-scheduler, stop once enough feasible nodes were found, and start the
+        // next pod's search where this one stopped (every node gets its turn).
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut best: Option<(f64, usize)> = None;
-        for (i, n) in nodes.iter().enumerate() {
+        let (total, mut found, mut searched) = (nodes.len(), 0, 0);
+        for k in 0..total {
+            let i = (*next_start + k) % total;
+            let n = &nodes[i];
+            searched = k + 1;
             let why = if volumes_allow(&volume_terms, &n.node) {
-                unfit(&pod, &req, n, &live)
+                unfit(pod, req, n, &live)
             } else {
                 Some("node(s) had volume node affinity conflict".to_owned())
             };
             match why {
                 Some(r) => *reasons.entry(r).or_default() += 1,
                 None => {
-                    let s = score(&pod, &req, n);
+                    let s = score(pod, req, n);
                     if best.is_none_or(|(b, _)| s > b) {
                         best = Some((s, i));
+                    }
+                    found += 1;
+                    if found >= to_find {
+                        break;
                     }
                 }
             }
         }
+        if total > 0 {
+            *next_start = (*next_start + searched) % total;
+        }
         let Some((_, i)) = best else {
-            unschedulable(config, &pod, &summary(nodes.len(), &reasons), fence).await;
+            unschedulable(config, pod, &summary(nodes.len(), &reasons), fence).await;
             continue;
         };
         // Placed in memory now, so the next pods see this one's requests; written below.
-        nodes[i].account(&pod, &req);
+        nodes[i].account(pod, req);
         let batch = plan.entry(i).or_default();
         if !batch.1.contains(&fence) {
             batch.1.push(fence);
         }
-        batch.0.push((pod, rev));
+        batch.0.push((pod.clone(), entry.mod_revision));
     }
+    let store = &config.store;
     // One transaction per node, comparing its allocation record once for all its pods; the
     // nodes' transactions go concurrently (Raft batches them into few log appends).
     let batches = plan.into_iter().map(|(i, (pods, fences))| {
@@ -585,17 +645,33 @@ async fn pass(config: &SchedulerConfig) -> Result<(), flotilla_api::ApiError> {
                 }],
             };
             match internal::bind_all(store, &node, &pods, fence).await {
-                Ok(Some(_)) => tracing::debug!(%node, pods = pods.len(), "bound"),
+                Ok(Some(revision)) => {
+                    tracing::debug!(%node, pods = pods.len(), "bound");
+                    revision
+                }
                 // Another shard bound to this node, or a pod changed: the next pass re-reads.
-                Ok(None) => tracing::debug!(%node, "binding batch lost a race"),
-                Err(e) => tracing::debug!(%node, error = %e.message(), "binding failed"),
+                Ok(None) => {
+                    tracing::debug!(%node, "binding batch lost a race");
+                    0
+                }
+                Err(e) => {
+                    tracing::debug!(%node, error = %e.message(), "binding failed");
+                    0
+                }
             }
         }
     });
-    futures::stream::iter(batches)
+    let written = futures::stream::iter(batches)
         .buffer_unordered(BIND_CONCURRENCY)
-        .collect::<Vec<()>>()
+        .collect::<Vec<u64>>()
         .await;
+    // The next pass must see these bindings (or it would place their pods again and lose
+    // every race): wait until the mirrors have them.
+    if let Some(&last) = written.iter().max().filter(|r| **r > 0) {
+        let limit = Duration::from_secs(2);
+        views.pods.caught_up(last, limit).await;
+        views.records.caught_up(last, limit).await;
+    }
     Ok(())
 }
 
@@ -712,7 +788,7 @@ mod tests {
         let info = NodeInfo {
             name: "n1".into(),
             allocatable: allocatable(&node),
-            node,
+            node: std::sync::Arc::new(node),
             used: Resources {
                 cpu_milli: 1500,
                 memory: 0,

@@ -1,0 +1,246 @@
+//! A node-local copy of the keys under one prefix, kept by a list and then one watch (an
+//! informer, in Kubernetes' words): readers take it from memory instead of re-reading and
+//! re-parsing the store, and each value is parsed once, when it changes.
+//!
+//! Events are applied in revision order, so the copy is always a state the store was in: at
+//! `revision`, for the keys under the prefix. It trails the store by the watch's delay; a
+//! writer that acts on it must compare what it read (mod revisions) in its transaction.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flotilla_consensus::{EventKind, KeyValue, Read, Store};
+use futures::StreamExt;
+use tokio::sync::watch;
+
+/// One key's parsed value and its mod revision.
+pub struct Entry<T> {
+    pub value: Arc<T>,
+    pub mod_revision: u64,
+}
+
+impl<T> Clone for Entry<T> {
+    fn clone(&self) -> Self {
+        Entry {
+            value: self.value.clone(),
+            mod_revision: self.mod_revision,
+        }
+    }
+}
+
+struct State<T> {
+    /// The store revision the copy reflects (0: not listed yet).
+    revision: u64,
+    /// Key (without the prefix) → entry.
+    items: HashMap<String, Entry<T>>,
+}
+
+/// The copy; cheap to clone (shared).
+pub struct Mirror<T> {
+    state: Arc<Mutex<State<T>>>,
+    revision: watch::Receiver<u64>,
+}
+
+impl<T> Clone for Mirror<T> {
+    fn clone(&self) -> Self {
+        Mirror {
+            state: self.state.clone(),
+            revision: self.revision.clone(),
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Mirror<T> {
+    /// Starts mirroring `prefix`; `parse` turns a stored value into `T` (`None`: left out, as
+    /// if absent). Stops with `shutdown`.
+    pub fn start(
+        store: Store,
+        prefix: &'static str,
+        parse: fn(&KeyValue) -> Option<T>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Mirror<T> {
+        let state = Arc::new(Mutex::new(State {
+            revision: 0,
+            items: HashMap::new(),
+        }));
+        let (tx, rx) = watch::channel(0);
+        let shared = state.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = follow(&store, prefix, parse, &shared, &tx) => {}
+                    _ = shutdown.changed() => return,
+                }
+                // The watch ended (expired, or the store is unavailable): list again shortly.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        });
+        Mirror {
+            state,
+            revision: rx,
+        }
+    }
+
+    /// The revision the copy reflects.
+    pub fn revision(&self) -> u64 {
+        *self.revision.borrow()
+    }
+
+    /// Every entry, and the revision they were taken at.
+    pub fn snapshot(&self) -> (u64, Vec<(String, Entry<T>)>) {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let items = s
+            .items
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        (s.revision, items)
+    }
+
+    /// Every value, and the revision they were taken at.
+    pub fn values(&self) -> (u64, Vec<Entry<T>>) {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        (s.revision, s.items.values().cloned().collect())
+    }
+
+    /// Resolves when the copy changes (or is first listed).
+    pub async fn changed(&mut self) {
+        if self.revision.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Waits until the copy reflects at least `revision`, at most `limit`; whether it does.
+    pub async fn caught_up(&self, revision: u64, limit: Duration) -> bool {
+        let mut rx = self.revision.clone();
+        tokio::time::timeout(limit, rx.wait_for(|r| *r >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Lists, then applies the watch from the list's revision until it ends.
+async fn follow<T>(
+    store: &Store,
+    prefix: &'static str,
+    parse: fn(&KeyValue) -> Option<T>,
+    state: &Mutex<State<T>>,
+    tx: &watch::Sender<u64>,
+) {
+    let Ok(list) = store.range(prefix, usize::MAX, Read::Linearizable).await else {
+        return;
+    };
+    let items: HashMap<String, Entry<T>> = list
+        .kvs
+        .iter()
+        .filter_map(|kv| {
+            let value = parse(kv)?;
+            Some((
+                kv.key.get(prefix.len()..)?.to_owned(),
+                Entry {
+                    value: Arc::new(value),
+                    mod_revision: kv.mod_revision,
+                },
+            ))
+        })
+        .collect();
+    {
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        s.items = items;
+        s.revision = list.revision;
+    }
+    tx.send_replace(list.revision);
+    let Ok(mut events) = store.watch(prefix, list.revision + 1) else {
+        return;
+    };
+    while let Some(Ok(batch)) = events.next().await {
+        // Parsed outside the lock: readers never wait for JSON.
+        let parsed: Vec<(String, Option<Entry<T>>, u64)> = batch
+            .iter()
+            .filter_map(|e| {
+                let key = e.kv.key.get(prefix.len()..)?.to_owned();
+                let entry = match e.kind {
+                    EventKind::Put => parse(&e.kv).map(|v| Entry {
+                        value: Arc::new(v),
+                        mod_revision: e.kv.mod_revision,
+                    }),
+                    EventKind::Delete => None,
+                };
+                Some((key, entry, e.revision()))
+            })
+            .collect();
+        let Some(last) = parsed.last().map(|p| p.2) else {
+            continue;
+        };
+        {
+            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, entry, _) in parsed {
+                match entry {
+                    Some(e) => s.items.insert(key, e),
+                    None => s.items.remove(&key),
+                };
+            }
+            s.revision = last;
+        }
+        tx.send_replace(last);
+    }
+}
+
+/// A stored JSON object, parsed.
+pub fn json(kv: &KeyValue) -> Option<serde_json::Value> {
+    serde_json::from_slice(&kv.value).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::solo_store;
+    use flotilla_consensus::{Op, TxnRequest};
+
+    async fn put(store: &Store, key: &str, value: &str) -> u64 {
+        store
+            .txn(TxnRequest {
+                compare: vec![],
+                success: vec![Op::Put {
+                    key: key.into(),
+                    value: value.as_bytes().to_vec(),
+                }],
+                failure: vec![],
+            })
+            .await
+            .unwrap()
+            .revision
+    }
+
+    #[tokio::test]
+    async fn follows_puts_and_deletes_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = solo_store(dir.path()).await;
+        put(&store, "/m/a", "1").await;
+        put(&store, "/other/x", "9").await;
+        let (_stop, shutdown) = watch::channel(false);
+        let parse = |kv: &KeyValue| std::str::from_utf8(&kv.value).ok()?.parse::<u32>().ok();
+        let mirror = Mirror::start(store.clone(), "/m/", parse, shutdown);
+        put(&store, "/m/b", "2").await;
+        put(&store, "/m/bad", "not a number").await;
+        let rev = store
+            .txn(TxnRequest {
+                compare: vec![],
+                success: vec![Op::Delete { key: "/m/a".into() }],
+                failure: vec![],
+            })
+            .await
+            .unwrap()
+            .revision;
+        assert!(mirror.caught_up(rev, Duration::from_secs(10)).await);
+        let (at, items) = mirror.snapshot();
+        assert!(at >= rev);
+        let mut got: Vec<(String, u32)> = items.into_iter().map(|(k, e)| (k, *e.value)).collect();
+        got.sort();
+        assert_eq!(got, vec![("b".to_owned(), 2)]);
+    }
+}
