@@ -28,11 +28,11 @@ use std::time::Duration;
 use flotilla_api::internal;
 use flotilla_api::{ApiError, FOREGROUND_FINALIZER, ORPHAN_FINALIZER, Propagation, RESOURCES};
 use flotilla_consensus::{EventKind, Read};
-use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
 use super::common::{is_deleting, str_at};
+use super::feed::Message;
 use super::runner::{Ctx, key_of};
 
 const MANAGER: &str = "garbage-collector";
@@ -114,39 +114,29 @@ async fn watch_registry(
     tx: mpsc::Sender<()>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut feed = ctx.feed.subscribe();
+    // Anything may have happened before the subscription.
+    let _ = tx.try_send(());
     loop {
-        let from = ctx.store.local_revision() + 1;
-        // Anything may have happened while the watch was down.
-        let _ = tx.try_send(());
-        if let Ok(mut events) = ctx.store.watch("/registry/", from) {
-            loop {
-                let batch = tokio::select! {
-                    b = events.next() => b,
-                    _ = shutdown.changed() => return,
-                };
-                let Some(Ok(batch)) = batch else { break };
-                let wake = {
-                    // No await while the lock is held.
-                    let w = watched.lock().unwrap_or_else(|e| e.into_inner());
-                    batch.iter().any(|event| {
-                        let Ok(obj) = serde_json::from_slice::<Value>(&event.kv.value) else {
-                            return false;
-                        };
-                        let prev = event
-                            .prev
-                            .as_ref()
-                            .and_then(|p| serde_json::from_slice::<Value>(&p.value).ok());
-                        concerns_gc(event.kind, &obj, prev.as_ref(), &w)
-                    })
-                };
-                if wake {
-                    let _ = tx.try_send(());
-                }
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        let message = tokio::select! {
+            m = feed.next() => m,
             _ = shutdown.changed() => return,
+        };
+        let wake = match message {
+            Some(Message::Changes(changes)) => {
+                // No await while the lock is held.
+                let w = watched.lock().unwrap_or_else(|e| e.into_inner());
+                changes.iter().any(|c| {
+                    c.obj
+                        .as_deref()
+                        .is_some_and(|obj| concerns_gc(c.kind, obj, c.prev.as_deref(), &w))
+                })
+            }
+            Some(Message::Restart) => true,
+            None => return,
+        };
+        if wake {
+            let _ = tx.try_send(());
         }
     }
 }

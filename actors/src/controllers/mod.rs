@@ -7,6 +7,7 @@ pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
+pub mod feed;
 pub mod gc;
 pub mod job;
 pub mod mirror;
@@ -64,6 +65,7 @@ pub fn start(
     );
     let ctx = Arc::new(runner::Ctx {
         node: node.to_owned(),
+        feed: feed::Feed::start(store.clone(), "/registry/", shutdown.clone()),
         store,
         shards: shards.clone(),
     });

@@ -11,12 +11,12 @@ use std::time::Duration;
 use flotilla_api::ApiError;
 use flotilla_api::internal::Fence;
 use flotilla_consensus::{Read, Store};
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::feed::{Feed, Message};
 use super::shards::Shards;
 
 /// How often every owned object is reconciled even without events.
@@ -28,6 +28,8 @@ pub struct Ctx {
     pub node: String,
     pub store: Store,
     pub shards: Shards,
+    /// The registry's changes, parsed once for every controller on this node.
+    pub feed: Feed,
 }
 
 impl Ctx {
@@ -126,7 +128,7 @@ pub fn start(ctx: Arc<Ctx>, reconciler: Arc<dyn Reconciler>, shutdown: watch::Re
     let (tx, rx) = mpsc::channel(4096);
     for prefix in std::iter::once(reconciler.prefix()).chain(reconciler.related().iter().copied()) {
         tokio::spawn(watch_prefix(
-            ctx.store.clone(),
+            ctx.clone(),
             reconciler.clone(),
             prefix,
             tx.clone(),
@@ -137,52 +139,51 @@ pub fn start(ctx: Arc<Ctx>, reconciler: Arc<dyn Reconciler>, shutdown: watch::Re
 }
 
 async fn watch_prefix(
-    store: Store,
+    ctx: Arc<Ctx>,
     reconciler: Arc<dyn Reconciler>,
     prefix: &'static str,
     tx: mpsc::Sender<Signal>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let own = prefix == reconciler.prefix();
+    let mut feed = ctx.feed.subscribe();
+    // Whatever happened before the subscription is covered by a resync.
+    if tx.send(Signal::Resync).await.is_err() {
+        return;
+    }
     loop {
-        let from = store.local_revision() + 1;
-        if tx.send(Signal::Resync).await.is_err() {
-            return;
-        }
-        if let Ok(mut events) = store.watch(prefix, from) {
-            loop {
-                let batch = tokio::select! {
-                    b = events.next() => b,
-                    _ = shutdown.changed() => return,
-                };
-                let Some(Ok(batch)) = batch else { break };
-                for event in batch {
-                    let Ok(obj) = serde_json::from_slice::<Value>(&event.kv.value) else {
-                        continue;
-                    };
-                    let mut keys = if own {
-                        vec![key_of(&obj)]
-                    } else {
-                        reconciler.keys_for(&obj)
-                    };
-                    // A change of owner concerns the old one too.
-                    if !own
-                        && let Some(prev) = event.prev.as_ref()
-                        && let Ok(prev) = serde_json::from_slice::<Value>(&prev.value)
-                    {
-                        keys.extend(reconciler.keys_for(&prev));
-                    }
-                    for key in keys {
-                        if tx.send(Signal::Key(key)).await.is_err() {
-                            return;
-                        }
-                    }
+        let message = tokio::select! {
+            m = feed.next() => m,
+            _ = shutdown.changed() => return,
+        };
+        let changes = match message {
+            Some(Message::Changes(changes)) => changes,
+            Some(Message::Restart) => {
+                if tx.send(Signal::Resync).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            None => return,
+        };
+        for change in changes.iter().filter(|c| c.key.starts_with(prefix)) {
+            let Some(obj) = change.obj.as_deref() else {
+                continue;
+            };
+            let mut keys = if own {
+                vec![key_of(obj)]
+            } else {
+                reconciler.keys_for(obj)
+            };
+            // A change of owner concerns the old one too.
+            if !own && let Some(prev) = change.prev.as_deref() {
+                keys.extend(reconciler.keys_for(prev));
+            }
+            for key in keys {
+                if tx.send(Signal::Key(key)).await.is_err() {
+                    return;
                 }
             }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = shutdown.changed() => return,
         }
     }
 }
