@@ -1,6 +1,7 @@
 //! Controllers and the scheduler, split into shards owned across the cluster's nodes
 //! ([`shards`]); every write they make is fenced by the shard's lease.
 
+mod affinity;
 pub mod common;
 pub mod cron;
 pub mod cronjob;
@@ -16,6 +17,7 @@ pub mod nodelifecycle;
 pub mod replicaset;
 pub mod runner;
 pub mod scheduler;
+mod scoring;
 pub mod shards;
 pub mod statefulset;
 

@@ -19,13 +19,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use flotilla_api::internal::{self, Fence};
-use flotilla_consensus::{CmpOp, Compare, Op, Store};
+use flotilla_consensus::{CmpOp, Compare, Op, Read, Store};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use super::affinity::{self, NamespaceLabels, PodAffinityState, PodTerms, PodsOnNode};
 use super::common::toleration_matches;
 use super::mirror::{self, Mirror};
+use super::scoring::{self, RawScore};
 use super::shards::{Members, Shards};
 use crate::kubelet::parse_quantity;
 
@@ -34,6 +36,7 @@ const PODS: &str = "/registry/core/pods/";
 const NODES: &str = "/registry/core/nodes/";
 const CLAIMS: &str = "/registry/core/persistentvolumeclaims/";
 const VOLUMES: &str = "/registry/core/persistentvolumes/";
+const NAMESPACES: &str = "/registry/core/namespaces/";
 const MANAGER: &str = "flotilla-scheduler";
 /// The pods a pass placed on one node (as stored, with their mod revisions) and the shard
 /// fences their bindings need.
@@ -192,6 +195,8 @@ struct NodeInfo {
     host_ports: HashSet<(String, i64)>,
     /// Pods per owner uid (for spreading).
     owners: HashMap<String, i64>,
+    /// The pods here as inter-pod affinity sees them.
+    pods: PodsOnNode,
     /// The allocation record as read: its binding count and mod revision (0: none yet).
     record: (u64, u64),
 }
@@ -204,6 +209,7 @@ impl NodeInfo {
         if let Some(o) = owner_uid(pod) {
             *self.owners.entry(o.to_owned()).or_default() += 1;
         }
+        self.pods.add(pod);
     }
 }
 
@@ -257,7 +263,7 @@ pub(crate) fn tolerates(tolerations: &[Value], taint: &Value) -> bool {
 }
 
 /// A nodeSelectorRequirement against the node's labels.
-fn requirement_matches(req: &Value, labels: &serde_json::Map<String, Value>) -> bool {
+pub(super) fn requirement_matches(req: &Value, labels: &serde_json::Map<String, Value>) -> bool {
     let key = str_at(req, "/key");
     let have = labels.get(key).and_then(Value::as_str);
     let values: Vec<&str> = req
@@ -302,28 +308,19 @@ pub(crate) fn selects(pod: &Value, node: &Value) -> bool {
         return true;
     };
     // Terms are ORed; the expressions of a term are ANDed.
-    terms.iter().any(|term| {
-        term.get("matchExpressions")
-            .and_then(Value::as_array)
-            .is_none_or(|exprs| exprs.iter().all(|e| requirement_matches(e, labels)))
-    })
+    terms
+        .iter()
+        .any(|term| affinity::node_selector_term_matches(term, node))
 }
 
 /// Whether `node` satisfies every required node affinity of the pod's bound volumes (each
 /// entry is one PV's `nodeSelectorTerms`: ORed terms of ANDed expressions).
 fn volumes_allow(volume_terms: &[Value], node: &Value) -> bool {
-    let empty = serde_json::Map::new();
-    let labels = node
-        .pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .unwrap_or(&empty);
     volume_terms.iter().all(|terms| {
         terms.as_array().is_none_or(|terms| {
-            terms.iter().any(|term| {
-                term.get("matchExpressions")
-                    .and_then(Value::as_array)
-                    .is_none_or(|exprs| exprs.iter().all(|e| requirement_matches(e, labels)))
-            })
+            terms
+                .iter()
+                .any(|term| affinity::node_selector_term_matches(term, node))
         })
     })
 }
@@ -425,9 +422,16 @@ fn unfit(pod: &Value, req: &Resources, n: &NodeInfo, live: &HashSet<String>) -> 
     None
 }
 
-/// Higher is better: free share of cpu and memory after placing the pod, minus a penalty per
-/// pod of the same owner already there.
-fn score(pod: &Value, req: &Resources, n: &NodeInfo) -> f64 {
+/// The node's scores for the pod before normalisation (see `scoring`): free share of cpu,
+/// memory and pod slots after placing it, balanced allocation, preferred node affinity,
+/// inter-pod affinity, and the pods of its controller already there.
+fn score(
+    pod: &Value,
+    req: &Resources,
+    n: &NodeInfo,
+    preferred: Option<&Vec<Value>>,
+    pod_affinity: Option<&PodAffinityState>,
+) -> RawScore {
     let free = |alloc: i64, used: i64| {
         if alloc <= 0 {
             0.0
@@ -435,15 +439,24 @@ fn score(pod: &Value, req: &Resources, n: &NodeInfo) -> f64 {
             (alloc - used) as f64 / alloc as f64
         }
     };
-    let least = (free(n.allocatable.cpu_milli, n.used.cpu_milli + req.cpu_milli)
-        + free(n.allocatable.memory, n.used.memory + req.memory)
+    let cpu = n.used.cpu_milli + req.cpu_milli;
+    let memory = n.used.memory + req.memory;
+    let least = (free(n.allocatable.cpu_milli, cpu)
+        + free(n.allocatable.memory, memory)
         + free(n.allocatable.pods, n.used.pods + 1))
         / 3.0;
-    let same = owner_uid(pod)
-        .and_then(|o| n.owners.get(o))
-        .copied()
-        .unwrap_or(0);
-    least - same as f64
+    RawScore {
+        least_allocated: least * 100.0,
+        balanced: (req.cpu_milli > 0 || req.memory > 0).then(|| {
+            scoring::balanced_allocation(
+                [cpu, memory],
+                [n.allocatable.cpu_milli, n.allocatable.memory],
+            )
+        }),
+        node_affinity: preferred.map_or(0, |t| affinity::preferred_node_score(t, &n.node)),
+        inter_pod: pod_affinity.map_or(0, |a| a.score(&n.node)),
+        same_owner: owner_uid(pod).map(|o| n.owners.get(o).copied().unwrap_or(0)),
+    }
 }
 
 /// Kubernetes' summary: "0/3 nodes are available: 1 Insufficient cpu, 2 Too many pods."
@@ -505,6 +518,7 @@ async fn pass(
                 used: Resources::default(),
                 host_ports: HashSet::new(),
                 owners: HashMap::new(),
+                pods: PodsOnNode::default(),
                 record: records.get(&name).copied().unwrap_or((0, 0)),
                 name,
                 node,
@@ -552,6 +566,9 @@ async fn pass(
         }
     }
     let mut plan: BTreeMap<usize, NodeBatch> = BTreeMap::new();
+    // Read only once a term with a namespaceSelector needs them.
+    let mut namespaces: Option<NamespaceLabels> = None;
+    let mut feasible: Vec<(usize, RawScore)> = Vec::with_capacity(nodes.len());
     // Oldest first, as a queue would.
     pending.sort_by(|a, b| {
         fn at(e: &mirror::Entry<PodEntry>) -> &str {
@@ -573,29 +590,54 @@ async fn pass(
                 continue;
             }
         };
+        let terms = PodTerms::of(pod);
+        if namespaces.is_none()
+            && (terms.as_ref().is_some_and(PodTerms::needs_namespace_labels)
+                || nodes.iter().any(|n| n.pods.need_namespace_labels()))
+        {
+            let kvs = config
+                .store
+                .range(NAMESPACES, usize::MAX, Read::Linearizable)
+                .await?
+                .kvs;
+            namespaces = Some(NamespaceLabels::from_objects(
+                kvs.iter()
+                    .filter_map(|kv| serde_json::from_slice(&kv.value).ok()),
+            ));
+        }
+        // Inter-pod affinity's counts for this pod, over every pod counted so far (those placed
+        // earlier in this pass included).
+        let pod_affinity = PodAffinityState::prepare(
+            pod,
+            terms,
+            nodes.iter().map(|n| (&*n.node, &n.pods)),
+            namespaces.as_ref().unwrap_or(&NamespaceLabels::default()),
+        );
+        let preferred = affinity::preferred_node_terms(pod);
         // Like kube-scheduler, stop once enough feasible nodes were found, and start the
         // next pod's search where this one stopped (every node gets its turn).
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-        let mut best: Option<(f64, usize)> = None;
-        let (total, mut found, mut searched) = (nodes.len(), 0, 0);
+        feasible.clear();
+        let (total, mut searched) = (nodes.len(), 0);
         for k in 0..total {
             let i = (*next_start + k) % total;
             let n = &nodes[i];
             searched = k + 1;
             let why = if volumes_allow(&volume_terms, &n.node) {
-                unfit(pod, req, n, &live)
+                unfit(pod, req, n, &live).or_else(|| {
+                    pod_affinity
+                        .as_ref()
+                        .and_then(|a| a.unfit(&n.node))
+                        .map(str::to_owned)
+                })
             } else {
                 Some("node(s) had volume node affinity conflict".to_owned())
             };
             match why {
                 Some(r) => *reasons.entry(r).or_default() += 1,
                 None => {
-                    let s = score(pod, req, n);
-                    if best.is_none_or(|(b, _)| s > b) {
-                        best = Some((s, i));
-                    }
-                    found += 1;
-                    if found >= to_find {
+                    feasible.push((i, score(pod, req, n, preferred, pod_affinity.as_ref())));
+                    if feasible.len() >= to_find {
                         break;
                     }
                 }
@@ -604,7 +646,7 @@ async fn pass(
         if total > 0 {
             *next_start = (*next_start + searched) % total;
         }
-        let Some((_, i)) = best else {
+        let Some(i) = scoring::best(&feasible) else {
             unschedulable(config, pod, &summary(nodes.len(), &reasons), fence).await;
             continue;
         };
@@ -796,6 +838,7 @@ mod tests {
             },
             host_ports: HashSet::from([("TCP".to_owned(), 8080)]),
             owners: HashMap::new(),
+            pods: PodsOnNode::default(),
             record: (0, 0),
         };
         let live = HashSet::from(["n1".to_owned()]);
