@@ -3,7 +3,9 @@
 //! Service's Endpoints and EndpointSlices follow them); requests
 //! never overcommit a node even with every shard binding at once; nodeSelector, cordon and
 //! taints are honoured; a pod that fits nowhere stays Pending with Kubernetes' reason and is
-//! placed when the cluster changes; after a node is SIGKILLed, its shards move and new pods
+//! placed when the cluster changes; required pod anti-affinity spreads a Deployment one per
+//! node and keeps a fourth replica Pending, required pod affinity follows its pod, and
+//! preferred node affinity steers pods; after a node is SIGKILLed, its shards move and new pods
 //! land on the live nodes.
 
 use std::collections::BTreeMap;
@@ -290,6 +292,15 @@ async fn pods_are_scheduled_spread_fenced_and_rescheduled_when_the_cluster_chang
     .await
     .unwrap();
 
+    // Inter-pod and preferred node affinity, on all three nodes again.
+    k.ok(
+        0,
+        &["taint", "nodes", "node-1", "dedicated=db:NoSchedule-"],
+        None,
+    )
+    .await;
+    affinity(&k).await;
+
     // node-3 dies: once gossip says so, the scheduler leaves it out (its shards moved to the
     // live nodes), and new pods go to the live nodes only.
     cluster.kill(2).await.unwrap();
@@ -341,4 +352,108 @@ async fn pods_are_scheduled_spread_fenced_and_rescheduled_when_the_cluster_chang
     })
     .await
     .unwrap();
+}
+
+/// A Deployment `name` of `replicas` with `affinity` (YAML flow mapping) in its pod template.
+fn deployment(name: &str, replicas: u32, affinity: &str) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      affinity: {affinity}
+      containers:
+      - name: app
+        image: busybox
+"
+    )
+}
+
+fn nodes_of(placed: &BTreeMap<String, String>) -> Vec<&str> {
+    let mut nodes: Vec<&str> = placed.values().map(String::as_str).collect();
+    nodes.sort();
+    nodes
+}
+
+async fn affinity(k: &Kubectl) {
+    // Three replicas created at once, each refusing a node that has one: one per node, though
+    // different shards may place them at the same moment.
+    let anti = "{podAntiAffinity: {requiredDuringSchedulingIgnoredDuringExecution: [{labelSelector: {matchLabels: {app: anti}}, topologyKey: kubernetes.io/hostname}]}}";
+    k.ok(0, &["apply", "-f", "-"], Some(&deployment("anti", 3, anti)))
+        .await;
+    eventually(CONVERGE, "anti-affine replicas one per node", || async {
+        let placed = placements(k, "anti-").await;
+        anyhow::ensure!(
+            nodes_of(&placed) == ["node-1", "node-2", "node-3"],
+            "{placed:?}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    k.ok(0, &["scale", "deployment", "anti", "--replicas=4"], None)
+        .await;
+    eventually(CONVERGE, "the fourth replica pending", || async {
+        let placed = placements(k, "anti-").await;
+        let pending = placed.iter().find(|(_, n)| n.is_empty());
+        anyhow::ensure!(placed.len() == 4 && pending.is_some(), "{placed:?}");
+        let (_, out, _) = k
+            .run(1, &["describe", "pod", pending.unwrap().0], None)
+            .await;
+        anyhow::ensure!(
+            out.contains("FailedScheduling")
+                && out.contains(
+                    "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules."
+                ),
+            "{out}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    k.ok(0, &["delete", "deployment", "anti"], None).await;
+
+    // Required affinity to a labelled pod: the follower lands on that pod's node, whichever
+    // node the lighter load would have picked.
+    k.ok(
+        0,
+        &["apply", "-f", "-"],
+        Some(
+            &(pod("anchor", "nodeSelector: {kubernetes.io/hostname: node-2}")
+                .replace("app: sched", "role: anchor")
+                + "---\n"
+                + &pod(
+                    "follower",
+                    "affinity: {podAffinity: {requiredDuringSchedulingIgnoredDuringExecution: [{labelSelector: {matchLabels: {role: anchor}}, topologyKey: kubernetes.io/hostname}]}}",
+                )),
+        ),
+    )
+    .await;
+    // Preferred node affinity outweighs spreading a Deployment's pods.
+    let preferred = "{nodeAffinity: {preferredDuringSchedulingIgnoredDuringExecution: [{weight: 10, preference: {matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [node-3]}]}}]}}";
+    k.ok(
+        0,
+        &["apply", "-f", "-"],
+        Some(&deployment("preferring", 3, preferred)),
+    )
+    .await;
+    eventually(CONVERGE, "affine placements", || async {
+        let placed = placements(k, "").await;
+        let preferring = placements(k, "preferring-").await;
+        anyhow::ensure!(
+            placed.get("anchor").map(String::as_str) == Some("node-2")
+                && placed.get("follower").map(String::as_str) == Some("node-2")
+                && nodes_of(&preferring) == ["node-3"; 3],
+            "{placed:?}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    k.ok(0, &["delete", "deployment", "preferring"], None).await;
 }
