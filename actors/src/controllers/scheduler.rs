@@ -10,8 +10,10 @@
 //! Filters: the node is live (gossip) and schedulable, its taints are tolerated, the pod's
 //! nodeSelector and required node affinity match, requests fit in allocatable minus what its
 //! pods request, host ports are free, the PVs its claims are bound to allow the node (a local
-//! volume pins its pods to its node; a missing claim keeps the pod pending). Score: least allocated, then fewest pods of the same
-//! owner (spreading a ReplicaSet over nodes). A pod no node fits gets `PodScheduled=False`
+//! volume pins its pods to its node; a missing claim keeps the pod pending), inter-pod
+//! affinity and anti-affinity hold (`affinity`). Scores (`scoring`): least allocated, balanced
+//! allocation, preferred node affinity, inter-pod affinity, and fewest pods of the same owner
+//! (spreading a ReplicaSet over nodes). A pod no node fits gets `PodScheduled=False`
 //! and a `FailedScheduling` event worded like Kubernetes'; it is retried whenever pods or
 //! nodes change.
 

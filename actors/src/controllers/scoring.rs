@@ -33,15 +33,12 @@ const SPREAD_MAX_SKEW: f64 = 3.0;
 /// memory after placing the pod), each fraction capped at 1; a resource the node does not
 /// offer is left out.
 pub(crate) fn balanced_allocation(requested: [i64; 2], allocatable: [i64; 2]) -> f64 {
-    let fractions: Vec<f64> = requested
-        .iter()
-        .zip(allocatable)
-        .filter(|(_, a)| *a > 0)
-        .map(|(r, a)| (*r as f64 / a as f64).min(1.0))
-        .collect();
-    // With two resources the standard deviation is half their difference.
-    let std = match fractions.as_slice() {
-        [a, b] => ((a - b) / 2.0).abs(),
+    let fraction = |i: usize| {
+        (allocatable[i] > 0).then(|| (requested[i] as f64 / allocatable[i] as f64).min(1.0))
+    };
+    // With two resources the standard deviation is half their difference; with one, zero.
+    let std = match (fraction(0), fraction(1)) {
+        (Some(a), Some(b)) => ((a - b) / 2.0).abs(),
         _ => 0.0,
     };
     (1.0 - std) * MAX
