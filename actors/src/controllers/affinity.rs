@@ -15,6 +15,7 @@
 //! required affinity and is never excluded by anti-affinity, as in Kubernetes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -350,18 +351,29 @@ impl PodTerms {
     }
 }
 
-/// What inter-pod affinity needs of a pod counted on a node.
+/// What inter-pod affinity needs of a pod counted on a node; made once per change of the pod
+/// and shared (an `Arc`) by every pass that counts it.
 #[derive(Debug)]
-struct CountedPod {
+pub(crate) struct CountedPod {
     namespace: String,
     labels: Labels,
-    terms: Option<Box<PodTerms>>,
+    terms: Option<PodTerms>,
+}
+
+impl CountedPod {
+    pub(crate) fn of(pod: &Value) -> Self {
+        CountedPod {
+            namespace: str_at(pod, "/metadata/namespace").to_owned(),
+            labels: labels_of(pod).cloned().unwrap_or_default(),
+            terms: PodTerms::of(pod),
+        }
+    }
 }
 
 /// The pods counted on one node, as inter-pod affinity sees them.
 #[derive(Debug, Default)]
 pub(crate) struct PodsOnNode {
-    pods: Vec<CountedPod>,
+    pods: Vec<Arc<CountedPod>>,
     /// How many of them have inter-pod terms of their own.
     with_terms: usize,
     /// How many have terms whose namespaceSelector needs namespaces' labels.
@@ -369,19 +381,14 @@ pub(crate) struct PodsOnNode {
 }
 
 impl PodsOnNode {
-    pub(crate) fn add(&mut self, pod: &Value) {
-        let terms = PodTerms::of(pod).map(Box::new);
-        if let Some(t) = &terms {
+    pub(crate) fn add(&mut self, pod: Arc<CountedPod>) {
+        if let Some(t) = &pod.terms {
             self.with_terms += 1;
             if t.needs_namespace_labels() {
                 self.with_namespace_selectors += 1;
             }
         }
-        self.pods.push(CountedPod {
-            namespace: str_at(pod, "/metadata/namespace").to_owned(),
-            labels: labels_of(pod).cloned().unwrap_or_default(),
-            terms,
-        });
+        self.pods.push(pod);
     }
 
     pub(crate) fn need_namespace_labels(&self) -> bool {
@@ -636,7 +643,7 @@ mod tests {
         }
 
         fn place(&mut self, i: usize, pod: &Value) {
-            self.nodes[i].1.add(pod);
+            self.nodes[i].1.add(Arc::new(CountedPod::of(pod)));
         }
 
         fn state(&self, pod: &Value) -> Option<PodAffinityState> {

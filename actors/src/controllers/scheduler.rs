@@ -18,6 +18,7 @@
 //! nodes change.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_api::internal::{self, Fence};
@@ -26,7 +27,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use super::affinity::{self, NamespaceLabels, PodAffinityState, PodTerms, PodsOnNode};
+use super::affinity::{self, CountedPod, NamespaceLabels, PodAffinityState, PodTerms, PodsOnNode};
 use super::common::toleration_matches;
 use super::mirror::{self, Mirror};
 use super::scoring::{self, RawScore};
@@ -69,12 +70,15 @@ struct Views {
 struct PodEntry {
     pod: Value,
     req: Resources,
+    /// What inter-pod affinity needs of it, shared by every pass that counts it on a node.
+    affinity: Arc<CountedPod>,
 }
 
 fn parse_pod(kv: &flotilla_consensus::KeyValue) -> Option<PodEntry> {
     let pod = mirror::json(kv)?;
     Some(PodEntry {
         req: requests(&pod),
+        affinity: Arc::new(CountedPod::of(&pod)),
         pod,
     })
 }
@@ -205,13 +209,14 @@ struct NodeInfo {
 
 impl NodeInfo {
     /// Counts a pod bound (or just placed) here.
-    fn account(&mut self, pod: &Value, req: &Resources) {
+    fn account(&mut self, entry: &PodEntry) {
+        let PodEntry { pod, req, affinity } = entry;
         self.used.add(req);
         self.host_ports.extend(host_ports(pod));
         if let Some(o) = owner_uid(pod) {
             *self.owners.entry(o.to_owned()).or_default() += 1;
         }
-        self.pods.add(pod);
+        self.pods.add(affinity.clone());
     }
 }
 
@@ -544,13 +549,13 @@ async fn pass(
         .collect();
     let mut pending = Vec::new();
     for entry in pod_entries {
-        let PodEntry { pod, req } = &*entry.value;
+        let pod = &entry.value.pod;
         let bound = str_at(pod, "/spec/nodeName");
         if !bound.is_empty() {
             if let Some(&i) = index.get(bound)
                 && !is_terminal(pod)
             {
-                nodes[i].account(pod, req);
+                nodes[i].account(&entry.value);
             }
             continue;
         }
@@ -583,7 +588,7 @@ async fn pass(
         let Some(fence) = config.shards.fence(shard) else {
             continue;
         };
-        let PodEntry { pod, req } = &*entry.value;
+        let PodEntry { pod, req, .. } = &*entry.value;
         let volume_terms = match pod_volume_terms(pod, &claims, &volumes) {
             Ok(t) => t,
             Err(why) => {
@@ -653,7 +658,7 @@ async fn pass(
             continue;
         };
         // Placed in memory now, so the next pods see this one's requests; written below.
-        nodes[i].account(pod, req);
+        nodes[i].account(&entry.value);
         let batch = plan.entry(i).or_default();
         if !batch.1.contains(&fence) {
             batch.1.push(fence);
