@@ -368,6 +368,13 @@ impl CountedPod {
             terms: PodTerms::of(pod),
         }
     }
+
+    /// Whether its terms need namespaces' labels (a namespaceSelector other than `{}`).
+    pub(crate) fn needs_namespace_labels(&self) -> bool {
+        self.terms
+            .as_ref()
+            .is_some_and(PodTerms::needs_namespace_labels)
+    }
 }
 
 /// The pods counted on one node, as inter-pod affinity sees them.
@@ -382,9 +389,9 @@ pub(crate) struct PodsOnNode {
 
 impl PodsOnNode {
     pub(crate) fn add(&mut self, pod: Arc<CountedPod>) {
-        if let Some(t) = &pod.terms {
+        if pod.terms.is_some() {
             self.with_terms += 1;
-            if t.needs_namespace_labels() {
+            if pod.needs_namespace_labels() {
                 self.with_namespace_selectors += 1;
             }
         }
@@ -457,7 +464,7 @@ impl TopologyCounts {
 /// PreScore state), then asked about each node.
 #[derive(Debug)]
 pub(crate) struct PodAffinityState {
-    terms: Option<PodTerms>,
+    pod: Arc<CountedPod>,
     /// Pairs holding existing pods that match all the pod's required affinity terms.
     affinity_counts: TopologyCounts,
     /// Pairs holding existing pods that match one of its required anti-affinity terms.
@@ -476,27 +483,24 @@ impl PodAffinityState {
     /// `nodes`: every node (its object) with the pods counted on it, including those placed
     /// earlier in this pass. `None`: inter-pod affinity neither filters nor scores this pod.
     pub(crate) fn prepare<'a, I>(
-        pod: &Value,
-        terms: Option<PodTerms>,
+        pod: &Arc<CountedPod>,
         nodes: I,
         ns_labels: &NamespaceLabels,
     ) -> Option<Self>
     where
         I: Iterator<Item = (&'a Value, &'a PodsOnNode)> + Clone,
     {
-        if terms.is_none() && nodes.clone().all(|(_, pods)| pods.with_terms == 0) {
+        let own = pod.terms.as_ref();
+        if own.is_none() && nodes.clone().all(|(_, pods)| pods.with_terms == 0) {
             return None;
         }
-        let namespace = str_at(pod, "/metadata/namespace");
-        let empty = Labels::new();
-        let labels = labels_of(pod).unwrap_or(&empty);
         let mut state = PodAffinityState {
-            matches_own_affinity: terms.as_ref().is_some_and(|t| {
+            matches_own_affinity: own.is_some_and(|t| {
                 t.required_affinity
                     .iter()
-                    .all(|term| term.matches(namespace, labels, ns_labels))
+                    .all(|term| term.matches(&pod.namespace, &pod.labels, ns_labels))
             }),
-            terms,
+            pod: Arc::clone(pod),
             affinity_counts: TopologyCounts::default(),
             anti_counts: TopologyCounts::default(),
             existing_anti_counts: TopologyCounts::default(),
@@ -504,18 +508,17 @@ impl PodAffinityState {
         };
         for (node, pods) in nodes {
             // Without terms of its own, only pods with terms can concern this pod.
-            if state.terms.is_none() && pods.with_terms == 0 {
+            if own.is_none() && pods.with_terms == 0 {
                 continue;
             }
             let Some(node_labels) = labels_of(node) else {
                 continue;
             };
             for existing in &pods.pods {
-                state.count(namespace, labels, existing, node_labels, ns_labels);
+                state.count(pod, existing, node_labels, ns_labels);
             }
         }
-        if state.terms.is_none() && state.existing_anti_counts.is_empty() && state.score.is_empty()
-        {
+        if own.is_none() && state.existing_anti_counts.is_empty() && state.score.is_empty() {
             return None;
         }
         Some(state)
@@ -524,14 +527,13 @@ impl PodAffinityState {
     /// Adds what one existing pod means for this pod to the counts of its node's pairs.
     fn count(
         &mut self,
-        namespace: &str,
-        labels: &Labels,
+        pod: &CountedPod,
         existing: &CountedPod,
         node_labels: &Labels,
         ns_labels: &NamespaceLabels,
     ) {
         let matches = |t: &Term| t.matches(&existing.namespace, &existing.labels, ns_labels);
-        if let Some(own) = &self.terms {
+        if let Some(own) = &pod.terms {
             if !own.required_affinity.is_empty() && own.required_affinity.iter().all(matches) {
                 for t in &own.required_affinity {
                     self.affinity_counts.add(node_labels, &t.topology_key, 1);
@@ -549,7 +551,7 @@ impl PodAffinityState {
         }
         // The symmetric side: the existing pod's terms against this pod.
         if let Some(theirs) = &existing.terms {
-            let matched = |t: &Term| t.matches(namespace, labels, ns_labels);
+            let matched = |t: &Term| t.matches(&pod.namespace, &pod.labels, ns_labels);
             for t in theirs.required_anti.iter().filter(|t| matched(t)) {
                 self.existing_anti_counts
                     .add(node_labels, &t.topology_key, 1);
@@ -573,7 +575,7 @@ impl PodAffinityState {
         let empty = Labels::new();
         let node_labels = labels_of(node).unwrap_or(&empty);
         let value = |k: &str| node_labels.get(k).and_then(Value::as_str);
-        if let Some(own) = &self.terms {
+        if let Some(own) = &self.pod.terms {
             if !own.required_affinity.is_empty() {
                 let mut all_there = true;
                 for t in &own.required_affinity {
@@ -648,8 +650,7 @@ mod tests {
 
         fn state(&self, pod: &Value) -> Option<PodAffinityState> {
             PodAffinityState::prepare(
-                pod,
-                PodTerms::of(pod),
+                &Arc::new(CountedPod::of(pod)),
                 self.nodes.iter().map(|(n, p)| (n, p)),
                 &self.namespaces,
             )

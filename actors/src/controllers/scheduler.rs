@@ -27,7 +27,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use super::affinity::{self, CountedPod, NamespaceLabels, PodAffinityState, PodTerms, PodsOnNode};
+use super::affinity::{self, CountedPod, NamespaceLabels, PodAffinityState, PodsOnNode};
 use super::common::toleration_matches;
 use super::mirror::{self, Mirror};
 use super::scoring::{self, RawScore};
@@ -588,7 +588,7 @@ async fn pass(
         let Some(fence) = config.shards.fence(shard) else {
             continue;
         };
-        let PodEntry { pod, req, .. } = &*entry.value;
+        let PodEntry { pod, req, affinity } = &*entry.value;
         let volume_terms = match pod_volume_terms(pod, &claims, &volumes) {
             Ok(t) => t,
             Err(why) => {
@@ -597,9 +597,8 @@ async fn pass(
                 continue;
             }
         };
-        let terms = PodTerms::of(pod);
         if namespaces.is_none()
-            && (terms.as_ref().is_some_and(PodTerms::needs_namespace_labels)
+            && (affinity.needs_namespace_labels()
                 || nodes.iter().any(|n| n.pods.need_namespace_labels()))
         {
             let kvs = config
@@ -615,8 +614,7 @@ async fn pass(
         // Inter-pod affinity's counts for this pod, over every pod counted so far (those placed
         // earlier in this pass included).
         let pod_affinity = PodAffinityState::prepare(
-            pod,
-            terms,
+            affinity,
             nodes.iter().map(|n| (&*n.node, &n.pods)),
             namespaces.as_ref().unwrap_or(&NamespaceLabels::default()),
         );
