@@ -58,7 +58,8 @@ struct Record {
 pub struct PodWorker {
     config: KubeletConfig,
     uid: String,
-    pod: Option<Value>,
+    /// Shared, so the once-a-second sync does not copy the whole object.
+    pod: Option<std::sync::Arc<Value>>,
     sandbox: Option<(String, Option<String>)>,
     records: HashMap<String, Record>,
     last_status: Option<Value>,
@@ -933,7 +934,7 @@ impl Message<Desired> for PodWorker {
                 self.start_time = t.to_owned();
             }
         }
-        self.pod = Some(msg.0);
+        self.pod = Some(std::sync::Arc::new(msg.0));
         self.sync().await;
         self.resync_soon(ctx);
     }
