@@ -237,6 +237,27 @@ pub async fn schedule(args: ScheduleBenchArgs) -> anyhow::Result<()> {
         args.pods,
         bound.len() as f64 / last_bound.max(1e-9)
     );
+    // The binding rate the schedulers reach, apart from how fast pods arrive: the busiest
+    // second, and the backlog's drain once the last create was acknowledged.
+    let mut per_second: HashMap<u64, usize> = HashMap::new();
+    for at in bound.values() {
+        *per_second
+            .entry(at.saturating_duration_since(t).as_secs())
+            .or_default() += 1;
+    }
+    let peak = per_second.values().max().copied().unwrap_or(0);
+    let after_creates = bound
+        .values()
+        .filter(|at| at.saturating_duration_since(t) > created_in)
+        .count();
+    let drain = (last_bound - created_in.as_secs_f64()).max(0.0);
+    println!("busiest second: {peak} pods bound");
+    if after_creates > 0 && drain > 0.0 {
+        println!(
+            "backlog after the last create: {after_creates} pods bound in {drain:.1} s ({:.0} pods/s)",
+            after_creates as f64 / drain
+        );
+    }
     println!(
         "scheduling latency (create acknowledged → bound, through a watch): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         pct(&lat, 0.5),

@@ -488,6 +488,7 @@ async fn pass(
     if owned.is_empty() || views.pods.revision() == 0 || views.nodes.revision() == 0 {
         return Ok(());
     }
+    let began = std::time::Instant::now();
     let (_, pod_entries) = views.pods.values();
     let is_pending = |pod: &Value| {
         let scheduler = str_at(pod, "/spec/schedulerName");
@@ -666,52 +667,60 @@ async fn pass(
     let store = &config.store;
     // One transaction per node, comparing its allocation record once for all its pods; the
     // nodes' transactions go concurrently (Raft batches them into few log appends).
-    let batches = plan.into_iter().map(|(i, (pods, fences))| {
-        let n = &nodes[i];
-        let record_key = format!("{ALLOC_PREFIX}{}", n.name);
-        let mut compare = fences;
-        compare.push(if n.record.1 == 0 {
-            Compare::Missing {
-                key: record_key.clone(),
-            }
-        } else {
-            Compare::ModRevision {
-                key: record_key.clone(),
-                op: CmpOp::Equal,
-                revision: n.record.1,
-            }
-        });
-        let count = n.record.0 + pods.len() as u64;
-        let node = n.name.clone();
-        async move {
-            let fence = Fence {
-                compare,
-                also: vec![Op::Put {
-                    key: record_key,
-                    value: count.to_string().into_bytes(),
-                }],
-            };
-            match internal::bind_all(store, &node, &pods, fence).await {
-                Ok(Some(revision)) => {
-                    tracing::debug!(%node, pods = pods.len(), "bound");
-                    revision
+    let placed_pods: usize = plan.values().map(|b| b.0.len()).sum();
+    let batches: Vec<_> = plan
+        .into_iter()
+        .map(|(i, (pods, fences))| {
+            let n = &nodes[i];
+            let record_key = format!("{ALLOC_PREFIX}{}", n.name);
+            let mut compare = fences;
+            compare.push(if n.record.1 == 0 {
+                Compare::Missing {
+                    key: record_key.clone(),
                 }
-                // Another shard bound to this node, or a pod changed: the next pass re-reads.
-                Ok(None) => {
-                    tracing::debug!(%node, "binding batch lost a race");
-                    0
+            } else {
+                Compare::ModRevision {
+                    key: record_key.clone(),
+                    op: CmpOp::Equal,
+                    revision: n.record.1,
                 }
-                Err(e) => {
-                    tracing::debug!(%node, error = %e.message(), "binding failed");
-                    0
+            });
+            let count = n.record.0 + pods.len() as u64;
+            let node = n.name.clone();
+            async move {
+                let fence = Fence {
+                    compare,
+                    also: vec![Op::Put {
+                        key: record_key,
+                        value: count.to_string().into_bytes(),
+                    }],
+                };
+                match internal::bind_all(store, &node, &pods, fence).await {
+                    Ok(Some(revision)) => revision,
+                    // Another shard bound to this node, or a pod changed: the next pass re-reads.
+                    Ok(None) => 0,
+                    Err(e) => {
+                        tracing::debug!(%node, error = %e.message(), "binding failed");
+                        0
+                    }
                 }
             }
-        }
-    });
+        })
+        .collect();
+    let (placed, planned) = (placed_pods, batches.len());
+    let binding = std::time::Instant::now();
     let written = futures::stream::iter(batches)
         .buffer_unordered(BIND_CONCURRENCY)
         .collect::<Vec<u64>>()
         .await;
+    tracing::debug!(
+        placed,
+        batches = planned,
+        lost = written.iter().filter(|r| **r == 0).count(),
+        planning_ms = (binding - began).as_millis() as u64,
+        binding_ms = binding.elapsed().as_millis() as u64,
+        "scheduling pass"
+    );
     // The next pass must see these bindings (or it would place their pods again and lose
     // every race): wait until the mirrors have them.
     if let Some(&last) = written.iter().max().filter(|r| **r > 0) {
