@@ -107,8 +107,9 @@ pub struct NodeArgs {
     controller_shards: u32,
     /// Seconds a pod without its own toleration of the `node.kubernetes.io/unreachable` taint
     /// stays bound to an unreachable node before it is evicted (Kubernetes: 300, added to
-    /// every pod by admission; Flotilla keeps it short so workloads move quickly).
-    #[arg(long, default_value_t = 5)]
+    /// every pod by admission). Flotilla keeps it short so a dead node's pods run elsewhere
+    /// within seconds; raise it where nodes restart slowly or the network flaps.
+    #[arg(long, default_value_t = 2)]
     default_unreachable_toleration_seconds: u64,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -422,6 +423,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 .collect()
         })
     };
+    let (dead, membership_changed) = track_dead_members(gossip.clone(), shutdown_rx.clone());
     flotilla_actors::controllers::start(
         &args.name,
         store.clone(),
@@ -430,6 +432,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             default_unreachable_toleration: Duration::from_secs(
                 args.default_unreachable_toleration_seconds,
             ),
+            dead,
+            membership_changed: Some(membership_changed),
         },
         members,
         live,
@@ -581,6 +585,66 @@ async fn create_default_objects(
             _ = shutdown.changed() => return None,
         }
     }
+}
+
+/// The nodes (with the hollow nodes they serve) gossip's failure detector declared dead —
+/// not those that announced their departure — and a counter bumped on every membership event,
+/// so the controllers act on a verdict the moment gossip reaches it.
+fn track_dead_members(
+    gossip: Gossip,
+    mut shutdown: watch::Receiver<bool>,
+) -> (
+    flotilla_actors::controllers::shards::Members,
+    watch::Receiver<u64>,
+) {
+    let dead: Arc<std::sync::Mutex<BTreeMap<String, Vec<String>>>> = Arc::default();
+    let (tx, rx) = watch::channel(0u64);
+    let mut events = gossip.subscribe();
+    let table = dead.clone();
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                e = events.recv() => e,
+                _ = shutdown.changed() => return,
+            };
+            {
+                let mut dead = table.lock().unwrap_or_else(|e| e.into_inner());
+                match &event {
+                    Ok(MemberEvent::Dead(m)) => {
+                        let hollow = m
+                            .roles
+                            .iter()
+                            .find_map(|r| r.strip_prefix(HOLLOW_ROLE)?.parse().ok())
+                            .unwrap_or(0);
+                        let mut names: Vec<String> = hollow_names(&m.name, hollow).collect();
+                        names.push(m.name.clone());
+                        dead.insert(m.name.clone(), names);
+                    }
+                    Ok(MemberEvent::Joined(m) | MemberEvent::Left(m)) => {
+                        dead.remove(&m.name);
+                    }
+                    Ok(MemberEvent::Updated(_)) => {}
+                    // Missed events: keep only verdicts gossip still stands by.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let alive: Vec<String> =
+                            gossip.live_members().into_iter().map(|m| m.name).collect();
+                        dead.retain(|name, _| !alive.contains(name));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    });
+    let members: flotilla_actors::controllers::shards::Members = Arc::new(move || {
+        dead.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .flatten()
+            .cloned()
+            .collect()
+    });
+    (members, rx)
 }
 
 /// The gossip role of a node serving hollow nodes: `hollow=N`.

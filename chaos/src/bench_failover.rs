@@ -193,6 +193,7 @@ struct Timeline {
     first_evicted: Option<Duration>,
     all_evicted: Option<Duration>,
     first_created: Option<Duration>,
+    all_created: Option<Duration>,
     all_bound: Option<Duration>,
     replaced: Option<Duration>,
     dropped: bool,
@@ -343,7 +344,7 @@ async fn run(args: &FailoverBenchArgs, cluster: &mut LocalCluster) -> anyhow::Re
     let mut replaced = Vec::new();
     let mut available = Vec::new();
     println!(
-        "run  node    pods  taint  detect  evict1  evictN  create1  boundN  replaced  available   (ms after SIGKILL)"
+        "run  node    pods  taint  detect  evict1  evictN  create1  createN  boundN  replaced  available   (ms after SIGKILL)"
     );
     for r in 0..args.runs {
         let (victim, line) = one_run(cluster, &api, args.pods, r).await?;
@@ -575,6 +576,9 @@ async fn one_run(
                     tl.all_evicted = Some(since);
                 }
                 let live: Vec<&PodState> = state.values().filter(|p| !p.deleting).collect();
+                if evicted == held.len() && tl.all_created.is_none() && live.len() == pods {
+                    tl.all_created = Some(since);
+                }
                 if evicted == held.len()
                     && tl.all_bound.is_none()
                     && live.len() == pods
@@ -610,7 +614,7 @@ async fn one_run(
     }
     drop(rx);
     let line = format!(
-        "{:>3}  {:<7} {:>4}  {:>5}  {:>6}  {:>6}  {:>6}  {:>7}  {:>6}  {:>8}  {:>9}",
+        "{:>3}  {:<7} {:>4}  {:>5}  {:>6}  {:>6}  {:>6}  {:>7}  {:>7}  {:>6}  {:>8}  {:>9}",
         run + 1,
         victim_name,
         held.len(),
@@ -619,6 +623,7 @@ async fn one_run(
         ms(tl.first_evicted),
         ms(tl.all_evicted),
         ms(tl.first_created),
+        ms(tl.all_created),
         ms(tl.all_bound),
         ms(tl.replaced),
         ms(tl.available),

@@ -42,6 +42,9 @@ pub struct ShardConfig {
     pub store: Store,
     pub members: Members,
     pub interval: Duration,
+    /// Bumped when gossip's view of the members changes: a round runs at once, so the shards
+    /// of a node declared dead move without waiting for `interval`.
+    pub kicks: Option<watch::Receiver<u64>>,
 }
 
 /// The shards this node owns now, each with its fence (the lease's mod revision). Cheap to
@@ -96,9 +99,10 @@ impl Shards {
 }
 
 /// Starts this node's shard host; it stops with `shutdown`.
-pub fn start(config: ShardConfig, mut shutdown: watch::Receiver<bool>) -> Shards {
+pub fn start(mut config: ShardConfig, mut shutdown: watch::Receiver<bool>) -> Shards {
     let (tx, rx) = watch::channel(BTreeMap::new());
     let count = config.count;
+    let mut kicks = config.kicks.take();
     tokio::spawn(async move {
         let mut picked: BTreeMap<u32, u32> = BTreeMap::new();
         loop {
@@ -116,8 +120,19 @@ pub fn start(config: ShardConfig, mut shutdown: watch::Receiver<bool>) -> Shards
                 // Without the store (no quorum) writes fail anyway; keep what we had.
                 Err(e) => tracing::debug!(error = %e, "shard round failed"),
             }
+            let kicked = async {
+                // A closed channel never kicks again.
+                let gone = match kicks.as_mut() {
+                    Some(k) => k.changed().await.is_err(),
+                    None => true,
+                };
+                if gone {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(config.interval) => {}
+                _ = kicked => {}
                 _ = shutdown.changed() => return,
             }
         }
@@ -214,6 +229,7 @@ mod tests {
                     store: store.clone(),
                     members: Arc::new(move || vec![me.clone()]),
                     interval: Duration::from_millis(50),
+                    kicks: None,
                 },
                 shutdown.clone(),
             )
