@@ -105,7 +105,10 @@ impl Api {
             .with_context(|| format!("{method} {url} timed out"))??;
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await?.to_bytes();
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
     }
 
     async fn get(&self, url: &str) -> anyhow::Result<Value> {
@@ -483,7 +486,9 @@ async fn one_run(
         .get(&format!("{base}/api/v1/namespaces/default/pods"))
         .await?;
     let dep_list = api
-        .get(&format!("{base}/apis/apps/v1/namespaces/default/deployments"))
+        .get(&format!(
+            "{base}/apis/apps/v1/namespaces/default/deployments"
+        ))
         .await?;
     let mut state: HashMap<String, PodState> = pod_list["items"]
         .as_array()
