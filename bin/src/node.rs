@@ -423,7 +423,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 .collect()
         })
     };
-    let (dead, membership_changed) = track_dead_members(gossip.clone(), shutdown_rx.clone());
+    let (dead, gone, membership_changed) = track_verdicts(gossip.clone(), shutdown_rx.clone());
     flotilla_actors::controllers::start(
         &args.name,
         store.clone(),
@@ -433,6 +433,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 args.default_unreachable_toleration_seconds,
             ),
             dead,
+            gone: Some(gone),
             membership_changed: Some(membership_changed),
         },
         members,
@@ -587,20 +588,30 @@ async fn create_default_objects(
     }
 }
 
-/// The nodes (with the hollow nodes they serve) gossip's failure detector declared dead —
-/// not those that announced their departure — and a counter bumped on every membership event,
-/// so the controllers act on a verdict the moment gossip reaches it.
-fn track_dead_members(
+/// What gossip concluded about members that are not live.
+#[derive(Default)]
+struct Verdicts {
+    /// Declared dead by the failure detector: name → it and the hollow nodes it serves.
+    dead: BTreeMap<String, Vec<String>>,
+    /// Announced their departure.
+    left: std::collections::BTreeSet<String>,
+}
+
+/// The nodes (with the hollow nodes they serve) gossip's failure detector declared dead, the
+/// node daemons declared dead or departed, and a counter bumped on every membership event:
+/// the controllers act on a verdict the moment gossip reaches it.
+fn track_verdicts(
     gossip: Gossip,
     mut shutdown: watch::Receiver<bool>,
 ) -> (
     flotilla_actors::controllers::shards::Members,
+    flotilla_actors::controllers::shards::Members,
     watch::Receiver<u64>,
 ) {
-    let dead: Arc<std::sync::Mutex<BTreeMap<String, Vec<String>>>> = Arc::default();
+    let verdicts: Arc<std::sync::Mutex<Verdicts>> = Arc::default();
     let (tx, rx) = watch::channel(0u64);
     let mut events = gossip.subscribe();
-    let table = dead.clone();
+    let table = verdicts.clone();
     tokio::spawn(async move {
         loop {
             let event = tokio::select! {
@@ -608,7 +619,7 @@ fn track_dead_members(
                 _ = shutdown.changed() => return,
             };
             {
-                let mut dead = table.lock().unwrap_or_else(|e| e.into_inner());
+                let mut v = table.lock().unwrap_or_else(|e| e.into_inner());
                 match &event {
                     Ok(MemberEvent::Dead(m)) => {
                         let hollow = m
@@ -618,17 +629,24 @@ fn track_dead_members(
                             .unwrap_or(0);
                         let mut names: Vec<String> = hollow_names(&m.name, hollow).collect();
                         names.push(m.name.clone());
-                        dead.insert(m.name.clone(), names);
+                        v.dead.insert(m.name.clone(), names);
+                        v.left.remove(&m.name);
                     }
-                    Ok(MemberEvent::Joined(m) | MemberEvent::Left(m)) => {
-                        dead.remove(&m.name);
+                    Ok(MemberEvent::Left(m)) => {
+                        v.dead.remove(&m.name);
+                        v.left.insert(m.name.clone());
+                    }
+                    Ok(MemberEvent::Joined(m)) => {
+                        v.dead.remove(&m.name);
+                        v.left.remove(&m.name);
                     }
                     Ok(MemberEvent::Updated(_)) => {}
                     // Missed events: keep only verdicts gossip still stands by.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         let alive: Vec<String> =
                             gossip.live_members().into_iter().map(|m| m.name).collect();
-                        dead.retain(|name, _| !alive.contains(name));
+                        v.dead.retain(|name, _| !alive.contains(name));
+                        v.left.retain(|name| !alive.contains(name));
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
@@ -636,15 +654,18 @@ fn track_dead_members(
             tx.send_modify(|n| *n = n.wrapping_add(1));
         }
     });
-    let members: flotilla_actors::controllers::shards::Members = Arc::new(move || {
-        dead.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .flatten()
-            .cloned()
-            .collect()
+    let dead: flotilla_actors::controllers::shards::Members = {
+        let verdicts = verdicts.clone();
+        Arc::new(move || {
+            let v = verdicts.lock().unwrap_or_else(|e| e.into_inner());
+            v.dead.values().flatten().cloned().collect()
+        })
+    };
+    let gone: flotilla_actors::controllers::shards::Members = Arc::new(move || {
+        let v = verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        v.dead.keys().chain(v.left.iter()).cloned().collect()
     });
-    (members, rx)
+    (dead, gone, rx)
 }
 
 /// The gossip role of a node serving hollow nodes: `hollow=N`.

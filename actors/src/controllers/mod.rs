@@ -30,6 +30,8 @@ pub struct ControllerConfig {
     pub default_unreachable_toleration: std::time::Duration,
     /// Nodes (hollow ones included) gossip's failure detector declared dead.
     pub dead: shards::Members,
+    /// Node daemons gossip declared dead or that announced their departure.
+    pub gone: Option<shards::Members>,
     /// Bumped whenever gossip's view of the members changes, so shard moves and node
     /// lifecycle react at once instead of at their next poll.
     pub membership_changed: Option<watch::Receiver<u64>>,
@@ -54,6 +56,7 @@ pub fn start(
             store: store.clone(),
             members,
             interval: std::time::Duration::from_millis(500),
+            gone: config.gone,
             kicks: config.membership_changed.clone(),
         },
         shutdown.clone(),

@@ -70,7 +70,13 @@ struct Missing {
     since: Instant,
     /// When the pods of the node are to be looked at next (not every poll: that lists them).
     pods_next: Instant,
+    /// When this instance last looked: an older record is from before the shard moved away
+    /// and back, and says nothing about now.
+    seen: Instant,
 }
+
+/// How old a [`Missing`] record may be before it is started afresh.
+const STALE: Duration = Duration::from_secs(3);
 
 impl NodeLifecycleController {
     pub fn new(
@@ -235,10 +241,17 @@ impl NodeLifecycleController {
                 (Duration::ZERO, Instant::now())
             } else {
                 let now = Instant::now();
-                let m = missing.entry(name.to_owned()).or_insert(Missing {
+                let fresh = Missing {
                     since: now,
                     pods_next: now,
-                });
+                    seen: now,
+                };
+                let m = missing.entry(name.to_owned()).or_insert(fresh);
+                if now.duration_since(m.seen) > STALE {
+                    m.since = now;
+                    m.pods_next = now;
+                }
+                m.seen = now;
                 (m.since.elapsed(), m.pods_next)
             }
         };
@@ -277,8 +290,8 @@ impl NodeLifecycleController {
             };
             node = written;
         }
-        if let Some(updated) = with_ready(&node, status, reason, message) {
-            internal::replace(
+        if let Some(updated) = with_ready(&node, status, reason, message)
+            && internal::replace(
                 &ctx.store,
                 ("", "v1", "nodes"),
                 None,
@@ -288,7 +301,11 @@ impl NodeLifecycleController {
                 MANAGER,
                 fence.clone(),
             )
-            .await?;
+            .await?
+            .is_none()
+        {
+            // The node or the fence changed meanwhile: look again.
+            return Ok(Some(Duration::from_millis(200)));
         }
         if live {
             return Ok(Some(POLL));
@@ -364,26 +381,32 @@ impl NodeLifecycleController {
             work.push((pod, evict_now));
         }
         // The pods one by one would make the last eviction wait for all the others' writes.
-        let results: Vec<Result<(), ApiError>> = futures::stream::iter(work)
+        let results: Vec<Result<bool, ApiError>> = futures::stream::iter(work)
             .map(|(pod, evict_now)| self.evict_pod(ctx, name, pod, evict_now))
             .buffer_unordered(EVICT_CONCURRENCY)
             .collect()
             .await;
-        results.into_iter().collect::<Result<(), ApiError>>()?;
+        for done in results {
+            if !done? {
+                // The pod or the fence changed under the eviction: try again soon.
+                next = Some(Duration::from_millis(200));
+            }
+        }
         Ok(next)
     }
 
-    /// Marks one pod of unreachable node `name` not Ready, and evicts it if `evict_now`.
+    /// Marks one pod of unreachable node `name` not Ready, and evicts it if `evict_now`;
+    /// false if an eviction due did not happen.
     async fn evict_pod(
         &self,
         ctx: &Ctx,
         name: &str,
         pod: Value,
         evict_now: bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<bool, ApiError> {
         // The node's shard owner looks after the node's pods (whatever their own shards).
         let Some(fence) = ctx.fence(name) else {
-            return Ok(());
+            return Ok(!evict_now);
         };
         let ns = str_at(&pod, "/metadata/namespace");
         let pod_name = str_at(&pod, "/metadata/name");
@@ -402,10 +425,9 @@ impl NodeLifecycleController {
             .await;
         }
         if !evict_now {
-            return Ok(());
+            return Ok(true);
         }
-        tracing::info!(node = %name, namespace = %ns, pod = %pod_name, "evicting a pod from an unreachable node");
-        internal::delete(
+        if !internal::delete(
             &ctx.store,
             ("", "v1", "pods"),
             Some(ns),
@@ -414,7 +436,11 @@ impl NodeLifecycleController {
             None,
             fence.clone(),
         )
-        .await?;
+        .await?
+        {
+            return Ok(false);
+        }
+        tracing::info!(node = %name, namespace = %ns, pod = %pod_name, "evicted a pod from an unreachable node");
         let e = event(
             &pod,
             "Normal",
@@ -431,7 +457,7 @@ impl NodeLifecycleController {
             fence,
         )
         .await;
-        Ok(())
+        Ok(true)
     }
 }
 
