@@ -97,6 +97,9 @@ pub enum BenchCommand {
     Pods(flotilla_chaos::bench_pods::PodBenchArgs),
     /// Scheduling throughput and latency: hollow nodes (default 1,000) and many pods.
     Schedule(flotilla_chaos::bench_schedule::ScheduleBenchArgs),
+    /// Failover: SIGKILL a node holding pods of a Deployment (default 4 nodes, 30 pods, 5
+    /// runs); time to detect and until its pods run elsewhere.
+    Failover(flotilla_chaos::bench_failover::FailoverBenchArgs),
 }
 
 /// Tries each server in turn until one answers.
@@ -303,5 +306,6 @@ pub async fn bench(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Api(args) => flotilla_chaos::bench_api::api(args).await,
         BenchCommand::Pods(args) => flotilla_chaos::bench_pods::pods(args).await,
         BenchCommand::Schedule(args) => flotilla_chaos::bench_schedule::schedule(args).await,
+        BenchCommand::Failover(args) => flotilla_chaos::bench_failover::failover(args).await,
     }
 }

@@ -107,8 +107,9 @@ pub struct NodeArgs {
     controller_shards: u32,
     /// Seconds a pod without its own toleration of the `node.kubernetes.io/unreachable` taint
     /// stays bound to an unreachable node before it is evicted (Kubernetes: 300, added to
-    /// every pod by admission; Flotilla keeps it short so workloads move quickly).
-    #[arg(long, default_value_t = 5)]
+    /// every pod by admission). Flotilla keeps it short so a dead node's pods run elsewhere
+    /// within seconds; raise it where nodes restart slowly or the network flaps.
+    #[arg(long, default_value_t = 2)]
     default_unreachable_toleration_seconds: u64,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -422,6 +423,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 .collect()
         })
     };
+    let (dead, gone, membership_changed) = track_verdicts(gossip.clone(), shutdown_rx.clone());
     flotilla_actors::controllers::start(
         &args.name,
         store.clone(),
@@ -430,6 +432,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             default_unreachable_toleration: Duration::from_secs(
                 args.default_unreachable_toleration_seconds,
             ),
+            dead,
+            gone: Some(gone),
+            membership_changed: Some(membership_changed),
         },
         members,
         live,
@@ -581,6 +586,86 @@ async fn create_default_objects(
             _ = shutdown.changed() => return None,
         }
     }
+}
+
+/// What gossip concluded about members that are not live.
+#[derive(Default)]
+struct Verdicts {
+    /// Declared dead by the failure detector: name → it and the hollow nodes it serves.
+    dead: BTreeMap<String, Vec<String>>,
+    /// Announced their departure.
+    left: std::collections::BTreeSet<String>,
+}
+
+/// The nodes (with the hollow nodes they serve) gossip's failure detector declared dead, the
+/// node daemons declared dead or departed, and a counter bumped on every membership event:
+/// the controllers act on a verdict the moment gossip reaches it.
+fn track_verdicts(
+    gossip: Gossip,
+    mut shutdown: watch::Receiver<bool>,
+) -> (
+    flotilla_actors::controllers::shards::Members,
+    flotilla_actors::controllers::shards::Members,
+    watch::Receiver<u64>,
+) {
+    let verdicts: Arc<std::sync::Mutex<Verdicts>> = Arc::default();
+    let (tx, rx) = watch::channel(0u64);
+    let mut events = gossip.subscribe();
+    let table = verdicts.clone();
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                e = events.recv() => e,
+                _ = shutdown.changed() => return,
+            };
+            {
+                let mut v = table.lock().unwrap_or_else(|e| e.into_inner());
+                match &event {
+                    Ok(MemberEvent::Dead(m)) => {
+                        let hollow = m
+                            .roles
+                            .iter()
+                            .find_map(|r| r.strip_prefix(HOLLOW_ROLE)?.parse().ok())
+                            .unwrap_or(0);
+                        let mut names: Vec<String> = hollow_names(&m.name, hollow).collect();
+                        names.push(m.name.clone());
+                        v.dead.insert(m.name.clone(), names);
+                        v.left.remove(&m.name);
+                    }
+                    Ok(MemberEvent::Left(m)) => {
+                        v.dead.remove(&m.name);
+                        v.left.insert(m.name.clone());
+                    }
+                    Ok(MemberEvent::Joined(m)) => {
+                        v.dead.remove(&m.name);
+                        v.left.remove(&m.name);
+                    }
+                    Ok(MemberEvent::Updated(_)) => {}
+                    // Missed events: keep only verdicts gossip still stands by.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let alive: Vec<String> =
+                            gossip.live_members().into_iter().map(|m| m.name).collect();
+                        v.dead.retain(|name, _| !alive.contains(name));
+                        v.left.retain(|name| !alive.contains(name));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    });
+    let dead: flotilla_actors::controllers::shards::Members = {
+        let verdicts = verdicts.clone();
+        Arc::new(move || {
+            let v = verdicts.lock().unwrap_or_else(|e| e.into_inner());
+            v.dead.values().flatten().cloned().collect()
+        })
+    };
+    let gone: flotilla_actors::controllers::shards::Members = Arc::new(move || {
+        let v = verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        v.dead.keys().chain(v.left.iter()).cloned().collect()
+    });
+    (dead, gone, rx)
 }
 
 /// The gossip role of a node serving hollow nodes: `hollow=N`.

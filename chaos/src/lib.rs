@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod bench_api;
+pub mod bench_failover;
 pub mod bench_pods;
 pub mod bench_schedule;
 pub mod etcd;

@@ -106,6 +106,17 @@ pub async fn busybox_cluster(
     nodes: usize,
     extra_args: &[&str],
 ) -> Option<(crate::TestCluster, Kubectl)> {
+    busybox_cluster_first(label, nodes, nodes, extra_args).await
+}
+
+/// [`busybox_cluster`] with a layout of `nodes` nodes of which only the first `started` run;
+/// the image is imported on all of them, so the others can join later, ready to run pods.
+pub async fn busybox_cluster_first(
+    label: &str,
+    nodes: usize,
+    started: usize,
+    extra_args: &[&str],
+) -> Option<(crate::TestCluster, Kubectl)> {
     let image = tempfile::tempdir().ok()?;
     let tar = image.path().join("busybox.tar");
     let built = tokio::process::Command::new("bash")
@@ -122,7 +133,7 @@ pub async fn busybox_cluster(
         return None;
     }
     let binary = tokio::task::spawn_blocking(kubectl_binary).await.unwrap();
-    let cluster = crate::TestCluster::start(label, nodes, nodes.min(3), extra_args)
+    let cluster = crate::TestCluster::start_first(label, nodes, started, nodes.min(3), extra_args)
         .await
         .unwrap();
     let (ok, out, err) = crate::run_cli(&[

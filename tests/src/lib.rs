@@ -177,6 +177,19 @@ impl TestCluster {
         voters: usize,
         extra_args: &[&str],
     ) -> anyhow::Result<TestCluster> {
+        Self::start_first(label, nodes, nodes, voters, extra_args).await
+    }
+
+    /// Like [`start`](Self::start), for a layout of `nodes` nodes of which only the first
+    /// `started` are started: the others (certificates and data directories ready) can join
+    /// later with [`LocalCluster::start_node`].
+    pub async fn start_first(
+        label: &str,
+        nodes: usize,
+        started: usize,
+        voters: usize,
+        extra_args: &[&str],
+    ) -> anyhow::Result<TestCluster> {
         let binary = find_binary()?;
         let mut last_err = None;
         for attempt in 1..=3 {
@@ -192,12 +205,14 @@ impl TestCluster {
                 voters,
                 extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             })?;
-            cluster.start_all()?;
+            for i in 0..started.min(nodes) {
+                cluster.start_node(i)?;
+            }
             let formed = async {
                 wait_for_leader_or_exit(&mut cluster, CONVERGE).await?;
                 // The first node bootstraps alone; the others join as learners and are then
                 // promoted. Until that is done the cluster cannot survive losing node 1.
-                let want = (voters.min(nodes), nodes.saturating_sub(voters));
+                let want = (voters.min(started), started.saturating_sub(voters));
                 cluster
                     .wait_for_status(CONVERGE, "the full voter set", |s| roles(s) == want)
                     .await?;

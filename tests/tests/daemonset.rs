@@ -1,12 +1,13 @@
-//! DaemonSets on a 3-node cluster (`sim` runtime: placement does not need processes), driven
-//! by real kubectl: one pod per node, `kubectl rollout status` after a rolling update that
+//! DaemonSets driven by real kubectl. On a 3-node cluster (`sim` runtime: placement does not
+//! need processes): one pod per node, `kubectl rollout status` after a rolling update that
 //! changes every pod's template hash, a nodeSelector that follows node labels, and a node that
-//! leaves (stopped and deleted) and joins again.
+//! leaves (stopped and deleted) and joins again. With the `process` runtime: a node that joins
+//! a 3-node cluster after the DaemonSet exists gets a running pod of it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use flotilla_tests::kubectl::{Kubectl, kubectl_binary};
+use flotilla_tests::kubectl::{Kubectl, busybox_cluster_first, kubectl_binary};
 use flotilla_tests::{CONVERGE, TestCluster, eventually};
 
 fn daemon_set(name: &str, extra_spec: &str, image: &str) -> String {
@@ -215,4 +216,106 @@ async fn daemon_sets_cover_eligible_nodes_roll_and_follow_nodes_that_come_and_go
     .await
     .unwrap();
     cluster.stop().await.unwrap();
+}
+
+/// Node → the Running pod of `app=agent` there.
+async fn running(k: &Kubectl) -> BTreeMap<String, String> {
+    k.run(
+        0,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=agent",
+            "--field-selector",
+            "status.phase=Running",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName}={.metadata.name}{\"\\n\"}{end}",
+        ],
+        None,
+    )
+    .await
+    .1
+    .lines()
+    .filter_map(|l| l.split_once('='))
+    .map(|(n, p)| (n.to_owned(), p.to_owned()))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_later_runs_a_daemon_pod() {
+    // Four nodes laid out (certificates, the image), three started.
+    let Some((mut cluster, k)) = busybox_cluster_first("daemonset-proc", 4, 3, &[]).await else {
+        return;
+    };
+    let agent = daemon_set(
+        "agent",
+        "terminationGracePeriodSeconds: 1",
+        "busybox:1.36
+        command: [sh, -c, 'echo agent on $NODE; while true; do sleep 1; done']
+        env:
+        - name: NODE
+          valueFrom: {fieldRef: {fieldPath: spec.nodeName}}",
+    );
+    k.ok(0, &["apply", "-f", "-"], Some(&agent)).await;
+    k.ok(
+        1,
+        &["rollout", "status", "ds/agent", "--timeout=120s"],
+        None,
+    )
+    .await;
+    let before = running(&k).await;
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        ["node-1", "node-2", "node-3"],
+        "{before:?}"
+    );
+
+    cluster.start_node(3).unwrap();
+    eventually(CONVERGE, "node-4 Ready", || async {
+        let (_, out, _) = k.run(0, &["get", "nodes"], None).await;
+        anyhow::ensure!(
+            out.lines()
+                .any(|l| l.starts_with("node-4 ") && l.contains(" Ready ")),
+            "{out}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let pod = eventually(CONVERGE, "a Running agent pod on node-4", || async {
+        let now = running(&k).await;
+        now.get("node-4")
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("{now:?}"))
+    })
+    .await
+    .unwrap();
+    // Its container runs there: its log comes through node-4's kubelet.
+    let log = k.ok(2, &["logs", &pod], None).await;
+    assert_eq!(log.trim(), "agent on node-4", "{log}");
+    // The others kept theirs, and the DaemonSet counts four.
+    let after = running(&k).await;
+    for (node, pod) in &before {
+        assert_eq!(after.get(node), Some(pod), "{after:?}");
+    }
+    eventually(CONVERGE, "the DaemonSet at 4 of 4", || async {
+        let out = k.ok(0, &["get", "ds", "agent"], None).await;
+        let row: Vec<String> = out
+            .lines()
+            .nth(1)
+            .unwrap_or("")
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        // NAME DESIRED CURRENT READY UP-TO-DATE AVAILABLE
+        anyhow::ensure!(
+            row.get(1..6) == Some(&["4", "4", "4", "4", "4"].map(String::from)[..]),
+            "{out}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    k.ok(0, &["delete", "ds", "agent"], None).await;
 }

@@ -32,6 +32,13 @@ pub struct ControllerConfig {
     /// How long a pod without a toleration of `node.kubernetes.io/unreachable` stays bound to
     /// an unreachable node before it is evicted.
     pub default_unreachable_toleration: std::time::Duration,
+    /// Nodes (hollow ones included) gossip's failure detector declared dead.
+    pub dead: shards::Members,
+    /// Node daemons gossip declared dead or that announced their departure.
+    pub gone: Option<shards::Members>,
+    /// Bumped whenever gossip's view of the members changes, so shard moves and node
+    /// lifecycle react at once instead of at their next poll.
+    pub membership_changed: Option<watch::Receiver<u64>>,
 }
 
 /// Starts this node's shard host, scheduler and controllers; they stop with `shutdown`.
@@ -53,6 +60,8 @@ pub fn start(
             store: store.clone(),
             members,
             interval: std::time::Duration::from_millis(500),
+            gone: config.gone,
+            kicks: config.membership_changed.clone(),
         },
         shutdown.clone(),
     );
@@ -83,6 +92,8 @@ pub fn start(
         Arc::new(daemonset::DaemonSetController::new()),
         Arc::new(nodelifecycle::NodeLifecycleController::new(
             live,
+            config.dead,
+            config.membership_changed,
             config.default_unreachable_toleration,
         )),
     ];

@@ -1,8 +1,10 @@
 //! Node lifecycle, keyed by node name. Nodes do not post heartbeats to the store (liveness
-//! travels by gossip), so "the kubelet stopped posting status" means: gossip has not reported
-//! the node live for [`UNREACHABLE_AFTER`]. Then its `Ready` condition becomes `Unknown` and it
-//! gets the `node.kubernetes.io/unreachable:NoExecute` taint; once live again, `Ready=True`
-//! and the taint goes.
+//! travels by gossip), so "the kubelet stopped posting status" means: gossip's failure detector
+//! declared the node dead (acted on at once: the detector already waited for it), or gossip has
+//! not reported it live and ready for [`UNREACHABLE_AFTER`] (a node not heard of yet, one that
+//! announced its departure, or one without a Raft leader). Then its `Ready` condition becomes
+//! `Unknown` and it gets the `node.kubernetes.io/unreachable:NoExecute` taint; once live again,
+//! `Ready=True` and the taint goes. Gossip changes wake the controller (no waiting for a poll).
 //!
 //! The pods bound to an unreachable node are evicted (deleted gracefully: they stay
 //! Terminating until their node comes back or is removed, and their controllers replace them)
@@ -19,14 +21,15 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flotilla_api::ApiError;
 use flotilla_api::internal;
 use flotilla_consensus::Read;
-use futures::FutureExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::common::*;
@@ -35,11 +38,15 @@ use super::shards::Members;
 
 const MANAGER: &str = "node-lifecycle-controller";
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
-/// How long gossip must miss a node (on top of its failure detector) before it is marked:
-/// a node that just started, or just took the shard over, may not have heard of everyone yet.
+/// How long gossip must miss a node it has not declared dead before it is marked: a node
+/// that just started, or just took the shard over, may not have heard of everyone yet, and a
+/// node that announced its departure is most likely restarting.
 const UNREACHABLE_AFTER: Duration = Duration::from_secs(2);
-/// How often liveness is looked at (gossip changes are not store events).
+/// How often liveness is looked at besides the gossip changes that wake the controller (in
+/// case one is missed).
 const POLL: Duration = Duration::from_secs(1);
+/// Pods evicted at once (each eviction is a few store writes).
+const EVICT_CONCURRENCY: usize = 16;
 /// How often the pods of an unreachable node are looked at when none is due for eviction
 /// (a pod bound to it later, say).
 const PODS_RECHECK: Duration = Duration::from_secs(10);
@@ -48,6 +55,11 @@ pub const MAX_UNREACHABLE_PERCENT: usize = 55;
 
 pub struct NodeLifecycleController {
     live: Members,
+    /// Nodes gossip's failure detector declared dead (not merely unheard of, departed or
+    /// unready).
+    dead: Members,
+    /// Bumped when gossip's view of the members changes.
+    kicks: Option<watch::Receiver<u64>>,
     default_toleration: Duration,
     /// What this instance saw of each node gossip misses (after a restart or a shard move it
     /// starts again, grace included).
@@ -58,12 +70,25 @@ struct Missing {
     since: Instant,
     /// When the pods of the node are to be looked at next (not every poll: that lists them).
     pods_next: Instant,
+    /// When this instance last looked: an older record is from before the shard moved away
+    /// and back, and says nothing about now.
+    seen: Instant,
 }
 
+/// How old a [`Missing`] record may be before it is started afresh.
+const STALE: Duration = Duration::from_secs(3);
+
 impl NodeLifecycleController {
-    pub fn new(live: Members, default_toleration: Duration) -> NodeLifecycleController {
+    pub fn new(
+        live: Members,
+        dead: Members,
+        kicks: Option<watch::Receiver<u64>>,
+        default_toleration: Duration,
+    ) -> NodeLifecycleController {
         NodeLifecycleController {
             live,
+            dead,
+            kicks,
             default_toleration,
             missing: Mutex::new(HashMap::new()),
         }
@@ -208,21 +233,29 @@ impl NodeLifecycleController {
         };
         node["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
         let live = (self.live)().iter().any(|m| m == name);
-        let (missing_for, pods_due) = {
+        let dead = !live && (self.dead)().iter().any(|m| m == name);
+        let (missing_for, pods_next) = {
             let mut missing = self.missing.lock().unwrap_or_else(|e| e.into_inner());
             if live {
                 missing.remove(name);
-                (Duration::ZERO, false)
+                (Duration::ZERO, Instant::now())
             } else {
                 let now = Instant::now();
-                let m = missing.entry(name.to_owned()).or_insert(Missing {
+                let fresh = Missing {
                     since: now,
                     pods_next: now,
-                });
-                (m.since.elapsed(), m.pods_next <= now)
+                    seen: now,
+                };
+                let m = missing.entry(name.to_owned()).or_insert(fresh);
+                if now.duration_since(m.seen) > STALE {
+                    m.since = now;
+                    m.pods_next = now;
+                }
+                m.seen = now;
+                (m.since.elapsed(), m.pods_next)
             }
         };
-        if !live && missing_for < UNREACHABLE_AFTER {
+        if !live && !dead && missing_for < UNREACHABLE_AFTER {
             return Ok(Some(UNREACHABLE_AFTER - missing_for));
         }
         let (status, reason, message) = if live {
@@ -257,8 +290,8 @@ impl NodeLifecycleController {
             };
             node = written;
         }
-        if let Some(updated) = with_ready(&node, status, reason, message) {
-            internal::replace(
+        if let Some(updated) = with_ready(&node, status, reason, message)
+            && internal::replace(
                 &ctx.store,
                 ("", "v1", "nodes"),
                 None,
@@ -268,22 +301,31 @@ impl NodeLifecycleController {
                 MANAGER,
                 fence.clone(),
             )
-            .await?;
+            .await?
+            .is_none()
+        {
+            // The node or the fence changed meanwhile: look again.
+            return Ok(Some(Duration::from_millis(200)));
         }
-        if live || !pods_due {
+        if live {
             return Ok(Some(POLL));
         }
+        let now = Instant::now();
+        if pods_next > now {
+            return Ok(Some(POLL.min(pods_next - now)));
+        }
         let next = self.evict(ctx, name, &node).await?;
-        let pods_next = Instant::now() + next.map_or(PODS_RECHECK, |n| n.min(PODS_RECHECK));
+        let next = next.map_or(PODS_RECHECK, |n| n.min(PODS_RECHECK));
         if let Some(m) = self
             .missing
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_mut(name)
         {
-            m.pods_next = pods_next;
+            m.pods_next = Instant::now() + next;
         }
-        Ok(Some(POLL))
+        // Back when the next pod is due, not a poll later.
+        Ok(Some(POLL.min(next)))
     }
 
     fn forget(&self, name: &str) {
@@ -316,71 +358,106 @@ impl NodeLifecycleController {
         if !allowed {
             tracing::warn!(node = %name, unreachable, total = nodes.len(), "not evicting pods: more than {MAX_UNREACHABLE_PERCENT}% of nodes look unreachable, so this node is probably the partitioned one");
         }
-        let now = now_secs();
-        let mut next: Option<u64> = None;
+        // Wall-clock time to the millisecond, so a pod is evicted when its toleration runs out
+        // rather than up to a second later.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut next: Option<Duration> = None;
+        let mut work = Vec::new();
         for pod in ctx.list("/registry/core/pods/").await? {
             if str_at(&pod, "/spec/nodeName") != name || is_deleting(&pod) {
                 continue;
             }
-            // The node's shard owner looks after the node's pods (whatever their own shards).
-            let Some(fence) = ctx.fence(name) else {
-                return Ok(None);
+            let due = if allowed {
+                eviction_due(&pod, tainted_at, self.default_toleration).map(Duration::from_secs)
+            } else {
+                None
             };
-            if let Some(not_ready) = pod_not_ready(&pod) {
-                // Best effort: a pod changed meanwhile is looked at on the next pass.
-                let _ = internal::replace(
-                    &ctx.store,
-                    ("", "v1", "pods"),
-                    Some(str_at(&pod, "/metadata/namespace")),
-                    str_at(&pod, "/metadata/name"),
-                    not_ready,
-                    true,
-                    MANAGER,
-                    fence.clone(),
-                )
-                .await;
+            let evict_now = due.is_some_and(|d| d <= now);
+            if let Some(d) = due.filter(|d| *d > now) {
+                next = Some(next.map_or(d - now, |n| n.min(d - now)));
             }
-            if !allowed {
-                continue;
+            work.push((pod, evict_now));
+        }
+        // The pods one by one would make the last eviction wait for all the others' writes.
+        let results: Vec<Result<bool, ApiError>> = futures::stream::iter(work)
+            .map(|(pod, evict_now)| self.evict_pod(ctx, name, pod, evict_now))
+            .buffer_unordered(EVICT_CONCURRENCY)
+            .collect()
+            .await;
+        for done in results {
+            if !done? {
+                // The pod or the fence changed under the eviction: try again soon.
+                next = Some(Duration::from_millis(200));
             }
-            let Some(due) = eviction_due(&pod, tainted_at, self.default_toleration) else {
-                continue;
-            };
-            if due > now {
-                next = Some(next.map_or(due, |n| n.min(due)));
-                continue;
-            }
-            let ns = str_at(&pod, "/metadata/namespace");
-            let pod_name = str_at(&pod, "/metadata/name");
-            tracing::info!(node = %name, namespace = %ns, pod = %pod_name, "evicting a pod from an unreachable node");
-            internal::delete(
+        }
+        Ok(next)
+    }
+
+    /// Marks one pod of unreachable node `name` not Ready, and evicts it if `evict_now`;
+    /// false if an eviction due did not happen.
+    async fn evict_pod(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        pod: Value,
+        evict_now: bool,
+    ) -> Result<bool, ApiError> {
+        // The node's shard owner looks after the node's pods (whatever their own shards).
+        let Some(fence) = ctx.fence(name) else {
+            return Ok(!evict_now);
+        };
+        let ns = str_at(&pod, "/metadata/namespace");
+        let pod_name = str_at(&pod, "/metadata/name");
+        if let Some(not_ready) = pod_not_ready(&pod) {
+            // Best effort: a pod changed meanwhile is looked at on the next pass.
+            let _ = internal::replace(
                 &ctx.store,
                 ("", "v1", "pods"),
                 Some(ns),
                 pod_name,
-                Some(str_at(&pod, "/metadata/uid")),
-                None,
+                not_ready,
+                true,
+                MANAGER,
                 fence.clone(),
-            )
-            .await?;
-            let e = event(
-                &pod,
-                "Normal",
-                "TaintManagerEviction",
-                &format!("Marking for deletion Pod {ns}/{pod_name}"),
-                MANAGER,
-            );
-            let _ = internal::create(
-                &ctx.store,
-                ("", "v1", "events"),
-                Some(ns),
-                e,
-                MANAGER,
-                fence,
             )
             .await;
         }
-        Ok(next.map(|due| Duration::from_secs(due.saturating_sub(now).max(1))))
+        if !evict_now {
+            return Ok(true);
+        }
+        if !internal::delete(
+            &ctx.store,
+            ("", "v1", "pods"),
+            Some(ns),
+            pod_name,
+            Some(str_at(&pod, "/metadata/uid")),
+            None,
+            fence.clone(),
+        )
+        .await?
+        {
+            return Ok(false);
+        }
+        tracing::info!(node = %name, namespace = %ns, pod = %pod_name, "evicted a pod from an unreachable node");
+        let e = event(
+            &pod,
+            "Normal",
+            "TaintManagerEviction",
+            &format!("Marking for deletion Pod {ns}/{pod_name}"),
+            MANAGER,
+        );
+        let _ = internal::create(
+            &ctx.store,
+            ("", "v1", "events"),
+            Some(ns),
+            e,
+            MANAGER,
+            fence,
+        )
+        .await;
+        Ok(true)
     }
 }
 
@@ -391,6 +468,10 @@ impl Reconciler for NodeLifecycleController {
 
     fn prefix(&self) -> &'static str {
         "/registry/core/nodes/"
+    }
+
+    fn kicks(&self) -> Option<watch::Receiver<u64>> {
+        self.kicks.clone()
     }
 
     fn reconcile<'a>(

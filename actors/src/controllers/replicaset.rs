@@ -152,37 +152,36 @@ impl ReplicaSetController {
         let mut active: Vec<&Value> = owned.iter().filter(|p| is_active(p)).collect();
         if active.len() < replicas {
             let missing = (replicas - active.len()).min(BURST);
-            // Slow start (1, 2, 4, …): a template that cannot be admitted fails once, not
-            // `missing` times.
+            // Slow start (1, 2, 4, …), each batch's creates at once as Kubernetes does: a
+            // template that cannot be admitted fails once, not `missing` times, and replacing
+            // many pods (a node died) does not wait for one write after another.
             let mut created = 0;
             let mut batch = 1;
-            'outer: while created < missing {
-                for _ in 0..batch.min(missing - created) {
-                    let pod = self.pod_from_template(&rs);
-                    match internal::create(
+            while created < missing {
+                let n = batch.min(missing - created);
+                let results = futures::future::join_all((0..n).map(|_| {
+                    internal::create(
                         &ctx.store,
                         ("", "v1", "pods"),
                         Some(&ns),
-                        pod,
+                        self.pod_from_template(&rs),
                         MANAGER,
                         fence.clone(),
                     )
-                    .await
-                    {
-                        Ok(_) => created += 1,
-                        Err(e) => {
-                            self.record(
-                                ctx,
-                                &rs,
-                                "Warning",
-                                "FailedCreate",
-                                &format!("Error creating: {}", e.message()),
-                                &fence,
-                            )
-                            .await;
-                            break 'outer;
-                        }
-                    }
+                }))
+                .await;
+                created += results.iter().filter(|r| r.is_ok()).count();
+                if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+                    self.record(
+                        ctx,
+                        &rs,
+                        "Warning",
+                        "FailedCreate",
+                        &format!("Error creating: {}", e.message()),
+                        &fence,
+                    )
+                    .await;
+                    break;
                 }
                 batch *= 2;
             }

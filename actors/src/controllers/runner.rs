@@ -86,6 +86,11 @@ pub trait Reconciler: Send + Sync + 'static {
     fn keys_for(&self, _related: &Value) -> Vec<String> {
         Vec::new()
     }
+    /// Changes outside the store that concern every object (gossip's view of the nodes, say):
+    /// each change reconciles everything owned at once.
+    fn kicks(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
     /// Brings one object's world in line with it; `Some(d)`: look again after `d`.
     fn reconcile<'a>(
         &'a self,
@@ -197,6 +202,7 @@ async fn run(
     let mut due: BTreeMap<String, Instant> = BTreeMap::new();
     let mut backoff: HashMap<String, Duration> = HashMap::new();
     let mut shards = ctx.shards.clone();
+    let mut kicks = reconciler.kicks();
     let mut next_resync = Instant::now();
     loop {
         let now = Instant::now();
@@ -240,6 +246,16 @@ async fn run(
             .copied()
             .unwrap_or(next_resync)
             .min(next_resync);
+        let kicked = async {
+            // A closed channel never kicks again.
+            let gone = match kicks.as_mut() {
+                Some(k) => k.changed().await.is_err(),
+                None => true,
+            };
+            if gone {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             s = rx.recv() => match s {
                 Some(Signal::Key(k)) => schedule(&mut due, k, Instant::now()),
@@ -247,6 +263,7 @@ async fn run(
                 None => return,
             },
             _ = shards.changed() => next_resync = Instant::now(),
+            _ = kicked => next_resync = Instant::now(),
             _ = tokio::time::sleep_until(next) => {}
             _ = shutdown.changed() => return,
         }

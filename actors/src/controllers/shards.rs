@@ -6,9 +6,11 @@
 //! fail: two owners of one shard never both win, whatever their views of the membership.
 //!
 //! A lease is written only when it changes hands (liveness travels by gossip, not by lease
-//! renewals). A node takes a shard over when the ring picks it and the holder is not live in
-//! its view, or when the ring has picked it for several rounds (views converge; this keeps two
-//! nodes with different views from trading a shard every round).
+//! renewals). A node takes a shard over when the ring picks it and its gossip declared the
+//! holder dead or departed, or when the ring has picked it for a while ([`PATIENCE`] rounds'
+//! worth of time): views converge, and this keeps two nodes with different views from trading
+//! a shard every round, and a node that just started, and has not heard from everyone yet,
+//! from taking shards from live holders (every take fences off the holder's writes).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,10 +19,13 @@ use std::time::Duration;
 use flotilla_consensus::{CmpOp, Compare, Op, Read, Store, TxnRequest};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 pub const LEASE_PREFIX: &str = "/flotilla/shards/";
 
-/// Rounds the ring must pick this node before it takes a shard from a live holder.
+/// Rounds' worth of time (`interval` each) the ring must pick this node before it takes a
+/// shard from a holder gossip has not declared dead or departed. Time, not rounds: membership
+/// changes run extra rounds.
 const PATIENCE: u32 = 3;
 
 fn lease_key(shard: u32) -> String {
@@ -42,6 +47,11 @@ pub struct ShardConfig {
     pub store: Store,
     pub members: Members,
     pub interval: Duration,
+    /// Nodes gossip declared dead or departed: their shards are taken at once.
+    pub gone: Option<Members>,
+    /// Bumped when gossip's view of the members changes: a round runs at once, so the shards
+    /// of a node declared dead move without waiting for `interval`.
+    pub kicks: Option<watch::Receiver<u64>>,
 }
 
 /// The shards this node owns now, each with its fence (the lease's mod revision). Cheap to
@@ -96,11 +106,12 @@ impl Shards {
 }
 
 /// Starts this node's shard host; it stops with `shutdown`.
-pub fn start(config: ShardConfig, mut shutdown: watch::Receiver<bool>) -> Shards {
+pub fn start(mut config: ShardConfig, mut shutdown: watch::Receiver<bool>) -> Shards {
     let (tx, rx) = watch::channel(BTreeMap::new());
     let count = config.count;
+    let mut kicks = config.kicks.take();
     tokio::spawn(async move {
-        let mut picked: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut picked: BTreeMap<u32, Instant> = BTreeMap::new();
         loop {
             match round(&config, &mut picked).await {
                 Ok(owned) => {
@@ -116,8 +127,19 @@ pub fn start(config: ShardConfig, mut shutdown: watch::Receiver<bool>) -> Shards
                 // Without the store (no quorum) writes fail anyway; keep what we had.
                 Err(e) => tracing::debug!(error = %e, "shard round failed"),
             }
+            let kicked = async {
+                // A closed channel never kicks again.
+                let gone = match kicks.as_mut() {
+                    Some(k) => k.changed().await.is_err(),
+                    None => true,
+                };
+                if gone {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(config.interval) => {}
+                _ = kicked => {}
                 _ = shutdown.changed() => return,
             }
         }
@@ -128,7 +150,7 @@ pub fn start(config: ShardConfig, mut shutdown: watch::Receiver<bool>) -> Shards
 /// One round: take the shards the ring gives us; report those whose lease we hold.
 async fn round(
     config: &ShardConfig,
-    picked: &mut BTreeMap<u32, u32>,
+    picked: &mut BTreeMap<u32, Instant>,
 ) -> Result<BTreeMap<u32, u64>, flotilla_consensus::StoreError> {
     let mut members = (config.members)();
     members.sort();
@@ -144,6 +166,7 @@ async fn round(
             Some((kv.key, (lease, kv.mod_revision)))
         })
         .collect();
+    let gone = config.gone.as_ref().map(|g| g()).unwrap_or_default();
     let me_live = members.contains(&config.node);
     let mut owned = BTreeMap::new();
     for shard in 0..config.count {
@@ -154,15 +177,15 @@ async fn round(
             picked.remove(&shard);
             continue;
         }
-        let rounds = picked.entry(shard).or_insert(0);
-        *rounds = rounds.saturating_add(1);
+        let patient = picked.entry(shard).or_insert_with(Instant::now).elapsed()
+            >= config.interval * PATIENCE;
         let key = lease_key(shard);
         let (compare, epoch) = match leases.get(&key) {
             Some((lease, rev)) if lease.owner == config.node => {
                 owned.insert(shard, *rev);
                 continue;
             }
-            Some((lease, _)) if members.contains(&lease.owner) && *rounds < PATIENCE => continue,
+            Some((lease, _)) if !patient && !gone.contains(&lease.owner) => continue,
             Some((lease, rev)) => (
                 Compare::ModRevision {
                     key: key.clone(),
@@ -214,6 +237,8 @@ mod tests {
                     store: store.clone(),
                     members: Arc::new(move || vec![me.clone()]),
                     interval: Duration::from_millis(50),
+                    gone: None,
+                    kicks: None,
                 },
                 shutdown.clone(),
             )
