@@ -2338,11 +2338,23 @@ pub mod internal {
         pods: &[(Value, u64)],
         fence: Fence,
     ) -> Result<Option<u64>, ApiError> {
+        bind_groups(store, &[(node, pods)], fence).await
+    }
+
+    /// [`bind_all`] for several nodes' pods in one transaction: all bound, or none.
+    pub async fn bind_groups(
+        store: &Store,
+        groups: &[(&str, &[(Value, u64)])],
+        fence: Fence,
+    ) -> Result<Option<u64>, ApiError> {
         let r = resources::find("", "v1", "pods").ok_or_else(ApiError::path_not_found)?;
         let now = meta::rfc3339(meta::now_secs());
         let mut compare = fence.compare;
         let mut success = fence.also;
-        for (stored, revision) in pods {
+        for (node, stored, revision) in groups
+            .iter()
+            .flat_map(|(node, pods)| pods.iter().map(move |(p, r)| (*node, p, r)))
+        {
             let mut pod = stored.clone();
             let ns = pod
                 .pointer("/metadata/namespace")

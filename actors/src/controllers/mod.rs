@@ -58,7 +58,7 @@ pub fn start(
             node: node.to_owned(),
             count: shard_count,
             store: store.clone(),
-            members,
+            members: members.clone(),
             interval: std::time::Duration::from_millis(500),
             gone: config.gone,
             kicks: config.membership_changed.clone(),
@@ -71,6 +71,7 @@ pub fn start(
             store: store.clone(),
             shards: shards.clone(),
             live: live.clone(),
+            members,
         },
         shutdown.clone(),
     );

@@ -45,6 +45,9 @@ const MANAGER: &str = "flotilla-scheduler";
 /// fences their bindings need.
 type NodeBatch = (Vec<(Value, u64)>, Vec<Compare>);
 
+/// The most pods one binding transaction carries.
+const GROUP_PODS: usize = 128;
+
 /// Binding transactions in flight at once.
 const BIND_CONCURRENCY: usize = 16;
 
@@ -54,6 +57,8 @@ pub struct SchedulerConfig {
     pub shards: Shards,
     /// Live, ready nodes as gossip sees them.
     pub live: Members,
+    /// The node daemons that schedule (they own shards).
+    pub members: Members,
 }
 
 /// What the scheduler reads, mirrored in memory from the store (parsed once per change).
@@ -126,6 +131,13 @@ pub fn start(config: SchedulerConfig, mut shutdown: watch::Receiver<bool>) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
+}
+
+/// The member whose share `node` is in (rendezvous hashing: stable while members stay).
+fn home_of<'a>(members: &'a [String], node: &str) -> Option<&'a String> {
+    members
+        .iter()
+        .max_by_key(|m| super::shards::hash(&format!("{m}/{node}")))
 }
 
 /// How many feasible nodes a pod's search stops at: kube-scheduler's adaptive
@@ -585,6 +597,16 @@ async fn pass(
         at(&a.0).cmp(at(&b.0))
     });
     let to_find = nodes_to_find(nodes.len());
+    // Above 100 nodes (where the search is a sample anyway) each daemon searches its own
+    // share of the nodes first, picked by rendezvous hashing, so daemons binding at once
+    // rarely pick the same node and lose the race on its record; the others only when
+    // none of its own fit.
+    let members = (config.members)();
+    let (home, away): (Vec<usize>, Vec<usize>) = if nodes.len() > 100 && members.len() > 1 {
+        (0..nodes.len()).partition(|&i| home_of(&members, &nodes[i].name) == Some(&config.node))
+    } else {
+        ((0..nodes.len()).collect(), Vec::new())
+    };
     for (entry, shard) in pending {
         let Some(fence) = config.shards.fence(shard) else {
             continue;
@@ -624,33 +646,42 @@ async fn pass(
         // next pod's search where this one stopped (every node gets its turn).
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         feasible.clear();
-        let (total, mut searched) = (nodes.len(), 0);
-        for k in 0..total {
-            let i = (*next_start + k) % total;
-            let n = &nodes[i];
-            searched = k + 1;
-            let why = if volumes_allow(&volume_terms, &n.node) {
-                unfit(pod, req, n, &live).or_else(|| {
-                    pod_affinity
-                        .as_ref()
-                        .and_then(|a| a.unfit(&n.node))
-                        .map(str::to_owned)
-                })
-            } else {
-                Some("node(s) had volume node affinity conflict".to_owned())
-            };
-            match why {
-                Some(r) => *reasons.entry(r).or_default() += 1,
-                None => {
-                    feasible.push((i, score(pod, req, n, preferred, pod_affinity.as_ref())));
-                    if feasible.len() >= to_find {
-                        break;
+        let mut searched = 0;
+        'search: for (list, own) in [(&home, true), (&away, false)] {
+            if !own && !feasible.is_empty() {
+                break;
+            }
+            for k in 0..list.len() {
+                let i = if own {
+                    searched = k + 1;
+                    list[(*next_start + k) % list.len()]
+                } else {
+                    list[k]
+                };
+                let n = &nodes[i];
+                let why = if volumes_allow(&volume_terms, &n.node) {
+                    unfit(pod, req, n, &live).or_else(|| {
+                        pod_affinity
+                            .as_ref()
+                            .and_then(|a| a.unfit(&n.node))
+                            .map(str::to_owned)
+                    })
+                } else {
+                    Some("node(s) had volume node affinity conflict".to_owned())
+                };
+                match why {
+                    Some(r) => *reasons.entry(r).or_default() += 1,
+                    None => {
+                        feasible.push((i, score(pod, req, n, preferred, pod_affinity.as_ref())));
+                        if feasible.len() >= to_find {
+                            break 'search;
+                        }
                     }
                 }
             }
         }
-        if total > 0 {
-            *next_start = (*next_start + searched) % total;
+        if !home.is_empty() {
+            *next_start = (*next_start + searched) % home.len();
         }
         let Some(i) = scoring::best(&feasible) else {
             unschedulable(config, pod, &summary(nodes.len(), &reasons), fence).await;
@@ -668,39 +699,64 @@ async fn pass(
     // One transaction per node, comparing its allocation record once for all its pods; the
     // nodes' transactions go concurrently (Raft batches them into few log appends).
     let placed_pods: usize = plan.values().map(|b| b.0.len()).sum();
-    let batches: Vec<_> = plan
+    // Several nodes' bindings per transaction (fewer, larger Raft entries): each node's
+    // record compared and bumped, all or nothing. Lost races are rare (each daemon searches
+    // its own share of the nodes first), so a group seldom fails for one node.
+    let mut groups: Vec<Vec<(usize, NodeBatch)>> = Vec::new();
+    let mut in_group = 0;
+    for (i, batch) in plan {
+        if groups.is_empty() || in_group + batch.0.len() > GROUP_PODS {
+            groups.push(Vec::new());
+            in_group = 0;
+        }
+        in_group += batch.0.len();
+        if let Some(g) = groups.last_mut() {
+            g.push((i, batch));
+        }
+    }
+    let batches: Vec<_> = groups
         .into_iter()
-        .map(|(i, (pods, fences))| {
-            let n = &nodes[i];
-            let record_key = format!("{ALLOC_PREFIX}{}", n.name);
-            let mut compare = fences;
-            compare.push(if n.record.1 == 0 {
-                Compare::Missing {
-                    key: record_key.clone(),
+        .map(|group| {
+            let mut compare: Vec<Compare> = Vec::new();
+            let mut also = Vec::new();
+            let mut binds: Vec<(String, Vec<(Value, u64)>)> = Vec::new();
+            for (i, (pods, fences)) in group {
+                let n = &nodes[i];
+                let record_key = format!("{ALLOC_PREFIX}{}", n.name);
+                for f in fences {
+                    if !compare.contains(&f) {
+                        compare.push(f);
+                    }
                 }
-            } else {
-                Compare::ModRevision {
-                    key: record_key.clone(),
-                    op: CmpOp::Equal,
-                    revision: n.record.1,
-                }
-            });
-            let count = n.record.0 + pods.len() as u64;
-            let node = n.name.clone();
+                compare.push(if n.record.1 == 0 {
+                    Compare::Missing {
+                        key: record_key.clone(),
+                    }
+                } else {
+                    Compare::ModRevision {
+                        key: record_key.clone(),
+                        op: CmpOp::Equal,
+                        revision: n.record.1,
+                    }
+                });
+                also.push(Op::Put {
+                    key: record_key,
+                    value: (n.record.0 + pods.len() as u64).to_string().into_bytes(),
+                });
+                binds.push((n.name.clone(), pods));
+            }
             async move {
-                let fence = Fence {
-                    compare,
-                    also: vec![Op::Put {
-                        key: record_key,
-                        value: count.to_string().into_bytes(),
-                    }],
-                };
-                match internal::bind_all(store, &node, &pods, fence).await {
+                let groups: Vec<(&str, &[(Value, u64)])> = binds
+                    .iter()
+                    .map(|(n, p)| (n.as_str(), p.as_slice()))
+                    .collect();
+                match internal::bind_groups(store, &groups, Fence { compare, also }).await {
                     Ok(Some(revision)) => revision,
-                    // Another shard bound to this node, or a pod changed: the next pass re-reads.
+                    // Another shard bound to one of these nodes, or a pod changed: the next
+                    // pass re-reads.
                     Ok(None) => 0,
                     Err(e) => {
-                        tracing::debug!(%node, error = %e.message(), "binding failed");
+                        tracing::debug!(error = %e.message(), "binding failed");
                         0
                     }
                 }

@@ -63,7 +63,7 @@ pub struct Shards {
 }
 
 /// FNV-1a: stable across processes, so every node maps an object to the same shard.
-fn hash(s: &str) -> u64 {
+pub(crate) fn hash(s: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in s.as_bytes() {
         h ^= u64::from(*b);
