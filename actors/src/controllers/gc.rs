@@ -285,7 +285,11 @@ async fn read_all(ctx: &Ctx) -> Result<Vec<Obj>, ApiError> {
         let range = ctx.store.range(&prefix, usize::MAX, read).await?;
         // Later ranges are at least as fresh as the first one's read barrier.
         read = Read::Local;
-        for kv in range.kvs {
+        for (i, kv) in range.kvs.into_iter().enumerate() {
+            // Parsing everything takes a while: let the node's other tasks (Raft) in.
+            if i % 512 == 511 {
+                tokio::task::yield_now().await;
+            }
             let Ok(mut obj) = serde_json::from_slice::<Value>(&kv.value) else {
                 continue;
             };

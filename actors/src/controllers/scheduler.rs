@@ -45,6 +45,9 @@ const MANAGER: &str = "flotilla-scheduler";
 /// fences their bindings need.
 type NodeBatch = (Vec<(Value, u64)>, Vec<Compare>);
 
+/// Pods a loop over all of them handles between yields to other tasks.
+const YIELD_EVERY: usize = 1024;
+
 /// The most pods one binding transaction carries.
 const GROUP_PODS: usize = 128;
 
@@ -561,7 +564,11 @@ async fn pass(
         .map(|(i, n)| (n.name.clone(), i))
         .collect();
     let mut pending = Vec::new();
-    for entry in pod_entries {
+    for (k, entry) in pod_entries.into_iter().enumerate() {
+        // Long loops over every pod yield now and then: the node's Raft shares these threads.
+        if k % YIELD_EVERY == YIELD_EVERY - 1 {
+            tokio::task::yield_now().await;
+        }
         let pod = &entry.value.pod;
         let bound = str_at(pod, "/spec/nodeName");
         if !bound.is_empty() {
@@ -607,7 +614,10 @@ async fn pass(
     } else {
         ((0..nodes.len()).collect(), Vec::new())
     };
-    for (entry, shard) in pending {
+    for (k, (entry, shard)) in pending.into_iter().enumerate() {
+        if k % 64 == 63 {
+            tokio::task::yield_now().await;
+        }
         let Some(fence) = config.shards.fence(shard) else {
             continue;
         };

@@ -4,6 +4,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use flotilla_consensus::{CmpOp, Compare, Op, Read, TxnRequest};
@@ -24,6 +26,8 @@ use crate::runtime::{ContainerState, ContainerStatus, Limits, PullPolicy, Sandbo
 const CLUSTER_DOMAIN: &str = "cluster.local";
 /// How often a worker re-checks its containers without being told.
 const TICK: Duration = Duration::from_secs(1);
+/// The sync interval of a pod nothing can change without news (see `tick_for`).
+const QUIET_TICK: Duration = Duration::from_secs(10);
 /// CrashLoopBackOff: 10 s doubling to 5 min, forgotten after 10 min of running.
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -59,7 +63,7 @@ pub struct PodWorker {
     config: KubeletConfig,
     uid: String,
     /// Shared, so the once-a-second sync does not copy the whole object.
-    pod: Option<std::sync::Arc<Value>>,
+    pod: Option<Arc<Value>>,
     sandbox: Option<(String, Option<String>)>,
     records: HashMap<String, Record>,
     last_status: Option<Value>,
@@ -75,6 +79,38 @@ pub struct PodWorker {
     host_port_errors: HashSet<String>,
     /// When the volumes were last written (None: not since this worker started).
     volumes_written: Option<Instant>,
+    /// The periodic sync's interval in milliseconds, read by the ticker task.
+    tick_ms: Arc<AtomicU64>,
+}
+
+/// How often a pod is looked at without news: every second, unless its containers only
+/// change when told to and it has no probes to run and no volumes to refresh; then as
+/// rarely as kubelet's own resync.
+fn tick_for(containers_change: bool, pod: &Value) -> Duration {
+    let containers = ["/spec/containers", "/spec/initContainers"]
+        .iter()
+        .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
+        .flatten();
+    let probes = containers.clone().any(|c| {
+        ["livenessProbe", "readinessProbe", "startupProbe"]
+            .iter()
+            .any(|k| c.get(k).is_some())
+    });
+    let refreshed = pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .is_some_and(|vs| {
+            vs.iter().any(|v| {
+                ["configMap", "secret", "projected", "downwardAPI"]
+                    .iter()
+                    .any(|k| v.get(k).is_some())
+            })
+        });
+    if containers_change || probes || refreshed {
+        TICK
+    } else {
+        QUIET_TICK
+    }
 }
 
 /// A volume as a host path to bind into containers.
@@ -86,6 +122,7 @@ struct PreparedVolume {
 
 impl PodWorker {
     pub fn start(config: KubeletConfig, uid: String) -> ActorRef<PodWorker> {
+        let tick_ms = Arc::new(AtomicU64::new(TICK.as_millis() as u64));
         let worker = PodWorker::spawn(PodWorker {
             config,
             uid,
@@ -100,11 +137,12 @@ impl PodWorker {
             host_ports: hostport::Forwarders::default(),
             host_port_errors: HashSet::new(),
             volumes_written: None,
+            tick_ms: tick_ms.clone(),
         });
         let ticker = worker.downgrade();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(TICK).await;
+                tokio::time::sleep(Duration::from_millis(tick_ms.load(Ordering::Relaxed))).await;
                 let Some(w) = ticker.upgrade() else { return };
                 if !w.is_alive() || w.tell(Tick).try_send().is_err() && !w.is_alive() {
                     return;
@@ -934,7 +972,15 @@ impl Message<Desired> for PodWorker {
                 self.start_time = t.to_owned();
             }
         }
-        self.pod = Some(std::sync::Arc::new(msg.0));
+        self.tick_ms.store(
+            tick_for(
+                self.config.runtime.containers_change_by_themselves(),
+                &msg.0,
+            )
+            .as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        self.pod = Some(Arc::new(msg.0));
         self.sync().await;
         self.resync_soon(ctx);
     }

@@ -185,6 +185,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// `process` or `sim`, and whether containers are isolated.
     fn name(&self) -> &'static str;
 
+    /// Whether containers change state without being told to (exit, crash): then the
+    /// kubelet must look at every pod every second, as kubelet's PLEG relists do.
+    fn containers_change_by_themselves(&self) -> bool {
+        true
+    }
+
     fn run_sandbox(&self, config: SandboxConfig) -> BoxFuture<'_, Result<SandboxStatus>>;
     /// Stops every container of the sandbox, then its network.
     fn stop_sandbox(&self, id: &str) -> BoxFuture<'_, Result<()>>;

@@ -83,6 +83,11 @@ impl Runtime for SimRuntime {
         "sim"
     }
 
+    /// Simulated containers run until stopped.
+    fn containers_change_by_themselves(&self) -> bool {
+        false
+    }
+
     fn run_sandbox(&self, config: SandboxConfig) -> BoxFuture<'_, Result<SandboxStatus>> {
         let status = self.with(|s| {
             if let Some(existing) = s
