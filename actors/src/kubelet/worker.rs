@@ -91,7 +91,7 @@ fn tick_for(containers_change: bool, pod: &Value) -> Duration {
         .iter()
         .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
         .flatten();
-    let probes = containers.clone().any(|c| {
+    let probes = containers.any(|c| {
         ["livenessProbe", "readinessProbe", "startupProbe"]
             .iter()
             .any(|k| c.get(k).is_some())
