@@ -174,9 +174,11 @@ pub async fn schedule(args: ScheduleBenchArgs) -> anyhow::Result<()> {
     let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let t = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let retries = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut creators = Vec::new();
     for c in 0..args.clients {
         let (send, next, created, total) = (send.clone(), next.clone(), created.clone(), args.pods);
+        let retries = retries.clone();
         let base = bases[c % 3].clone();
         creators.push(tokio::spawn(async move {
             loop {
@@ -189,9 +191,20 @@ pub async fn schedule(args: ScheduleBenchArgs) -> anyhow::Result<()> {
                     "spec": {"terminationGracePeriodSeconds": 0,
                         "containers": [{"name": "c", "image": "busybox",
                             "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}});
-                let (s, b) = send("POST", format!("{base}/api/v1/namespaces/default/pods"), Some(pod)).await?;
-                if s != 201 {
-                    bail!("create {name}: {s} {}", String::from_utf8_lossy(&b));
+                // Like client-go, a 429 or 503 (no quorum for a moment under load) is retried
+                // after a pause; the retries are counted and printed.
+                let mut attempt = 0;
+                loop {
+                    let (s, b) = send("POST", format!("{base}/api/v1/namespaces/default/pods"), Some(pod.clone())).await?;
+                    match s {
+                        201 => break,
+                        429 | 503 if attempt < 10 => {
+                            attempt += 1;
+                            retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                        }
+                        _ => bail!("create {name}: {s} {}", String::from_utf8_lossy(&b)),
+                    }
                 }
                 created.lock().await.insert(name, Instant::now());
             }
@@ -231,6 +244,10 @@ pub async fn schedule(args: ScheduleBenchArgs) -> anyhow::Result<()> {
         created.len() as f64 / created_in.as_secs_f64(),
         args.clients
     );
+    let retries = retries.load(std::sync::atomic::Ordering::Relaxed);
+    if retries > 0 {
+        println!("{retries} creates were answered 429/503 and retried");
+    }
     println!(
         "bound {} of {} in {last_bound:.1} s from the first create: {:.0} pods/s",
         bound.len(),

@@ -80,6 +80,9 @@ struct PodEntry {
     req: Resources,
     /// What inter-pod affinity needs of it, shared by every pass that counts it on a node.
     affinity: Arc<CountedPod>,
+    /// Its host ports and its controller's uid, worked out once too.
+    ports: Vec<(String, i64)>,
+    owner: Option<Arc<str>>,
 }
 
 fn parse_pod(kv: &flotilla_consensus::KeyValue) -> Option<PodEntry> {
@@ -87,6 +90,8 @@ fn parse_pod(kv: &flotilla_consensus::KeyValue) -> Option<PodEntry> {
     Some(PodEntry {
         req: requests(&pod),
         affinity: Arc::new(CountedPod::of(&pod)),
+        ports: host_ports(&pod),
+        owner: owner_uid(&pod).map(Arc::from),
         pod,
     })
 }
@@ -215,7 +220,7 @@ struct NodeInfo {
     used: Resources,
     host_ports: HashSet<(String, i64)>,
     /// Pods per owner uid (for spreading).
-    owners: HashMap<String, i64>,
+    owners: HashMap<Arc<str>, i64>,
     /// The pods here as inter-pod affinity sees them.
     pods: PodsOnNode,
     /// The allocation record as read: its binding count and mod revision (0: none yet).
@@ -225,13 +230,12 @@ struct NodeInfo {
 impl NodeInfo {
     /// Counts a pod bound (or just placed) here.
     fn account(&mut self, entry: &PodEntry) {
-        let PodEntry { pod, req, affinity } = entry;
-        self.used.add(req);
-        self.host_ports.extend(host_ports(pod));
-        if let Some(o) = owner_uid(pod) {
-            *self.owners.entry(o.to_owned()).or_default() += 1;
+        self.used.add(&entry.req);
+        self.host_ports.extend(entry.ports.iter().cloned());
+        if let Some(o) = &entry.owner {
+            *self.owners.entry(o.clone()).or_default() += 1;
         }
-        self.pods.add(affinity.clone());
+        self.pods.add(entry.affinity.clone());
     }
 }
 
@@ -621,7 +625,9 @@ async fn pass(
         let Some(fence) = config.shards.fence(shard) else {
             continue;
         };
-        let PodEntry { pod, req, affinity } = &*entry.value;
+        let PodEntry {
+            pod, req, affinity, ..
+        } = &*entry.value;
         let volume_terms = match pod_volume_terms(pod, &claims, &volumes) {
             Ok(t) => t,
             Err(why) => {

@@ -87,7 +87,7 @@ pub struct PodWorker {
 /// change when told to and it has no probes to run and no volumes to refresh; then as
 /// rarely as kubelet's own resync.
 fn tick_for(containers_change: bool, pod: &Value) -> Duration {
-    let containers = ["/spec/containers", "/spec/initContainers"]
+    let mut containers = ["/spec/containers", "/spec/initContainers"]
         .iter()
         .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
         .flatten();
