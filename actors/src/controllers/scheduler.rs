@@ -121,9 +121,14 @@ pub fn start(config: SchedulerConfig, mut shutdown: watch::Receiver<bool>) {
             .bytes()
             .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
         loop {
+            let began = tokio::time::Instant::now();
             if let Err(e) = pass(&config, &views, &mut next_start).await {
                 tracing::debug!(error = %e.message(), "scheduling pass failed");
             }
+            // A pass costs about the same for one pod as for a thousand (it counts every
+            // bound pod): pause as long as it took, so a busy scheduler takes larger batches
+            // and leaves the node's API and Raft at least half the time.
+            let took = began.elapsed().min(Duration::from_secs(1));
             // Until something changes (a pod, a node, a volume, shard ownership) or a second
             // passes.
             tokio::select! {
@@ -136,7 +141,7 @@ pub fn start(config: SchedulerConfig, mut shutdown: watch::Receiver<bool>) {
                 _ = shutdown.changed() => return,
             }
             // Let a burst of changes settle into one pass.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(took.max(Duration::from_millis(20))).await;
         }
     });
 }
