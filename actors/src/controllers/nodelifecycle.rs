@@ -64,6 +64,16 @@ pub struct NodeLifecycleController {
     /// What this instance saw of each node gossip misses (after a restart or a shard move it
     /// starts again, grace included).
     missing: Mutex<HashMap<String, Missing>>,
+    /// `live` as of a moment ago: every node is polled each second, and listing the live
+    /// nodes (a thousand hollow ones, say) for each poll cost more than the polls.
+    live_cache: Mutex<Option<LiveCache>>,
+}
+
+struct LiveCache {
+    at: Instant,
+    /// The membership counter it was taken at: a membership event refreshes it at once.
+    kick: u64,
+    names: std::collections::HashSet<String>,
 }
 
 struct Missing {
@@ -91,7 +101,24 @@ impl NodeLifecycleController {
             kicks,
             default_toleration,
             missing: Mutex::new(HashMap::new()),
+            live_cache: Mutex::new(None),
         }
+    }
+
+    fn is_live(&self, name: &str) -> bool {
+        let kick = self.kicks.as_ref().map_or(0, |k| *k.borrow());
+        let mut cache = self.live_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = cache
+            .as_ref()
+            .is_some_and(|c| c.kick == kick && c.at.elapsed() < Duration::from_millis(100));
+        if !fresh {
+            *cache = Some(LiveCache {
+                at: Instant::now(),
+                kick,
+                names: (self.live)().into_iter().collect(),
+            });
+        }
+        cache.as_ref().is_some_and(|c| c.names.contains(name))
     }
 }
 
@@ -232,7 +259,7 @@ impl NodeLifecycleController {
             return Ok(None);
         };
         node["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
-        let live = (self.live)().iter().any(|m| m == name);
+        let live = self.is_live(name);
         let dead = !live && (self.dead)().iter().any(|m| m == name);
         let (missing_for, pods_next) = {
             let mut missing = self.missing.lock().unwrap_or_else(|e| e.into_inner());
