@@ -235,7 +235,7 @@ pub async fn failover(args: FailoverBenchArgs) -> anyhow::Result<()> {
         extra_args,
     })?;
     if args.runtime == BenchRuntime::Process {
-        let image = busybox_image(&args, &data_dir)?;
+        let image = crate::bench_pods::busybox_image(args.image.as_deref(), &data_dir)?;
         for i in 0..cluster.len() {
             let import = std::process::Command::new(std::env::current_exe()?)
                 .args(["image", "import"])
@@ -277,27 +277,6 @@ pub async fn failover(args: FailoverBenchArgs) -> anyhow::Result<()> {
         .await
         .context("stopping the cluster")?;
     result
-}
-
-fn busybox_image(args: &FailoverBenchArgs, data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
-    if let Some(p) = &args.image {
-        return Ok(p.clone());
-    }
-    let out = data_dir.join("busybox.tar");
-    let script = std::env::current_dir()?.join("scripts/build-busybox-image.sh");
-    let status = std::process::Command::new("bash")
-        .arg(&script)
-        .arg(&out)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !status.success() {
-        bail!(
-            "{} could not build the image; pass --image",
-            script.display()
-        );
-    }
-    Ok(out)
 }
 
 async fn run(args: &FailoverBenchArgs, cluster: &mut LocalCluster) -> anyhow::Result<()> {

@@ -55,26 +55,7 @@ pub async fn pods(args: PodBenchArgs) -> anyhow::Result<()> {
         .data_dir
         .clone()
         .unwrap_or_else(|| tmp.path().to_owned());
-    let image = match &args.image {
-        Some(p) => p.clone(),
-        None => {
-            let out = data_dir.join("busybox.tar");
-            let script = std::env::current_dir()?.join("scripts/build-busybox-image.sh");
-            let status = std::process::Command::new("bash")
-                .arg(&script)
-                .arg(&out)
-                .stdout(std::process::Stdio::null())
-                .status()
-                .with_context(|| format!("running {}", script.display()))?;
-            if !status.success() {
-                bail!(
-                    "{} could not build the image; pass --image",
-                    script.display()
-                );
-            }
-            out
-        }
-    };
+    let image = busybox_image(args.image.as_deref(), &data_dir)?;
     let base_port = free_base_port(3)?;
     let mut cluster = LocalCluster::prepare(LocalClusterConfig {
         binary: std::env::current_exe()?,
@@ -274,4 +255,30 @@ pub async fn pods(args: PodBenchArgs) -> anyhow::Result<()> {
     }
     cluster.stop_all(Duration::from_secs(10)).await?;
     Ok(())
+}
+
+/// The busybox image archive the real-container benches run: `image` if given, else built
+/// by `scripts/build-busybox-image.sh` into `data_dir`.
+pub fn busybox_image(
+    image: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<std::path::PathBuf> {
+    if let Some(p) = image {
+        return Ok(p.to_owned());
+    }
+    let out = data_dir.join("busybox.tar");
+    let script = std::env::current_dir()?.join("scripts/build-busybox-image.sh");
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !status.success() {
+        anyhow::bail!(
+            "{} could not build the image; pass --image",
+            script.display()
+        );
+    }
+    Ok(out)
 }
