@@ -6,6 +6,7 @@
 //! same transaction, so two Services can never hold the same IP or port, whichever node
 //! served them.
 
+use crate::At;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
@@ -37,13 +38,13 @@ fn is_service(obj: &Value) -> bool {
 
 fn wants_node_ports(obj: &Value) -> bool {
     matches!(
-        obj.pointer("/spec/type").and_then(Value::as_str),
+        obj.at("/spec/type").and_then(Value::as_str),
         Some("NodePort" | "LoadBalancer")
     )
 }
 
 fn cluster_ip(obj: &Value) -> Option<Ipv4Addr> {
-    obj.pointer("/spec/clusterIP")
+    obj.at("/spec/clusterIP")
         .and_then(Value::as_str)
         .and_then(|s| s.parse().ok())
 }
@@ -57,7 +58,7 @@ pub fn keys_of(obj: &Value) -> BTreeSet<String> {
     if let Some(ip) = cluster_ip(obj) {
         keys.insert(format!("{IP_PREFIX}{ip}"));
     }
-    if let Some(Value::Array(ports)) = obj.pointer("/spec/ports") {
+    if let Some(Value::Array(ports)) = obj.at("/spec/ports") {
         for p in ports {
             if let Some(n) = p.get("nodePort").and_then(Value::as_u64).filter(|n| *n > 0) {
                 keys.insert(format!("{PORT_PREFIX}{n}"));
@@ -93,7 +94,7 @@ pub async fn assign(
     }
     let held = old.map(keys_of).unwrap_or_default();
     let ty = obj
-        .pointer("/spec/type")
+        .at("/spec/type")
         .and_then(Value::as_str)
         .unwrap_or("ClusterIP")
         .to_owned();
@@ -104,12 +105,12 @@ pub async fn assign(
         }
     } else {
         let requested = obj
-            .pointer("/spec/clusterIP")
+            .at("/spec/clusterIP")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
         let kept = old
-            .and_then(|o| o.pointer("/spec/clusterIP"))
+            .and_then(|o| o.at("/spec/clusterIP"))
             .and_then(Value::as_str);
         let ip = match (requested.as_str(), kept) {
             ("None", _) => Some("None".to_owned()),
@@ -158,7 +159,7 @@ pub async fn assign(
     }
     if wants_node_ports(obj) {
         let old_ports: Vec<u64> = old
-            .and_then(|o| o.pointer("/spec/ports"))
+            .and_then(|o| o.at("/spec/ports"))
             .and_then(Value::as_array)
             .map(|ps| {
                 ps.iter()
@@ -168,7 +169,7 @@ pub async fn assign(
             .unwrap_or_default();
         let mut chosen: BTreeSet<u64> = BTreeSet::new();
         let n = obj
-            .pointer("/spec/ports")
+            .at("/spec/ports")
             .and_then(Value::as_array)
             .map_or(0, Vec::len);
         for i in 0..n {

@@ -8,6 +8,7 @@
 //! else also owns them), and refuses (409) to change a value another manager owns unless
 //! `force` is set.
 
+use crate::At;
 use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
@@ -272,7 +273,7 @@ struct Entry {
 }
 
 fn entries_of(obj: &Value) -> Vec<Entry> {
-    let Some(Value::Array(list)) = obj.pointer("/metadata/managedFields") else {
+    let Some(Value::Array(list)) = obj.at("/metadata/managedFields") else {
         return Vec::new();
     };
     list.iter()
@@ -505,11 +506,11 @@ mod tests {
     fn fields_v1_round_trip_and_shape() {
         let set = fields_of(&deploy(2, "nginx"));
         let v1 = to_fields_v1(&set);
-        assert!(v1.pointer("/f:spec/f:replicas").is_some());
+        assert!(v1.at("/f:spec/f:replicas").is_some());
         assert!(v1.get("f:apiVersion").is_none());
-        assert!(v1.pointer("/f:metadata/f:name").is_none());
+        assert!(v1.at("/f:metadata/f:name").is_none());
         let c = v1
-            .pointer("/f:spec/f:template/f:spec/f:containers/k:{\"name\":\"nginx\"}")
+            .at("/f:spec/f:template/f:spec/f:containers/k:{\"name\":\"nginx\"}")
             .unwrap();
         assert!(c.get(".").is_some() && c.get("f:image").is_some());
         let mut back = FieldSet::new();

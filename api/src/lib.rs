@@ -10,6 +10,7 @@ mod alloc;
 mod apply;
 mod defaults;
 mod exec;
+mod json_at;
 mod lifecycle;
 mod meta;
 mod nodes;
@@ -25,6 +26,7 @@ mod table;
 mod validate;
 mod watch;
 
+pub use json_at::At;
 pub use lifecycle::{FOREGROUND_FINALIZER, ORPHAN_FINALIZER, Propagation, reconcile_namespace};
 pub use meta::{new_uid, parse_rfc3339, rfc3339};
 pub use nodes::{NodeRegistration, PodCidr, register_node};

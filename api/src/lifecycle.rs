@@ -7,6 +7,7 @@
 //! `kubernetes` finalizer and the namespace itself. Every step is a conditional transaction
 //! fenced by the shard lease, so work done twice, or by a deposed owner, changes nothing twice.
 
+use crate::At;
 use flotilla_consensus::{CmpOp, Compare, Op, Read, Store, TxnRequest};
 use serde_json::{Value, json};
 
@@ -17,7 +18,7 @@ use crate::status::ApiError;
 /// Whether deleting `obj` must wait for finalizers (its own, or a namespace's spec ones).
 pub fn has_finalizers(obj: &Value) -> bool {
     let non_empty = |p: &str| {
-        obj.pointer(p)
+        obj.at(p)
             .and_then(Value::as_array)
             .is_some_and(|a| !a.is_empty())
     };
@@ -27,7 +28,7 @@ pub fn has_finalizers(obj: &Value) -> bool {
 }
 
 pub fn is_deleting(obj: &Value) -> bool {
-    obj.pointer("/metadata/deletionTimestamp")
+    obj.at("/metadata/deletionTimestamp")
         .is_some_and(|t| !t.is_null())
 }
 
@@ -47,16 +48,16 @@ pub fn mark_deleting(obj: &mut Value) {
 /// already finished, or a grace period of 0 (`--force`).
 pub fn pod_grace_period(pod: &Value, requested: Option<i64>) -> Option<i64> {
     let on_node = pod
-        .pointer("/spec/nodeName")
+        .at("/spec/nodeName")
         .and_then(Value::as_str)
         .is_some_and(|n| !n.is_empty());
     let finished = matches!(
-        pod.pointer("/status/phase").and_then(Value::as_str),
+        pod.at("/status/phase").and_then(Value::as_str),
         Some("Succeeded" | "Failed")
     );
     let grace = requested
         .or_else(|| {
-            pod.pointer("/spec/terminationGracePeriodSeconds")
+            pod.at("/spec/terminationGracePeriodSeconds")
                 .and_then(Value::as_i64)
         })
         .unwrap_or(30);
@@ -67,7 +68,7 @@ pub fn pod_grace_period(pod: &Value, requested: Option<i64>) -> Option<i64> {
 /// Returns false when nothing changed.
 pub fn mark_pod_deleting(pod: &mut Value, grace: i64) -> bool {
     let current = pod
-        .pointer("/metadata/deletionGracePeriodSeconds")
+        .at("/metadata/deletionGracePeriodSeconds")
         .and_then(Value::as_i64);
     if is_deleting(pod) && current.is_some_and(|c| c <= grace) {
         return false;
@@ -122,7 +123,7 @@ impl Propagation {
 }
 
 fn finalizers_of(obj: &Value) -> Vec<String> {
-    obj.pointer("/metadata/finalizers")
+    obj.at("/metadata/finalizers")
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()

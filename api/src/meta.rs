@@ -1,5 +1,6 @@
 //! Object metadata the server owns: uid, timestamps, names; plus label selectors.
 
+use crate::At;
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -253,7 +254,7 @@ impl LabelSelector {
 
 /// The labels of an object.
 pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
-    obj.pointer("/metadata/labels")
+    obj.at("/metadata/labels")
         .and_then(Value::as_object)
         .map(|m| {
             m.iter()

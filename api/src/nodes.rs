@@ -2,6 +2,7 @@
 //! in place with the same uid), never on a timer. Liveness travels by gossip, not by heartbeat
 //! writes, which is what lets thousands of nodes share one Raft log.
 
+use crate::At;
 use flotilla_consensus::{CmpOp, Compare, Op, Read, Store, TxnRequest};
 use serde_json::{Value, json};
 
@@ -228,7 +229,7 @@ pub async fn register_node(
         let mut compares = vec![compare];
         let mut puts = Vec::new();
         let had = obj
-            .pointer("/spec/podCIDR")
+            .at("/spec/podCIDR")
             .and_then(Value::as_str)
             .map(str::to_owned);
         let cidr = match (&reg.pod_cidr, had) {
@@ -288,10 +289,10 @@ async fn free_subnet(
     let mut names = std::collections::HashSet::new();
     for kv in &listed.kvs {
         if let Ok(node) = serde_json::from_slice::<Value>(&kv.value) {
-            if let Some(c) = node.pointer("/spec/podCIDR").and_then(Value::as_str) {
+            if let Some(c) = node.at("/spec/podCIDR").and_then(Value::as_str) {
                 held.insert(c.to_owned());
             }
-            if let Some(n) = node.pointer("/metadata/name").and_then(Value::as_str) {
+            if let Some(n) = node.at("/metadata/name").and_then(Value::as_str) {
                 names.insert(n.to_owned());
             }
         }

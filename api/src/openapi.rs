@@ -4,6 +4,7 @@
 //! kubectl's default `apply` reads `/openapi/v3/<gv>` only to learn that PATCH accepts
 //! `fieldValidation`; it then leaves validation to us. `kubectl explain` renders the schemas.
 
+use crate::At;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
@@ -297,7 +298,7 @@ fn add_patch_extensions(schema: &mut Value) {
             continue;
         }
         let item_ref = prop
-            .pointer("/items/$ref")
+            .at("/items/$ref")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();

@@ -2,6 +2,7 @@
 //! (lists merged by their Kubernetes merge key, with the `$patch`, `$retainKeys`,
 //! `$setElementOrder` and `$deleteFromPrimitiveList` directives).
 
+use crate::At;
 use serde_json::{Map, Value};
 
 /// RFC 7386: objects merge recursively, `null` deletes, anything else replaces.
@@ -139,13 +140,13 @@ pub fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), String> {
             }
             "copy" => {
                 let v = doc
-                    .pointer(from()?)
+                    .at(from()?)
                     .cloned()
                     .ok_or_else(|| format!("path {:?} does not exist", from().unwrap_or("")))?;
                 add(doc, path, v)?;
             }
             "test" => {
-                if doc.pointer(path) != Some(&value()?) {
+                if doc.at(path) != Some(&value()?) {
                     return Err(format!("test operation at {path:?} failed"));
                 }
             }

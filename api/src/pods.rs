@@ -2,6 +2,7 @@
 //! kubelet, whichever node the client talks to. How a node reaches another node's kubelet is
 //! the node daemon's business ([`PodProxy`]); the API only knows the request and the stream.
 
+use crate::At;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -101,7 +102,7 @@ fn flag(v: &Option<String>) -> bool {
 }
 
 pub(crate) fn names(pod: &Value, key: &str) -> Vec<String> {
-    pod.pointer(&format!("/spec/{key}"))
+    pod.at(&format!("/spec/{key}"))
         .and_then(Value::as_array)
         .map(|cs| {
             cs.iter()
@@ -120,12 +121,12 @@ pub(crate) fn pick_container(
     allowed: &[String],
 ) -> Result<String, ApiError> {
     let name = pod
-        .pointer("/metadata/name")
+        .at("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or("");
     let containers = names(pod, "containers");
     let default = pod
-        .pointer("/metadata/annotations/kubectl.kubernetes.io~1default-container")
+        .at("/metadata/annotations/kubectl.kubernetes.io~1default-container")
         .and_then(Value::as_str)
         .map(str::to_owned);
     let container = match (requested.filter(|c| !c.is_empty()), default) {
@@ -149,12 +150,12 @@ pub(crate) fn pick_container(
 
 /// The node a pod is bound to.
 pub(crate) fn node_of<'a>(pod: &'a Value, container: &str) -> Result<&'a str, ApiError> {
-    pod.pointer("/spec/nodeName")
+    pod.at("/spec/nodeName")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .ok_or_else(|| {
             let name = pod
-                .pointer("/metadata/name")
+                .at("/metadata/name")
                 .and_then(Value::as_str)
                 .unwrap_or("");
             ApiError::bad_request(format!(
@@ -164,7 +165,7 @@ pub(crate) fn node_of<'a>(pod: &'a Value, container: &str) -> Result<&'a str, Ap
 }
 
 pub(crate) fn str_of(pod: &Value, pointer: &str) -> String {
-    pod.pointer(pointer)
+    pod.at(pointer)
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned()

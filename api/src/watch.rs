@@ -2,6 +2,7 @@
 //! store's history, filtered by selectors (objects entering or leaving a selector appear as
 //! ADDED or DELETED), with bookmarks, `timeoutSeconds`, and `410 Expired` as an ERROR event.
 
+use crate::At;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -59,7 +60,7 @@ impl Encoder {
             let mut t = crate::table::table(
                 self.resource,
                 std::slice::from_ref(&obj),
-                obj.pointer("/metadata/resourceVersion")
+                obj.at("/metadata/resourceVersion")
                     .and_then(Value::as_str)
                     .unwrap_or(""),
             );

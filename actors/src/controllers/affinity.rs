@@ -14,6 +14,7 @@
 //! the apiserver does. A node without a term's topology label is in no domain of it: it fails
 //! required affinity and is never excluded by anti-affinity, as in Kubernetes.
 
+use flotilla_api::At;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -37,15 +38,15 @@ const HARD_POD_AFFINITY_WEIGHT: i64 = 1;
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 fn labels_of(obj: &Value) -> Option<&Labels> {
-    obj.pointer("/metadata/labels").and_then(Value::as_object)
+    obj.at("/metadata/labels").and_then(Value::as_object)
 }
 
 fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
-    v.pointer(p).and_then(Value::as_str).unwrap_or("")
+    v.at(p).and_then(Value::as_str).unwrap_or("")
 }
 
 fn array<'a>(v: &'a Value, p: &str) -> impl Iterator<Item = &'a Value> {
-    v.pointer(p).and_then(Value::as_array).into_iter().flatten()
+    v.at(p).and_then(Value::as_array).into_iter().flatten()
 }
 
 /// Whether a NodeSelectorTerm selects `node`: its matchExpressions (on labels) and
@@ -79,7 +80,7 @@ pub(crate) fn node_selector_term_matches(term: &Value, node: &Value) -> bool {
 
 /// A pod's preferred node affinity, if any (looked up once per pod, not per node).
 pub(crate) fn preferred_node_terms(pod: &Value) -> Option<&Vec<Value>> {
-    pod.pointer("/spec/affinity/nodeAffinity/preferredDuringSchedulingIgnoredDuringExecution")
+    pod.at("/spec/affinity/nodeAffinity/preferredDuringSchedulingIgnoredDuringExecution")
         .and_then(Value::as_array)
         .filter(|t| !t.is_empty())
 }
@@ -302,8 +303,8 @@ pub(crate) struct PodTerms {
 impl PodTerms {
     /// `None` when the pod has no inter-pod terms (the common case costs two lookups).
     pub(crate) fn of(pod: &Value) -> Option<PodTerms> {
-        let affinity = pod.pointer("/spec/affinity/podAffinity");
-        let anti = pod.pointer("/spec/affinity/podAntiAffinity");
+        let affinity = pod.at("/spec/affinity/podAffinity");
+        let anti = pod.at("/spec/affinity/podAntiAffinity");
         if affinity.is_none_or(Value::is_null) && anti.is_none_or(Value::is_null) {
             return None;
         }

@@ -1,12 +1,13 @@
 //! What several controllers share: label selectors, pod states, owner references, time.
 
+use flotilla_api::At;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use flotilla_api::internal::{self, Fence};
 use serde_json::{Value, json};
 
 pub fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
-    v.pointer(p).and_then(Value::as_str).unwrap_or("")
+    v.at(p).and_then(Value::as_str).unwrap_or("")
 }
 
 pub fn now_secs() -> u64 {
@@ -59,7 +60,7 @@ pub fn map_selector(map: &Value) -> Value {
 }
 
 pub fn is_deleting(obj: &Value) -> bool {
-    obj.pointer("/metadata/deletionTimestamp")
+    obj.at("/metadata/deletionTimestamp")
         .is_some_and(|t| !t.is_null())
 }
 
@@ -69,7 +70,7 @@ pub fn is_active(pod: &Value) -> bool {
 }
 
 fn condition<'a>(pod: &'a Value, kind: &str) -> Option<&'a Value> {
-    pod.pointer("/status/conditions")
+    pod.at("/status/conditions")
         .and_then(Value::as_array)?
         .iter()
         .find(|c| str_at(c, "/type") == kind)
@@ -111,7 +112,7 @@ pub fn toleration_matches(toleration: &Value, taint: &Value) -> bool {
 
 /// The uid of the object's controller, if any.
 pub fn controller_uid(obj: &Value) -> Option<&str> {
-    obj.pointer("/metadata/ownerReferences")
+    obj.at("/metadata/ownerReferences")
         .and_then(Value::as_array)?
         .iter()
         .find(|o| o.get("controller").and_then(Value::as_bool) == Some(true))
@@ -221,7 +222,7 @@ pub async fn owned_pods(
 
 /// The keys (`namespace/name`) of the `kind` owners an object names.
 pub fn owner_keys(obj: &Value, kind: &str) -> Vec<String> {
-    obj.pointer("/metadata/ownerReferences")
+    obj.at("/metadata/ownerReferences")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()

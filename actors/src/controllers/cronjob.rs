@@ -7,6 +7,7 @@
 //! `successfulJobsHistoryLimit` / `failedJobsHistoryLimit` are deleted, oldest first. The
 //! reconcile asks the runner to come back at the next scheduled time.
 
+use flotilla_api::At;
 use std::time::Duration;
 
 use flotilla_api::ApiError;
@@ -60,12 +61,9 @@ fn job_ref(job: &Value) -> Value {
 
 /// The Job a CronJob makes for `scheduled` (seconds since the epoch).
 pub fn job_for(cj: &Value, scheduled: i64, tz: &jiff::tz::TimeZone) -> Value {
-    let template = cj
-        .pointer("/spec/jobTemplate")
-        .cloned()
-        .unwrap_or(json!({}));
+    let template = cj.at("/spec/jobTemplate").cloned().unwrap_or(json!({}));
     let mut annotations = template
-        .pointer("/metadata/annotations")
+        .at("/metadata/annotations")
         .cloned()
         .filter(Value::is_object)
         .unwrap_or(json!({}));
@@ -84,10 +82,7 @@ pub fn job_for(cj: &Value, scheduled: i64, tz: &jiff::tz::TimeZone) -> Value {
         "annotations": annotations,
         "ownerReferences": [owner_ref(cj, "batch/v1", "CronJob")],
     });
-    if let Some(labels) = template
-        .pointer("/metadata/labels")
-        .filter(|l| l.is_object())
-    {
+    if let Some(labels) = template.at("/metadata/labels").filter(|l| l.is_object()) {
         meta["labels"] = labels.clone();
     }
     json!({
@@ -311,7 +306,7 @@ impl CronJobController {
             (true, "/spec/successfulJobsHistoryLimit"),
             (false, "/spec/failedJobsHistoryLimit"),
         ] {
-            let Some(limit) = cj.pointer(field).and_then(Value::as_u64) else {
+            let Some(limit) = cj.at(field).and_then(Value::as_u64) else {
                 continue;
             };
             let mut finished: Vec<&Value> = jobs

@@ -15,6 +15,7 @@
 //! freely); `OnDelete` leaves them until someone deletes them. Status carries what
 //! `kubectl rollout status ds/…` reads.
 
+use flotilla_api::At;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -154,13 +155,13 @@ fn eligibility(pod: &Value, node: &Value) -> (bool, bool) {
         return (false, false);
     }
     let tolerations: Vec<Value> = pod
-        .pointer("/spec/tolerations")
+        .at("/spec/tolerations")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
     let (mut run, mut stay) = (true, true);
     for taint in node
-        .pointer("/spec/taints")
+        .at("/spec/taints")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -179,7 +180,7 @@ fn eligibility(pod: &Value, node: &Value) -> (bool, bool) {
 
 /// `maxUnavailable` (a number or a percentage of `desired`, rounded up); at least 1.
 fn max_unavailable(ds: &Value, desired: usize) -> usize {
-    let v = ds.pointer("/spec/updateStrategy/rollingUpdate/maxUnavailable");
+    let v = ds.at("/spec/updateStrategy/rollingUpdate/maxUnavailable");
     let n = match v {
         Some(Value::Number(n)) => n.as_u64().unwrap_or(1) as usize,
         Some(Value::String(s)) => match s.strip_suffix('%').and_then(|p| p.parse::<usize>().ok()) {
@@ -212,10 +213,10 @@ impl DaemonSetController {
         let uid = str_at(&ds, "/metadata/uid").to_owned();
         let now = now_secs();
         let min_ready = ds
-            .pointer("/spec/minReadySeconds")
+            .at("/spec/minReadySeconds")
             .and_then(Value::as_u64)
             .unwrap_or(0);
-        let template = ds.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        let template = ds.at("/spec/template").cloned().unwrap_or(json!({}));
         let hash = template_hash(&template);
         let pod = self.pod_from_template(&ds, &hash);
         let nodes = ctx.list(NODES).await?;
@@ -355,10 +356,7 @@ impl DaemonSetController {
         status["numberUnavailable"] = json!(desired.saturating_sub(available));
         status["updatedNumberScheduled"] = json!(updated);
         status["numberMisscheduled"] = json!(misscheduled);
-        status["observedGeneration"] = ds
-            .pointer("/metadata/generation")
-            .cloned()
-            .unwrap_or(json!(1));
+        status["observedGeneration"] = ds.at("/metadata/generation").cloned().unwrap_or(json!(1));
         // A ready pod becomes available later: look again then.
         let again = (ready > available && min_ready > 0).then(|| Duration::from_secs(1));
         if ds.get("status") == Some(&status) {
@@ -386,15 +384,15 @@ impl DaemonSetController {
 
     /// The pod every node gets, before its node is filled in.
     fn pod_from_template(&self, ds: &Value, hash: &str) -> Value {
-        let template = ds.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        let template = ds.at("/spec/template").cloned().unwrap_or(json!({}));
         let mut labels = template
-            .pointer("/metadata/labels")
+            .at("/metadata/labels")
             .cloned()
             .filter(Value::is_object)
             .unwrap_or(json!({}));
         labels[HASH_LABEL] = json!(hash);
         labels[GENERATION_LABEL] = json!(
-            ds.pointer("/metadata/generation")
+            ds.at("/metadata/generation")
                 .and_then(Value::as_i64)
                 .unwrap_or(1)
                 .to_string()
@@ -405,7 +403,7 @@ impl DaemonSetController {
             "labels": labels,
             "ownerReferences": [owner_ref(ds, "apps/v1", "DaemonSet")],
         });
-        if let Some(a) = template.pointer("/metadata/annotations") {
+        if let Some(a) = template.at("/metadata/annotations") {
             meta["annotations"] = a.clone();
         }
         let mut spec = template.get("spec").cloned().unwrap_or(json!({}));

@@ -8,6 +8,7 @@
 //! observedGeneration and the Available and Progressing conditions (with
 //! progressDeadlineSeconds).
 
+use flotilla_api::At;
 use std::time::Duration;
 
 use flotilla_api::ApiError;
@@ -78,7 +79,7 @@ fn unhashed(template: &Value) -> Value {
 }
 
 fn revision(rs: &Value) -> u64 {
-    rs.pointer("/metadata/annotations")
+    rs.at("/metadata/annotations")
         .and_then(|a| a.get(REVISION))
         .and_then(Value::as_str)
         .and_then(|r| r.parse().ok())
@@ -86,7 +87,7 @@ fn revision(rs: &Value) -> u64 {
 }
 
 fn int_at(v: &Value, p: &str) -> i64 {
-    v.pointer(p).and_then(Value::as_i64).unwrap_or(0)
+    v.at(p).and_then(Value::as_i64).unwrap_or(0)
 }
 
 /// An int-or-percent of `total`, rounding up (surge) or down (unavailable).
@@ -105,7 +106,7 @@ fn scaled(v: Option<&Value>, total: i64, default: &str, round_up: bool) -> i64 {
 
 /// maxSurge and maxUnavailable (never both zero).
 fn limits(d: &Value, replicas: i64) -> (i64, i64) {
-    let ru = d.pointer("/spec/strategy/rollingUpdate");
+    let ru = d.at("/spec/strategy/rollingUpdate");
     let surge = scaled(ru.and_then(|r| r.get("maxSurge")), replicas, "25%", true);
     let mut unavailable = scaled(
         ru.and_then(|r| r.get("maxUnavailable")),
@@ -132,15 +133,12 @@ impl DeploymentController {
         }
         let ns = str_at(&d, "/metadata/namespace").to_owned();
         let uid = str_at(&d, "/metadata/uid").to_owned();
-        let selector = d.pointer("/spec/selector").cloned().unwrap_or(Value::Null);
-        let replicas = d
-            .pointer("/spec/replicas")
-            .and_then(Value::as_i64)
-            .unwrap_or(1);
-        let template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        let selector = d.at("/spec/selector").cloned().unwrap_or(Value::Null);
+        let replicas = d.at("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+        let template = d.at("/spec/template").cloned().unwrap_or(json!({}));
         let mut all = Vec::new();
         for mut rs in ctx.list(&format!("{RS_PREFIX}{ns}/")).await? {
-            let labels = rs.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
+            let labels = rs.at("/metadata/labels").cloned().unwrap_or(json!({}));
             match controller_uid(&rs) {
                 Some(o) if o == uid => all.push(rs),
                 None if selector.is_object()
@@ -166,12 +164,12 @@ impl DeploymentController {
                 str_at(rs, "/metadata/creationTimestamp").to_owned(),
             )
         });
-        let paused = d.pointer("/spec/paused").and_then(Value::as_bool) == Some(true);
+        let paused = d.at("/spec/paused").and_then(Value::as_bool) == Some(true);
         let max_revision = all.iter().map(revision).max().unwrap_or(0);
         let wanted = unhashed(&template);
         let mut new_rs = all
             .iter()
-            .find(|rs| rs.pointer("/spec/template").map(unhashed).as_ref() == Some(&wanted))
+            .find(|rs| rs.at("/spec/template").map(unhashed).as_ref() == Some(&wanted))
             .cloned();
         let recreate = str_at(&d, "/spec/strategy/type") == "Recreate";
         if !paused {
@@ -223,7 +221,7 @@ impl DeploymentController {
         // The deployment shows the revision of its newest ReplicaSet.
         if let Some(new) = &new_rs {
             let rev = revision(new).max(max_revision).to_string();
-            if d.pointer("/metadata/annotations")
+            if d.at("/metadata/annotations")
                 .and_then(|a| a.get(REVISION))
                 .and_then(Value::as_str)
                 != Some(rev.as_str())
@@ -279,21 +277,18 @@ impl DeploymentController {
         fence: &Fence,
     ) -> Result<Option<Value>, ApiError> {
         let collisions = d
-            .pointer("/status/collisionCount")
+            .at("/status/collisionCount")
             .and_then(Value::as_u64)
             .unwrap_or(0);
-        let template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        let template = d.at("/spec/template").cloned().unwrap_or(json!({}));
         let hash = template_hash(&unhashed(&template), collisions);
         let name = format!("{}-{hash}", str_at(d, "/metadata/name"));
         let mut template = template;
         template["metadata"]["labels"][HASH_LABEL] = json!(hash);
-        let mut selector = d.pointer("/spec/selector").cloned().unwrap_or(json!({}));
+        let mut selector = d.at("/spec/selector").cloned().unwrap_or(json!({}));
         selector["matchLabels"][HASH_LABEL] = json!(hash);
         let mut annotations = serde_json::Map::new();
-        if let Some(a) = d
-            .pointer("/metadata/annotations")
-            .and_then(Value::as_object)
-        {
+        if let Some(a) = d.at("/metadata/annotations").and_then(Value::as_object) {
             for (k, v) in a {
                 if !k.starts_with("deployment.kubernetes.io/")
                     && k != "kubectl.kubernetes.io/last-applied-configuration"
@@ -512,7 +507,7 @@ impl DeploymentController {
         fence: &Fence,
     ) -> Result<(), ApiError> {
         let limit = d
-            .pointer("/spec/revisionHistoryLimit")
+            .at("/spec/revisionHistoryLimit")
             .and_then(Value::as_u64)
             .unwrap_or(10) as usize;
         let empty: Vec<&Value> = olds
@@ -583,10 +578,7 @@ impl DeploymentController {
         status["readyReplicas"] = json!(sum("/status/readyReplicas"));
         status["availableReplicas"] = json!(available);
         status["unavailableReplicas"] = json!((total_spec - available).max(0));
-        status["observedGeneration"] = d
-            .pointer("/metadata/generation")
-            .cloned()
-            .unwrap_or(json!(1));
+        status["observedGeneration"] = d.at("/metadata/generation").cloned().unwrap_or(json!(1));
         let now = now();
         let rs_name = new.map_or("", |rs| str_at(rs, "/metadata/name"));
         let mut conditions: Vec<Value> = old
@@ -654,7 +646,7 @@ impl DeploymentController {
         .iter()
         .any(|k| old.get(*k) != status.get(*k));
         let deadline = d
-            .pointer("/spec/progressDeadlineSeconds")
+            .at("/spec/progressDeadlineSeconds")
             .and_then(Value::as_u64)
             .unwrap_or(600);
         let mut again = None;

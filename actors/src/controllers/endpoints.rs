@@ -4,6 +4,7 @@
 //! (a named port is looked up in the pod's containers). Pods are grouped by their resolved
 //! ports, as Kubernetes packs subsets; one slice per group, owned by the Service.
 
+use flotilla_api::At;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ fn resolve(svc_port: &Value, pod: &Value) -> Option<i64> {
     match target {
         Value::Number(n) => n.as_i64(),
         Value::String(name) => pod
-            .pointer("/spec/containers")
+            .at("/spec/containers")
             .and_then(Value::as_array)?
             .iter()
             .flat_map(|c| {
@@ -52,7 +53,7 @@ fn resolve(svc_port: &Value, pod: &Value) -> Option<i64> {
 }
 
 fn ports_for(svc: &Value, pod: &Value) -> Vec<Port> {
-    svc.pointer("/spec/ports")
+    svc.at("/spec/ports")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -102,7 +103,7 @@ impl EndpointsController {
         };
         // Without a selector the endpoints are the user's to write.
         let Some(selector) = svc
-            .pointer("/spec/selector")
+            .at("/spec/selector")
             .filter(|s| s.as_object().is_some_and(|m| !m.is_empty()))
         else {
             return Ok(None);
@@ -112,10 +113,7 @@ impl EndpointsController {
         let name = str_at(&svc, "/metadata/name").to_owned();
         let mut groups: BTreeMap<Vec<Port>, Vec<Value>> = BTreeMap::new();
         for pod in ctx.list(&format!("/registry/core/pods/{ns}/")).await? {
-            let labels = pod
-                .pointer("/metadata/labels")
-                .cloned()
-                .unwrap_or(json!({}));
+            let labels = pod.at("/metadata/labels").cloned().unwrap_or(json!({}));
             if !selector_matches(&selector, &labels)
                 || str_at(&pod, "/status/podIP").is_empty()
                 || matches!(str_at(&pod, "/status/phase"), "Succeeded" | "Failed")
@@ -128,7 +126,7 @@ impl EndpointsController {
         let address = |pod: &Value| {
             let mut a = json!({"ip": str_at(pod, "/status/podIP"), "targetRef": target(pod)});
             if let Some(n) = pod
-                .pointer("/spec/nodeName")
+                .at("/spec/nodeName")
                 .and_then(Value::as_str)
                 .filter(|n| !n.is_empty())
             {
@@ -179,10 +177,7 @@ impl EndpointsController {
             s["kind"] = json!("Service");
             owner_ref(&s, "v1", "Service")
         };
-        let labels = svc
-            .pointer("/metadata/labels")
-            .cloned()
-            .unwrap_or(json!({}));
+        let labels = svc.at("/metadata/labels").cloned().unwrap_or(json!({}));
         let endpoints = json!({
             "apiVersion": "v1",
             "kind": "Endpoints",
@@ -213,7 +208,7 @@ impl EndpointsController {
                         "conditions": {"ready": ready, "serving": is_ready(p), "terminating": is_deleting(p)},
                         "targetRef": target(p),
                     });
-                    if let Some(n) = p.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+                    if let Some(n) = p.at("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
                         e["nodeName"] = json!(n);
                     }
                     e
@@ -295,7 +290,7 @@ impl EndpointsController {
             Some(current) => {
                 let same = current.get(field) == obj.get(field)
                     && current.get("ports") == obj.get("ports")
-                    && current.pointer("/metadata/labels") == obj.pointer("/metadata/labels");
+                    && current.at("/metadata/labels") == obj.at("/metadata/labels");
                 if !same {
                     let mut updated = current.clone();
                     for k in [field, "ports", "addressType"] {

@@ -14,6 +14,8 @@ use tokio::sync::{broadcast, watch};
 pub struct Change {
     pub key: String,
     pub kind: EventKind,
+    /// The revision of the change (the key's mod revision; a delete's own revision).
+    pub revision: u64,
     /// The new value; for a delete, the last value the key had.
     pub obj: Option<Arc<Value>>,
     /// For a put over an existing key, the value it replaced.
@@ -60,6 +62,7 @@ impl Feed {
                                 obj: parse(&e.kv.value).map(Arc::new),
                                 prev: e.prev.as_ref().and_then(|p| parse(&p.value)).map(Arc::new),
                                 kind: e.kind,
+                                revision: e.revision(),
                                 key: e.kv.key,
                             })
                             .collect();

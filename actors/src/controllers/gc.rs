@@ -15,12 +15,16 @@
 //! again, linearizably, before anything is deleted for it (the sweep reads kinds one after
 //! the other, so an owner made after its kind was read would otherwise look gone).
 //!
-//! Sweeps run every [`SWEEP_EVERY`], when shard ownership changes, and soon after a change
-//! that matters (an owner deleted; an owner marked with a GC finalizer; a waiting owner's
-//! dependent deleted or released). Each reads the whole store: simple and level-triggered,
-//! at a cost linear in the number of objects per sweep — an owner/dependent graph kept up to
-//! date from the watch is the next step if that cost shows.
+//! The collector keeps a small index of every stored object (uid, owner references, whether
+//! it is being deleted and how), listed once and then kept up to date from the node's
+//! registry feed, like kube-controller-manager's dependency graph. Sweeps run every
+//! [`SWEEP_EVERY`], when shard ownership changes, and soon after a change that matters (an
+//! owner deleted; an owner marked with a GC finalizer; a waiting owner's dependent deleted or
+//! released). A sweep works out from the index what may need doing, then reads each such
+//! object afresh (linearizably) and decides on what it reads: level-triggered, and no sweep
+//! re-reads or re-parses the store (at 30,000 pods that cost 13% of the cluster's CPU).
 
+use flotilla_api::At;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,7 +36,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
 use super::common::{is_deleting, str_at};
-use super::feed::Message;
+use super::feed::{Change, Message};
 use super::runner::{Ctx, key_of};
 
 const MANAGER: &str = "garbage-collector";
@@ -55,17 +59,19 @@ struct Watched {
 pub fn start(ctx: Arc<Ctx>, shutdown: watch::Receiver<bool>) {
     let (tx, rx) = mpsc::channel(1);
     let watched = Arc::new(Mutex::new(Watched::default()));
-    tokio::spawn(watch_registry(
+    let index = Arc::new(Mutex::new(Index::default()));
+    tokio::spawn(follow(
         ctx.clone(),
+        index.clone(),
         watched.clone(),
         tx,
         shutdown.clone(),
     ));
-    tokio::spawn(run(ctx, watched, rx, shutdown));
+    tokio::spawn(run(ctx, index, watched, rx, shutdown));
 }
 
 fn owner_uids(obj: &Value) -> impl Iterator<Item = &str> {
-    obj.pointer("/metadata/ownerReferences")
+    obj.at("/metadata/ownerReferences")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -73,7 +79,7 @@ fn owner_uids(obj: &Value) -> impl Iterator<Item = &str> {
 }
 
 fn finalizers(obj: &Value) -> Vec<&str> {
-    obj.pointer("/metadata/finalizers")
+    obj.at("/metadata/finalizers")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -100,102 +106,11 @@ fn concerns_gc(kind: EventKind, obj: &Value, prev: Option<&Value>, watched: &Wat
                 && prev
                     .is_none_or(|p| !waits_for_dependents(p) || finalizers(p) != finalizers(obj));
             let released = prev.is_some_and(|p| {
-                p.pointer("/metadata/ownerReferences") != obj.pointer("/metadata/ownerReferences")
+                p.at("/metadata/ownerReferences") != obj.at("/metadata/ownerReferences")
                     && owner_uids(p).any(|u| watched.waiting.contains(u))
             });
             newly_waiting || released
         }
-    }
-}
-
-async fn watch_registry(
-    ctx: Arc<Ctx>,
-    watched: Arc<Mutex<Watched>>,
-    tx: mpsc::Sender<()>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut feed = ctx.feed.subscribe();
-    // Anything may have happened before the subscription.
-    let _ = tx.try_send(());
-    loop {
-        let message = tokio::select! {
-            m = feed.next() => m,
-            _ = shutdown.changed() => return,
-        };
-        let wake = match message {
-            Some(Message::Changes(changes)) => {
-                // No await while the lock is held.
-                let w = watched.lock().unwrap_or_else(|e| e.into_inner());
-                changes.iter().any(|c| {
-                    c.obj
-                        .as_deref()
-                        .is_some_and(|obj| concerns_gc(c.kind, obj, c.prev.as_deref(), &w))
-                })
-            }
-            Some(Message::Restart) => true,
-            None => return,
-        };
-        if wake {
-            let _ = tx.try_send(());
-        }
-    }
-}
-
-async fn run(
-    ctx: Arc<Ctx>,
-    watched: Arc<Mutex<Watched>>,
-    mut rx: mpsc::Receiver<()>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut shards = ctx.shards.clone();
-    loop {
-        let mut again = false;
-        if !ctx.shards.owned().is_empty() {
-            match sweep(&ctx).await {
-                Ok((w, more)) => {
-                    *watched.lock().unwrap_or_else(|e| e.into_inner()) = w;
-                    again = more;
-                }
-                Err(e) => tracing::debug!(error = %e.message(), "garbage collection sweep failed"),
-            }
-        }
-        if !again {
-            tokio::select! {
-                r = rx.recv() => if r.is_none() { return },
-                _ = shards.changed() => {}
-                _ = tokio::time::sleep(SWEEP_EVERY) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(SETTLE) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
-/// One stored object, as the sweep sees it.
-struct Obj {
-    resource: &'static flotilla_api::Resource,
-    obj: Value,
-}
-
-impl Obj {
-    fn namespace(&self) -> Option<&str> {
-        Some(str_at(&self.obj, "/metadata/namespace")).filter(|n| !n.is_empty())
-    }
-    fn name(&self) -> &str {
-        str_at(&self.obj, "/metadata/name")
-    }
-    fn uid(&self) -> &str {
-        str_at(&self.obj, "/metadata/uid")
-    }
-    fn gvr(&self) -> (&'static str, &'static str, &'static str) {
-        (
-            self.resource.group,
-            self.resource.version,
-            self.resource.plural,
-        )
     }
 }
 
@@ -271,83 +186,364 @@ fn verdict(states: &[OwnerState]) -> Verdict {
     }
 }
 
-/// Every stored object of every kind (events aside), read at or after one linearizable
-/// point.
-async fn read_all(ctx: &Ctx) -> Result<Vec<Obj>, ApiError> {
+/// Lists every object into the index, then applies the feed's changes to it (and wakes the
+/// sweeper for those that matter); lists again whenever the feed restarts.
+async fn follow(
+    ctx: Arc<Ctx>,
+    index: Arc<Mutex<Index>>,
+    watched: Arc<Mutex<Watched>>,
+    tx: mpsc::Sender<()>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Subscribed before listing: every change after the list's revision arrives here.
+    let mut feed = ctx.feed.subscribe();
+    let mut listed_at: Option<u64> = None;
+    loop {
+        if listed_at.is_none() {
+            match list(&ctx).await {
+                Ok((revision, objects)) => {
+                    let mut ix = index.lock().unwrap_or_else(|e| e.into_inner());
+                    ix.objects = objects;
+                    ix.ready = true;
+                    listed_at = Some(revision);
+                    // Anything may have happened before the list.
+                    let _ = tx.try_send(());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e.message(), "garbage collector cannot list");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        }
+        let message = tokio::select! {
+            m = feed.next() => m,
+            _ = shutdown.changed() => return,
+        };
+        match message {
+            Some(Message::Changes(changes)) => {
+                let from = listed_at.unwrap_or(0);
+                let wake = {
+                    // No await while the locks are held.
+                    let mut ix = index.lock().unwrap_or_else(|e| e.into_inner());
+                    let w = watched.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut wake = false;
+                    for c in changes.iter().filter(|c| c.revision > from) {
+                        wake |= c
+                            .obj
+                            .as_deref()
+                            .is_some_and(|obj| concerns_gc(c.kind, obj, c.prev.as_deref(), &w));
+                        ix.apply(c);
+                    }
+                    wake
+                };
+                if wake {
+                    let _ = tx.try_send(());
+                }
+            }
+            Some(Message::Restart) => {
+                index.lock().unwrap_or_else(|e| e.into_inner()).ready = false;
+                listed_at = None;
+            }
+            None => return,
+        }
+    }
+}
+
+async fn run(
+    ctx: Arc<Ctx>,
+    index: Arc<Mutex<Index>>,
+    watched: Arc<Mutex<Watched>>,
+    mut rx: mpsc::Receiver<()>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut shards = ctx.shards.clone();
+    loop {
+        let mut again = false;
+        if !ctx.shards.owned().is_empty() {
+            match sweep(&ctx, &index).await {
+                Ok(Some((w, more))) => {
+                    *watched.lock().unwrap_or_else(|e| e.into_inner()) = w;
+                    again = more;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e.message(), "garbage collection sweep failed"),
+            }
+        }
+        if !again {
+            tokio::select! {
+                r = rx.recv() => if r.is_none() { return },
+                _ = shards.changed() => {}
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SETTLE) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// One stored object, read afresh for an action.
+struct Obj {
+    resource: &'static flotilla_api::Resource,
+    obj: Value,
+}
+
+impl Obj {
+    fn namespace(&self) -> Option<&str> {
+        Some(str_at(&self.obj, "/metadata/namespace")).filter(|n| !n.is_empty())
+    }
+    fn name(&self) -> &str {
+        str_at(&self.obj, "/metadata/name")
+    }
+    fn uid(&self) -> &str {
+        str_at(&self.obj, "/metadata/uid")
+    }
+    fn gvr(&self) -> (&'static str, &'static str, &'static str) {
+        (
+            self.resource.group,
+            self.resource.version,
+            self.resource.plural,
+        )
+    }
+}
+
+/// What the index keeps of one object: who owns it and whether it is being deleted, not
+/// the object itself.
+struct Known {
+    resource: &'static flotilla_api::Resource,
+    /// `namespace/name` (or `name`): what its shard is picked by.
+    shard_key: String,
+    uid: String,
+    state: OwnerState,
+    /// Its ownerReferences, as stored.
+    refs: Vec<Value>,
+    /// Being deleted, waiting for its dependents: with the orphan finalizer, the
+    /// foreground one (either or both), or neither.
+    orphaning: bool,
+    foreground: bool,
+}
+
+impl Known {
+    fn of(resource: &'static flotilla_api::Resource, obj: &Value) -> Known {
+        Known {
+            resource,
+            shard_key: key_of(obj),
+            uid: str_at(obj, "/metadata/uid").to_owned(),
+            state: state_of(obj),
+            refs: obj
+                .at("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+            orphaning: waits_for_dependents(obj) && finalizers(obj).contains(&ORPHAN_FINALIZER),
+            foreground: waits_for_dependents(obj)
+                && finalizers(obj).contains(&FOREGROUND_FINALIZER),
+        }
+    }
+}
+
+/// Every stored object (events aside), by store key.
+#[derive(Default)]
+struct Index {
+    objects: HashMap<String, Known>,
+    /// Listed and following the feed (not while listing again after a restart).
+    ready: bool,
+}
+
+/// The served resource (one per stored prefix) a store key belongs to; none for events.
+fn resource_of_key(key: &str) -> Option<&'static flotilla_api::Resource> {
+    static PREFIXES: std::sync::OnceLock<Vec<(String, &'static flotilla_api::Resource)>> =
+        std::sync::OnceLock::new();
+    let prefixes = PREFIXES.get_or_init(|| {
+        let mut seen = HashSet::new();
+        RESOURCES
+            .iter()
+            .filter(|r| r.plural != "events")
+            .filter(|&r| seen.insert(r.key_prefix()))
+            .map(|r| (r.key_prefix(), r))
+            .collect()
+    });
+    prefixes
+        .iter()
+        .find(|(p, _)| key.starts_with(p.as_str()))
+        .map(|(_, r)| *r)
+}
+
+impl Index {
+    fn apply(&mut self, c: &Change) {
+        let Some(resource) = resource_of_key(&c.key) else {
+            return;
+        };
+        match (c.kind, c.obj.as_deref()) {
+            (EventKind::Put, Some(obj)) => {
+                self.objects.insert(c.key.clone(), Known::of(resource, obj));
+            }
+            _ => {
+                self.objects.remove(&c.key);
+            }
+        }
+    }
+}
+
+/// Every stored object of every kind (events aside), for the index, and the revision the
+/// index follows the feed from (that of the first read: later reads are at least as
+/// fresh, and replaying a change the list already had is harmless).
+async fn list(ctx: &Ctx) -> Result<(u64, HashMap<String, Known>), ApiError> {
     let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    let mut read = Read::Linearizable;
+    let mut out = HashMap::new();
+    let mut first = None;
     for r in RESOURCES {
         let prefix = r.key_prefix();
         if r.plural == "events" || !seen.insert(prefix.clone()) {
             continue;
         }
+        let read = if first.is_none() {
+            Read::Linearizable
+        } else {
+            Read::Local
+        };
         let range = ctx.store.range(&prefix, usize::MAX, read).await?;
-        // Later ranges are at least as fresh as the first one's read barrier.
-        read = Read::Local;
+        first.get_or_insert(range.revision);
         for (i, kv) in range.kvs.into_iter().enumerate() {
             // Parsing everything takes a while: let the node's other tasks (Raft) in.
             if i % 512 == 511 {
                 tokio::task::yield_now().await;
             }
-            let Ok(mut obj) = serde_json::from_slice::<Value>(&kv.value) else {
+            let Ok(obj) = serde_json::from_slice::<Value>(&kv.value) else {
                 continue;
             };
-            obj["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
-            out.push(Obj { resource: r, obj });
+            out.insert(kv.key, Known::of(r, &obj));
         }
     }
-    Ok(out)
+    Ok((first.unwrap_or(0), out))
 }
 
-/// One sweep; returns what the watch should look out for, and whether work was left over.
-async fn sweep(ctx: &Ctx) -> Result<(Watched, bool), ApiError> {
-    let objects = read_all(ctx).await?;
-    let by_uid: HashMap<&str, &Obj> = objects.iter().map(|o| (o.uid(), o)).collect();
-    let mut watched = Watched::default();
-    // Owner uid → its dependents, each with its reference to that owner.
-    let mut dependents: HashMap<&str, Vec<(&Obj, &Value)>> = HashMap::new();
-    for o in &objects {
-        for reference in o
-            .obj
-            .pointer("/metadata/ownerReferences")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let uid = str_at(reference, "/uid");
-            watched.owners.insert(uid.to_owned());
-            dependents.entry(uid).or_default().push((o, reference));
-        }
-        if waits_for_dependents(&o.obj) {
-            watched.waiting.insert(o.uid().to_owned());
-        }
+/// One object the index says may need work, to be read afresh.
+struct Todo {
+    resource: &'static flotilla_api::Resource,
+    /// The store key, and the uid it had.
+    key: String,
+    uid: String,
+    dependent: bool,
+    /// An owner that may be done waiting for its dependents, and their references to it.
+    finishing: bool,
+    deps: Vec<Value>,
+}
+
+impl Todo {
+    /// The object as stored now; `None` if it is gone or is now another object (new uid).
+    async fn fresh(&self, ctx: &Ctx) -> Result<Option<Obj>, ApiError> {
+        Ok(ctx.get(&self.key).await?.and_then(|obj| {
+            (str_at(&obj, "/metadata/uid") == self.uid).then_some(Obj {
+                resource: self.resource,
+                obj,
+            })
+        }))
     }
+}
+
+/// One sweep; returns what the watch should look out for, and whether work was left over
+/// (`None`: the index is being listed again).
+async fn sweep(ctx: &Ctx, index: &Mutex<Index>) -> Result<Option<(Watched, bool)>, ApiError> {
+    // From the index, under its lock (no await): who may need collecting, which owners may
+    // be done waiting, and the states of the owners they name.
+    let (watched, todo, owner_states) = {
+        let ix = index.lock().unwrap_or_else(|e| e.into_inner());
+        if !ix.ready {
+            return Ok(None);
+        }
+        let by_uid: HashMap<&str, &Known> =
+            ix.objects.values().map(|k| (k.uid.as_str(), k)).collect();
+        let mut watched = Watched::default();
+        let mut dependents: HashMap<&str, Vec<&Value>> = HashMap::new();
+        for k in ix.objects.values() {
+            for reference in &k.refs {
+                let uid = str_at(reference, "/uid");
+                watched.owners.insert(uid.to_owned());
+                dependents.entry(uid).or_default().push(reference);
+            }
+            if k.orphaning || k.foreground {
+                watched.waiting.insert(k.uid.clone());
+            }
+        }
+        let state = |reference: &Value| match by_uid.get(str_at(reference, "/uid")) {
+            Some(owner) => owner.state,
+            // Not served here: cannot be checked, so kept.
+            None if owner_resource(reference).is_none() => OwnerState::Alive,
+            // Confirmed with a fresh read before anything is deleted for it.
+            None => OwnerState::Gone,
+        };
+        let mut todo = Vec::new();
+        let mut owner_states: HashMap<String, OwnerState> = HashMap::new();
+        for (key, k) in &ix.objects {
+            if ctx.fence(&k.shard_key).is_none() {
+                continue;
+            }
+            let states: Vec<OwnerState> = k.refs.iter().map(state).collect();
+            let dependent = verdict(&states) != Verdict::Keep;
+            if dependent {
+                for (reference, s) in k.refs.iter().zip(&states) {
+                    if by_uid.contains_key(str_at(reference, "/uid")) {
+                        owner_states.insert(str_at(reference, "/uid").to_owned(), *s);
+                    }
+                }
+            }
+            let deps: &[&Value] = dependents.get(k.uid.as_str()).map_or(&[], Vec::as_slice);
+            // What `finish_owner` would remove, going by the index.
+            let finishing = (k.orphaning && deps.is_empty())
+                || (k.foreground
+                    && !deps.iter().any(|r| {
+                        r.get("blockOwnerDeletion").and_then(Value::as_bool) == Some(true)
+                    }));
+            if dependent || finishing {
+                todo.push(Todo {
+                    resource: k.resource,
+                    key: key.clone(),
+                    uid: k.uid.clone(),
+                    dependent,
+                    finishing,
+                    deps: if finishing {
+                        deps.iter().map(|r| (*r).clone()).collect()
+                    } else {
+                        Vec::new()
+                    },
+                });
+            }
+        }
+        (watched, todo, owner_states)
+    };
     let mut writes = 0;
-    for o in &objects {
+    for t in todo {
         if writes >= WRITES_PER_SWEEP {
-            return Ok((watched, true));
+            return Ok(Some((watched, true)));
         }
-        let key = key_of(&o.obj);
-        if ctx.fence(&key).is_none() {
-            continue;
-        }
+        let o = match t.fresh(ctx).await {
+            Ok(Some(o)) => o,
+            Ok(None) => continue,
+            Err(e) if e.code() >= 500 => return Err(e),
+            Err(_) => continue,
+        };
+        let key = t.key.as_str();
         // One object the API refuses to write (say, stored before a validation rule existed)
         // must not stop the collection of all the others.
-        if o.obj.pointer("/metadata/ownerReferences").is_some() {
-            match collect_dependent(ctx, o, &by_uid).await {
+        if t.dependent && o.obj.at("/metadata/ownerReferences").is_some() {
+            match collect_dependent(ctx, &o, &owner_states).await {
                 Ok(wrote) => writes += usize::from(wrote),
                 Err(e) if e.code() >= 500 => return Err(e),
-                // Changed or gone since the sweep read it: the next sweep sees it as it is.
+                // Changed or gone since it was read: the next sweep sees it as it is.
                 Err(e) if matches!(e.code(), 404 | 409) => {}
                 Err(e) => {
                     tracing::warn!(kind = o.resource.kind, %key, error = %e.message(), "cannot collect a dependent")
                 }
             }
         }
-        if waits_for_dependents(&o.obj) {
-            let deps = dependents.get(o.uid()).map(Vec::as_slice).unwrap_or(&[]);
-            match finish_owner(ctx, o, deps).await {
+        if t.finishing && waits_for_dependents(&o.obj) {
+            match finish_owner(ctx, &o, &t.deps).await {
                 Ok(wrote) => writes += usize::from(wrote),
                 Err(e) if e.code() >= 500 => return Err(e),
                 Err(e) if matches!(e.code(), 404 | 409) => {}
@@ -357,26 +553,26 @@ async fn sweep(ctx: &Ctx) -> Result<(Watched, bool), ApiError> {
             }
         }
     }
-    Ok((watched, false))
+    Ok(Some((watched, false)))
 }
 
 /// Acts on one dependent; true if it wrote.
 async fn collect_dependent(
     ctx: &Ctx,
     dep: &Obj,
-    by_uid: &HashMap<&str, &Obj>,
+    owners: &HashMap<String, OwnerState>,
 ) -> Result<bool, ApiError> {
     let refs: Vec<Value> = dep
         .obj
-        .pointer("/metadata/ownerReferences")
+        .at("/metadata/ownerReferences")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
     let mut states = Vec::with_capacity(refs.len());
     for reference in &refs {
         let uid = str_at(reference, "/uid");
-        let state = match by_uid.get(uid) {
-            Some(owner) => state_of(&owner.obj),
+        let state = match owners.get(uid) {
+            Some(state) => *state,
             None => match owner_resource(reference) {
                 None => OwnerState::Alive,
                 Some(r) => {
@@ -461,7 +657,7 @@ async fn collect_dependent(
 }
 
 /// Removes an owner's GC finalizers once its dependents allow it; true if it wrote.
-async fn finish_owner(ctx: &Ctx, owner: &Obj, deps: &[(&Obj, &Value)]) -> Result<bool, ApiError> {
+async fn finish_owner(ctx: &Ctx, owner: &Obj, deps: &[Value]) -> Result<bool, ApiError> {
     let f = finalizers(&owner.obj);
     let mut remove: Vec<&str> = Vec::new();
     if f.contains(&ORPHAN_FINALIZER) && deps.is_empty() {
@@ -469,7 +665,7 @@ async fn finish_owner(ctx: &Ctx, owner: &Obj, deps: &[(&Obj, &Value)]) -> Result
     }
     let blocking = deps
         .iter()
-        .any(|(_, r)| r.get("blockOwnerDeletion").and_then(Value::as_bool) == Some(true));
+        .any(|r| r.get("blockOwnerDeletion").and_then(Value::as_bool) == Some(true));
     if f.contains(&FOREGROUND_FINALIZER) && !blocking {
         remove.push(FOREGROUND_FINALIZER);
     }

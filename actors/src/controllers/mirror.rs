@@ -107,6 +107,12 @@ impl<T: Send + Sync + 'static> Mirror<T> {
         (s.revision, s.items.values().cloned().collect())
     }
 
+    /// Whether any value satisfies `f` (no copy of the entries taken).
+    pub fn any(&self, f: impl Fn(&T) -> bool) -> bool {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.items.values().any(|e| f(&e.value))
+    }
+
     /// Resolves when the copy changes (or is first listed).
     pub async fn changed(&mut self) {
         if self.revision.changed().await.is_err() {

@@ -19,6 +19,7 @@
 //! the taint when gossip reports the node live. The taint keeps its `timeAdded` while the
 //! node stays unreachable, so the two writers never restart the pods' toleration clocks.
 
+use flotilla_api::At;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -132,7 +133,7 @@ pub fn evictions_allowed(total: usize, unreachable: usize) -> bool {
 pub fn eviction_due(pod: &Value, tainted_at: u64, default_toleration: Duration) -> Option<u64> {
     let taint = json!({"key": UNREACHABLE_TAINT, "effect": "NoExecute"});
     let tolerations = pod
-        .pointer("/spec/tolerations")
+        .at("/spec/tolerations")
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or(&[]);
@@ -171,14 +172,14 @@ fn pod_not_ready(pod: &Value) -> Option<Value> {
 }
 
 fn ready_condition(node: &Value) -> Option<&Value> {
-    node.pointer("/status/conditions")
+    node.at("/status/conditions")
         .and_then(Value::as_array)?
         .iter()
         .find(|c| str_at(c, "/type") == "Ready")
 }
 
 fn unreachable_taint(node: &Value) -> Option<&Value> {
-    node.pointer("/spec/taints")
+    node.at("/spec/taints")
         .and_then(Value::as_array)?
         .iter()
         .find(|t| str_at(t, "/key") == UNREACHABLE_TAINT && str_at(t, "/effect") == "NoExecute")
@@ -192,7 +193,7 @@ fn with_ready(node: &Value, status: &str, reason: &str, message: &str) -> Option
     let mut updated = node.clone();
     let now = now();
     let mut conditions: Vec<Value> = node
-        .pointer("/status/conditions")
+        .at("/status/conditions")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
@@ -222,7 +223,7 @@ fn with_taint(node: &Value, add: bool) -> Option<Value> {
         return None;
     }
     let mut taints: Vec<Value> = node
-        .pointer("/spec/taints")
+        .at("/spec/taints")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
@@ -564,7 +565,7 @@ mod tests {
         assert!(unreachable_taint(&tainted).is_some());
         assert!(with_taint(&tainted, true).is_none());
         let untainted = with_taint(&tainted, false).unwrap();
-        assert!(untainted.pointer("/spec/taints").is_none());
+        assert!(untainted.at("/spec/taints").is_none());
         let unknown = with_ready(&node, "Unknown", "NodeStatusUnknown", "m").unwrap();
         assert_eq!(
             str_at(ready_condition(&unknown).unwrap(), "/status"),

@@ -4,6 +4,7 @@
 //! go unscheduled first, then pending, not ready, newest. Status counts replicas,
 //! fullyLabeledReplicas, readyReplicas and availableReplicas (ready for minReadySeconds).
 
+use flotilla_api::At;
 use std::time::Duration;
 
 use flotilla_api::ApiError;
@@ -46,13 +47,13 @@ impl ReplicaSetController {
     }
 
     fn selector(&self, rs: &Value) -> Value {
-        let sel = rs.pointer("/spec/selector").cloned().unwrap_or(Value::Null);
+        let sel = rs.at("/spec/selector").cloned().unwrap_or(Value::Null);
         if self.kind == "ReplicationController" {
             // A plain map; empty means the template's labels.
             match sel.as_object() {
                 Some(m) if !m.is_empty() => map_selector(&sel),
                 _ => map_selector(
-                    rs.pointer("/spec/template/metadata/labels")
+                    rs.at("/spec/template/metadata/labels")
                         .unwrap_or(&Value::Null),
                 ),
             }
@@ -79,7 +80,7 @@ fn deletion_rank(
         _ => 2,
     };
     let restarts: i64 = pod
-        .pointer("/status/containerStatuses")
+        .at("/status/containerStatuses")
         .and_then(Value::as_array)
         .map(|cs| {
             cs.iter()
@@ -112,16 +113,10 @@ impl ReplicaSetController {
         let name = str_at(&rs, "/metadata/name").to_owned();
         let uid = str_at(&rs, "/metadata/uid").to_owned();
         let selector = self.selector(&rs);
-        let replicas = rs
-            .pointer("/spec/replicas")
-            .and_then(Value::as_u64)
-            .unwrap_or(1) as usize;
+        let replicas = rs.at("/spec/replicas").and_then(Value::as_u64).unwrap_or(1) as usize;
         let mut owned = Vec::new();
         for mut pod in ctx.list(&format!("/registry/core/pods/{ns}/")).await? {
-            let labels = pod
-                .pointer("/metadata/labels")
-                .cloned()
-                .unwrap_or(json!({}));
+            let labels = pod.at("/metadata/labels").cloned().unwrap_or(json!({}));
             let matches = selector_matches(&selector, &labels) && selector.is_object();
             match controller_uid(&pod) {
                 Some(owner) if owner == uid => {
@@ -233,14 +228,14 @@ impl ReplicaSetController {
     }
 
     fn pod_from_template(&self, rs: &Value) -> Value {
-        let template = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        let template = rs.at("/spec/template").cloned().unwrap_or(json!({}));
         let mut meta = json!({
             "generateName": format!("{}-", str_at(rs, "/metadata/name")),
             "namespace": str_at(rs, "/metadata/namespace"),
             "ownerReferences": [owner_ref(rs, self.api_version, self.kind)],
         });
         for field in ["labels", "annotations"] {
-            if let Some(v) = template.pointer(&format!("/metadata/{field}")) {
+            if let Some(v) = template.at(&format!("/metadata/{field}")) {
                 meta[field] = v.clone();
             }
         }
@@ -305,12 +300,12 @@ impl ReplicaSetController {
         fence: &Fence,
     ) -> Result<Option<Duration>, ApiError> {
         let min_ready = rs
-            .pointer("/spec/minReadySeconds")
+            .at("/spec/minReadySeconds")
             .and_then(Value::as_u64)
             .unwrap_or(0);
         let now = now_secs();
         let template_labels = rs
-            .pointer("/spec/template/metadata/labels")
+            .at("/spec/template/metadata/labels")
             .cloned()
             .unwrap_or(json!({}));
         let active: Vec<&Value> = owned.iter().filter(|p| is_active(p)).collect();
@@ -319,7 +314,7 @@ impl ReplicaSetController {
             .filter(|p| {
                 selector_matches(
                     &json!({"matchLabels": template_labels}),
-                    p.pointer("/metadata/labels").unwrap_or(&Value::Null),
+                    p.at("/metadata/labels").unwrap_or(&Value::Null),
                 )
             })
             .count();
@@ -333,10 +328,7 @@ impl ReplicaSetController {
         status["fullyLabeledReplicas"] = json!(fully);
         status["readyReplicas"] = json!(ready);
         status["availableReplicas"] = json!(available);
-        status["observedGeneration"] = rs
-            .pointer("/metadata/generation")
-            .cloned()
-            .unwrap_or(json!(1));
+        status["observedGeneration"] = rs.at("/metadata/generation").cloned().unwrap_or(json!(1));
         // A ready pod becomes available later: look again then.
         let again = (ready > available && min_ready > 0).then(|| Duration::from_secs(1));
         if rs.get("status") == Some(&status) {
@@ -385,7 +377,7 @@ impl Reconciler for ReplicaSetController {
     fn keys_for(&self, pod: &Value) -> Vec<String> {
         // A pod's controller; an orphan may be adopted by any set in its namespace, which the
         // periodic resync finds.
-        pod.pointer("/metadata/ownerReferences")
+        pod.at("/metadata/ownerReferences")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()

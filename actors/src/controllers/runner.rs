@@ -4,6 +4,7 @@
 //! owned, and when shard ownership changes; each key is reconciled from a fresh read, and
 //! requeued with backoff when it fails.
 
+use flotilla_api::At;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,10 +103,10 @@ pub trait Reconciler: Send + Sync + 'static {
 /// The key of an object: `namespace/name`, or `name` when cluster-scoped.
 pub fn key_of(obj: &Value) -> String {
     let name = obj
-        .pointer("/metadata/name")
+        .at("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or("");
-    match obj.pointer("/metadata/namespace").and_then(Value::as_str) {
+    match obj.at("/metadata/namespace").and_then(Value::as_str) {
         Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
         _ => name.to_owned(),
     }
@@ -113,7 +114,7 @@ pub fn key_of(obj: &Value) -> String {
 
 /// The controller-owner reference of an object, if it has one of `kind`.
 pub fn controller_of<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
-    obj.pointer("/metadata/ownerReferences")
+    obj.at("/metadata/ownerReferences")
         .and_then(Value::as_array)?
         .iter()
         .find(|o| {

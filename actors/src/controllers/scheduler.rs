@@ -17,6 +17,8 @@
 //! and a `FailedScheduling` event worded like Kubernetes'; it is retried whenever pods or
 //! nodes change.
 
+use flotilla_api::At;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,7 +69,7 @@ pub struct SchedulerConfig {
 /// What the scheduler reads, mirrored in memory from the store (parsed once per change).
 struct Views {
     pods: Mirror<PodEntry>,
-    nodes: Mirror<Value>,
+    nodes: Mirror<NodeEntry>,
     /// Allocation records: bindings counted per node.
     records: Mirror<u64>,
     claims: Mirror<Value>,
@@ -83,17 +85,131 @@ struct PodEntry {
     /// Its host ports and its controller's uid, worked out once too.
     ports: Vec<(String, i64)>,
     owner: Option<Arc<str>>,
+    /// The node it is bound to ("" while pending), and whether it has finished.
+    node_name: String,
+    terminal: bool,
+    /// Waiting for this scheduler: no node, `default-scheduler`, not being deleted.
+    pending: bool,
+    /// `namespace/name` (what its shard is picked by) and when it was created (queue order).
+    key: String,
+    created: String,
+    placement: Placement,
 }
 
 fn parse_pod(kv: &flotilla_consensus::KeyValue) -> Option<PodEntry> {
-    let pod = mirror::json(kv)?;
-    Some(PodEntry {
-        req: requests(&pod),
-        affinity: Arc::new(CountedPod::of(&pod)),
-        ports: host_ports(&pod),
-        owner: owner_uid(&pod).map(Arc::from),
-        pod,
-    })
+    Some(PodEntry::of(mirror::json(kv)?))
+}
+
+impl PodEntry {
+    fn of(pod: Value) -> PodEntry {
+        let node_name = str_at(&pod, "/spec/nodeName").to_owned();
+        let scheduler = str_at(&pod, "/spec/schedulerName");
+        PodEntry {
+            req: requests(&pod),
+            affinity: Arc::new(CountedPod::of(&pod)),
+            ports: host_ports(&pod),
+            owner: owner_uid(&pod).map(Arc::from),
+            pending: node_name.is_empty()
+                && (scheduler.is_empty() || scheduler == "default-scheduler")
+                && pod
+                    .at("/metadata/deletionTimestamp")
+                    .is_none_or(Value::is_null),
+            terminal: is_terminal(&pod),
+            node_name,
+            key: format!(
+                "{}/{}",
+                str_at(&pod, "/metadata/namespace"),
+                str_at(&pod, "/metadata/name")
+            ),
+            created: str_at(&pod, "/metadata/creationTimestamp").to_owned(),
+            placement: Placement::of(&pod),
+            pod,
+        }
+    }
+}
+
+/// A node as the filters see it, worked out once per change of the node (a pass asks each
+/// node about hundreds of pods).
+struct NodeEntry {
+    node: Value,
+    name: String,
+    unschedulable: bool,
+    /// Its NoSchedule and NoExecute taints (PreferNoSchedule does not filter).
+    hard_taints: Vec<Value>,
+    allocatable: Resources,
+}
+
+fn parse_node(kv: &flotilla_consensus::KeyValue) -> Option<NodeEntry> {
+    Some(NodeEntry::of(mirror::json(kv)?))
+}
+
+impl NodeEntry {
+    fn of(node: Value) -> NodeEntry {
+        NodeEntry {
+            name: str_at(&node, "/metadata/name").to_owned(),
+            unschedulable: node.at("/spec/unschedulable").and_then(Value::as_bool) == Some(true),
+            hard_taints: node
+                .at("/spec/taints")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|t| matches!(str_at(t, "/effect"), "NoSchedule" | "NoExecute"))
+                .cloned()
+                .collect(),
+            allocatable: allocatable(&node),
+            node,
+        }
+    }
+}
+
+/// A pod's node selection rules (nodeSelector, required node affinity, tolerations), taken
+/// out of its JSON once.
+#[derive(Default)]
+pub(crate) struct Placement {
+    node_selector: Vec<(String, Value)>,
+    required_terms: Option<Vec<Value>>,
+    tolerations: Vec<Value>,
+}
+
+impl Placement {
+    pub(crate) fn of(pod: &Value) -> Self {
+        Placement {
+            node_selector: pod
+                .at("/spec/nodeSelector")
+                .and_then(Value::as_object)
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+            required_terms: pod
+                .at("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
+                .and_then(Value::as_array)
+                .cloned(),
+            tolerations: pod
+                .at("/spec/tolerations")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// nodeSelector and required node affinity.
+    pub(crate) fn selects(&self, node: &Value) -> bool {
+        if !self.node_selector.is_empty() {
+            let labels = node.at("/metadata/labels").and_then(Value::as_object);
+            if !self
+                .node_selector
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            {
+                return false;
+            }
+        }
+        // Terms are ORed; the expressions of a term are ANDed.
+        self.required_terms.as_ref().is_none_or(|terms| {
+            terms
+                .iter()
+                .any(|term| affinity::node_selector_term_matches(term, node))
+        })
+    }
 }
 
 fn parse_count(kv: &flotilla_consensus::KeyValue) -> Option<u64> {
@@ -105,7 +221,7 @@ pub fn start(config: SchedulerConfig, mut shutdown: watch::Receiver<bool>) {
     let store = &config.store;
     let views = Views {
         pods: Mirror::start(store.clone(), PODS, parse_pod, shutdown.clone()),
-        nodes: Mirror::start(store.clone(), NODES, mirror::json, shutdown.clone()),
+        nodes: Mirror::start(store.clone(), NODES, parse_node, shutdown.clone()),
         records: Mirror::start(store.clone(), ALLOC_PREFIX, parse_count, shutdown.clone()),
         claims: Mirror::start(store.clone(), CLAIMS, mirror::json, shutdown.clone()),
         volumes: Mirror::start(store.clone(), VOLUMES, mirror::json, shutdown.clone()),
@@ -165,26 +281,26 @@ fn nodes_to_find(total: usize) -> usize {
 }
 
 fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
-    v.pointer(p).and_then(Value::as_str).unwrap_or("")
+    v.at(p).and_then(Value::as_str).unwrap_or("")
 }
 
 /// A pod's requests: the sum over its containers, or the largest init container's if more.
 fn requests(pod: &Value) -> Resources {
     let of = |c: &Value| Resources {
         cpu_milli: c
-            .pointer("/resources/requests/cpu")
+            .at("/resources/requests/cpu")
             .and_then(Value::as_str)
             .and_then(parse_quantity)
             .map_or(0, |v| (v * 1000.0).ceil() as i64),
         memory: c
-            .pointer("/resources/requests/memory")
+            .at("/resources/requests/memory")
             .and_then(Value::as_str)
             .and_then(parse_quantity)
             .map_or(0, |v| v as i64),
         pods: 0,
     };
     let list = |p: &str| {
-        pod.pointer(p)
+        pod.at(p)
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default()
@@ -220,7 +336,9 @@ impl Resources {
 /// What the scheduler knows of a node.
 struct NodeInfo {
     name: String,
-    node: std::sync::Arc<Value>,
+    facts: Arc<NodeEntry>,
+    /// Live and ready, as gossip sees it at the start of the pass.
+    live: bool,
     allocatable: Resources,
     used: Resources,
     host_ports: HashSet<(String, i64)>,
@@ -246,7 +364,7 @@ impl NodeInfo {
 
 fn allocatable(node: &Value) -> Resources {
     let q = |k: &str| {
-        node.pointer(&format!("/status/allocatable/{k}"))
+        node.at(&format!("/status/allocatable/{k}"))
             .and_then(Value::as_str)
             .and_then(parse_quantity)
     };
@@ -258,7 +376,7 @@ fn allocatable(node: &Value) -> Resources {
 }
 
 fn owner_uid(pod: &Value) -> Option<&str> {
-    pod.pointer("/metadata/ownerReferences")
+    pod.at("/metadata/ownerReferences")
         .and_then(Value::as_array)?
         .iter()
         .find(|o| o.get("controller").and_then(Value::as_bool) == Some(true))
@@ -268,7 +386,7 @@ fn owner_uid(pod: &Value) -> Option<&str> {
 fn host_ports(pod: &Value) -> Vec<(String, i64)> {
     let mut out = Vec::new();
     for c in pod
-        .pointer("/spec/containers")
+        .at("/spec/containers")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -322,26 +440,7 @@ pub(super) fn requirement_matches(req: &Value, labels: &serde_json::Map<String, 
 
 /// nodeSelector and required node affinity.
 pub(crate) fn selects(pod: &Value, node: &Value) -> bool {
-    let empty = serde_json::Map::new();
-    let labels = node
-        .pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .unwrap_or(&empty);
-    if let Some(sel) = pod.pointer("/spec/nodeSelector").and_then(Value::as_object)
-        && sel.iter().any(|(k, v)| labels.get(k) != Some(v))
-    {
-        return false;
-    }
-    let Some(terms) = pod
-        .pointer("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
-        .and_then(Value::as_array)
-    else {
-        return true;
-    };
-    // Terms are ORed; the expressions of a term are ANDed.
-    terms
-        .iter()
-        .any(|term| affinity::node_selector_term_matches(term, node))
+    Placement::of(pod).selects(node)
 }
 
 /// Whether `node` satisfies every required node affinity of the pod's bound volumes (each
@@ -367,13 +466,13 @@ fn pod_volume_terms(
     let ns = str_at(pod, "/metadata/namespace");
     let mut out = Vec::new();
     for v in pod
-        .pointer("/spec/volumes")
+        .at("/spec/volumes")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
     {
         let Some(claim) = v
-            .pointer("/persistentVolumeClaim/claimName")
+            .at("/persistentVolumeClaim/claimName")
             .and_then(Value::as_str)
         else {
             continue;
@@ -382,7 +481,7 @@ fn pod_volume_terms(
             return Err(format!("persistentvolumeclaim \"{claim}\" not found"));
         };
         if pvc
-            .pointer("/metadata/deletionTimestamp")
+            .at("/metadata/deletionTimestamp")
             .is_some_and(|t| !t.is_null())
         {
             return Err(format!(
@@ -396,7 +495,7 @@ fn pod_volume_terms(
         let Some(pv) = volumes.get(pv_name) else {
             return Err(format!("persistentvolume \"{pv_name}\" not found"));
         };
-        if let Some(terms) = pv.pointer("/spec/nodeAffinity/required/nodeSelectorTerms") {
+        if let Some(terms) = pv.at("/spec/nodeAffinity/required/nodeSelectorTerms") {
             out.push(terms.clone());
         }
     }
@@ -404,40 +503,30 @@ fn pod_volume_terms(
 }
 
 /// Why `node` cannot take `pod`, in the scheduler's words; `None` if it can.
-fn unfit(pod: &Value, req: &Resources, n: &NodeInfo, live: &HashSet<String>) -> Option<String> {
-    if !live.contains(&n.name) {
+fn unfit(pod: &PodEntry, n: &NodeInfo) -> Option<Cow<'static, str>> {
+    if !n.live {
         return Some("node(s) were not ready".into());
     }
-    if n.node
-        .pointer("/spec/unschedulable")
-        .and_then(Value::as_bool)
-        == Some(true)
-    {
+    if n.facts.unschedulable {
         return Some("node(s) were unschedulable".into());
     }
-    let tolerations = pod
-        .pointer("/spec/tolerations")
-        .and_then(Value::as_array)
-        .map_or(&[][..], Vec::as_slice);
-    for taint in n
-        .node
-        .pointer("/spec/taints")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let effect = str_at(taint, "/effect");
-        if (effect == "NoSchedule" || effect == "NoExecute") && !tolerates(tolerations, taint) {
-            return Some(format!(
-                "node(s) had untolerated taint {{{}: {}}}",
-                str_at(taint, "/key"),
-                str_at(taint, "/value")
-            ));
+    let placement = &pod.placement;
+    for taint in &n.facts.hard_taints {
+        if !tolerates(&placement.tolerations, taint) {
+            return Some(
+                format!(
+                    "node(s) had untolerated taint {{{}: {}}}",
+                    str_at(taint, "/key"),
+                    str_at(taint, "/value")
+                )
+                .into(),
+            );
         }
     }
-    if !selects(pod, &n.node) {
+    if !placement.selects(&n.facts.node) {
         return Some("node(s) didn't match Pod's node affinity/selector".into());
     }
+    let req = &pod.req;
     if n.used.pods + 1 > n.allocatable.pods {
         return Some("Too many pods".into());
     }
@@ -447,7 +536,7 @@ fn unfit(pod: &Value, req: &Resources, n: &NodeInfo, live: &HashSet<String>) -> 
     if req.memory > 0 && n.used.memory + req.memory > n.allocatable.memory {
         return Some("Insufficient memory".into());
     }
-    if !n.host_ports.is_empty() && host_ports(pod).iter().any(|p| n.host_ports.contains(p)) {
+    if !n.host_ports.is_empty() && pod.ports.iter().any(|p| n.host_ports.contains(p)) {
         return Some("node(s) didn't have free ports for the requested pod ports".into());
     }
     None
@@ -457,8 +546,7 @@ fn unfit(pod: &Value, req: &Resources, n: &NodeInfo, live: &HashSet<String>) -> 
 /// memory and pod slots after placing it, balanced allocation, preferred node affinity,
 /// inter-pod affinity, and the pods of its controller already there.
 fn score(
-    pod: &Value,
-    req: &Resources,
+    entry: &PodEntry,
     n: &NodeInfo,
     preferred: Option<&Vec<Value>>,
     pod_affinity: Option<&PodAffinityState>,
@@ -470,6 +558,7 @@ fn score(
             (alloc - used) as f64 / alloc as f64
         }
     };
+    let req = &entry.req;
     let cpu = n.used.cpu_milli + req.cpu_milli;
     let memory = n.used.memory + req.memory;
     let least = (free(n.allocatable.cpu_milli, cpu)
@@ -484,14 +573,17 @@ fn score(
                 [n.allocatable.cpu_milli, n.allocatable.memory],
             )
         }),
-        node_affinity: preferred.map_or(0, |t| affinity::preferred_node_score(t, &n.node)),
-        inter_pod: pod_affinity.map_or(0, |a| a.score(&n.node)),
-        same_owner: owner_uid(pod).map(|o| n.owners.get(o).copied().unwrap_or(0)),
+        node_affinity: preferred.map_or(0, |t| affinity::preferred_node_score(t, &n.facts.node)),
+        inter_pod: pod_affinity.map_or(0, |a| a.score(&n.facts.node)),
+        same_owner: entry
+            .owner
+            .as_ref()
+            .map(|o| n.owners.get(o).copied().unwrap_or(0)),
     }
 }
 
 /// Kubernetes' summary: "0/3 nodes are available: 1 Insufficient cpu, 2 Too many pods."
-fn summary(total: usize, reasons: &BTreeMap<String, usize>) -> String {
+fn summary(total: usize, reasons: &BTreeMap<Cow<'static, str>, usize>) -> String {
     let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
     if parts.is_empty() {
         return format!("0/{total} nodes are available.");
@@ -513,17 +605,8 @@ async fn pass(
         return Ok(());
     }
     let began = std::time::Instant::now();
-    let (_, pod_entries) = views.pods.values();
-    let is_pending = |pod: &Value| {
-        let scheduler = str_at(pod, "/spec/schedulerName");
-        str_at(pod, "/spec/nodeName").is_empty()
-            && (scheduler.is_empty() || scheduler == "default-scheduler")
-            && pod
-                .pointer("/metadata/deletionTimestamp")
-                .is_none_or(Value::is_null)
-    };
     // Most wake-ups are status changes of running pods: nothing to place, nothing to do.
-    if !pod_entries.iter().any(|e| is_pending(&e.value.pod)) {
+    if !views.pods.any(|e| e.pending) {
         return Ok(());
     }
     // Records first, then pods that include every binding the records count (a binding
@@ -543,17 +626,18 @@ async fn pass(
     let mut nodes: Vec<NodeInfo> = node_entries
         .into_iter()
         .map(|e| {
-            let node = e.value;
-            let name = str_at(&node, "/metadata/name").to_owned();
+            let facts = e.value;
+            let name = facts.name.clone();
             NodeInfo {
-                allocatable: allocatable(&node),
+                live: live.contains(&name),
+                allocatable: facts.allocatable,
                 used: Resources::default(),
                 host_ports: HashSet::new(),
                 owners: HashMap::new(),
                 pods: PodsOnNode::default(),
                 record: records.get(&name).copied().unwrap_or((0, 0)),
                 name,
-                node,
+                facts,
             }
         })
         .collect();
@@ -578,40 +662,30 @@ async fn pass(
         if k % YIELD_EVERY == YIELD_EVERY - 1 {
             tokio::task::yield_now().await;
         }
-        let pod = &entry.value.pod;
-        let bound = str_at(pod, "/spec/nodeName");
-        if !bound.is_empty() {
-            if let Some(&i) = index.get(bound)
-                && !is_terminal(pod)
+        let e = &entry.value;
+        if !e.node_name.is_empty() {
+            if let Some(&i) = index.get(&e.node_name)
+                && !e.terminal
             {
-                nodes[i].account(&entry.value);
+                nodes[i].account(e);
             }
             continue;
         }
-        if !is_pending(pod) {
+        if !e.pending {
             continue;
         }
-        let key = format!(
-            "{}/{}",
-            str_at(pod, "/metadata/namespace"),
-            str_at(pod, "/metadata/name")
-        );
-        let shard = config.shards.shard_of(&key);
+        let shard = config.shards.shard_of(&e.key);
         if owned.contains_key(&shard) {
             pending.push((entry, shard));
         }
     }
     let mut plan: BTreeMap<usize, NodeBatch> = BTreeMap::new();
+    let mut nodes_need_namespace_labels = nodes.iter().any(|n| n.pods.need_namespace_labels());
     // Read only once a term with a namespaceSelector needs them.
     let mut namespaces: Option<NamespaceLabels> = None;
     let mut feasible: Vec<(usize, RawScore)> = Vec::with_capacity(nodes.len());
     // Oldest first, as a queue would.
-    pending.sort_by(|a, b| {
-        fn at(e: &mirror::Entry<PodEntry>) -> &str {
-            str_at(&e.value.pod, "/metadata/creationTimestamp")
-        }
-        at(&a.0).cmp(at(&b.0))
-    });
+    pending.sort_by(|a, b| a.0.value.created.cmp(&b.0.value.created));
     let to_find = nodes_to_find(nodes.len());
     // Above 100 nodes (where the search is a sample anyway) each daemon searches its own
     // share of the nodes first, picked by rendezvous hashing, so daemons binding at once
@@ -630,9 +704,7 @@ async fn pass(
         let Some(fence) = config.shards.fence(shard) else {
             continue;
         };
-        let PodEntry {
-            pod, req, affinity, ..
-        } = &*entry.value;
+        let PodEntry { pod, affinity, .. } = &*entry.value;
         let volume_terms = match pod_volume_terms(pod, &claims, &volumes) {
             Ok(t) => t,
             Err(why) => {
@@ -642,8 +714,7 @@ async fn pass(
             }
         };
         if namespaces.is_none()
-            && (affinity.needs_namespace_labels()
-                || nodes.iter().any(|n| n.pods.need_namespace_labels()))
+            && (affinity.needs_namespace_labels() || nodes_need_namespace_labels)
         {
             let kvs = config
                 .store
@@ -659,13 +730,13 @@ async fn pass(
         // earlier in this pass included).
         let pod_affinity = PodAffinityState::prepare(
             affinity,
-            nodes.iter().map(|n| (&*n.node, &n.pods)),
+            nodes.iter().map(|n| (&n.facts.node, &n.pods)),
             namespaces.as_ref().unwrap_or(&NamespaceLabels::default()),
         );
         let preferred = affinity::preferred_node_terms(pod);
         // Like kube-scheduler, stop once enough feasible nodes were found, and start the
         // next pod's search where this one stopped (every node gets its turn).
-        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        let mut reasons: BTreeMap<Cow<'static, str>, usize> = BTreeMap::new();
         feasible.clear();
         let mut searched = 0;
         'search: for (list, own) in [(&home, true), (&away, false)] {
@@ -680,20 +751,22 @@ async fn pass(
                     list[k]
                 };
                 let n = &nodes[i];
-                let why = if volumes_allow(&volume_terms, &n.node) {
-                    unfit(pod, req, n, &live).or_else(|| {
+                let why = if volume_terms.is_empty() || volumes_allow(&volume_terms, &n.facts.node)
+                {
+                    unfit(&entry.value, n).or_else(|| {
                         pod_affinity
                             .as_ref()
-                            .and_then(|a| a.unfit(&n.node))
-                            .map(str::to_owned)
+                            .and_then(|a| a.unfit(&n.facts.node))
+                            .map(Cow::Borrowed)
                     })
                 } else {
-                    Some("node(s) had volume node affinity conflict".to_owned())
+                    Some("node(s) had volume node affinity conflict".into())
                 };
                 match why {
                     Some(r) => *reasons.entry(r).or_default() += 1,
                     None => {
-                        feasible.push((i, score(pod, req, n, preferred, pod_affinity.as_ref())));
+                        feasible
+                            .push((i, score(&entry.value, n, preferred, pod_affinity.as_ref())));
                         if feasible.len() >= to_find {
                             break 'search;
                         }
@@ -710,6 +783,7 @@ async fn pass(
         };
         // Placed in memory now, so the next pods see this one's requests; written below.
         nodes[i].account(&entry.value);
+        nodes_need_namespace_labels |= affinity.needs_namespace_labels();
         let batch = plan.entry(i).or_default();
         if !batch.1.contains(&fence) {
             batch.1.push(fence);
@@ -812,7 +886,7 @@ async fn pass(
 /// per distinct reason (the pass runs often).
 async fn unschedulable(config: &SchedulerConfig, pod: &Value, message: &str, fence: Compare) {
     let current = pod
-        .pointer("/status/conditions")
+        .at("/status/conditions")
         .and_then(Value::as_array)
         .and_then(|cs| cs.iter().find(|c| str_at(c, "/type") == "PodScheduled"));
     if current.is_some_and(|c| str_at(c, "/message") == message) {
@@ -828,7 +902,7 @@ async fn unschedulable(config: &SchedulerConfig, pod: &Value, message: &str, fen
     );
     let mut updated = pod.clone();
     let mut conditions: Vec<Value> = pod
-        .pointer("/status/conditions")
+        .at("/status/conditions")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
@@ -918,10 +992,11 @@ mod tests {
         let node = json!({"metadata": {"name": "n1", "labels": {"disk": "ssd", "zone": "a"}},
             "spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]},
             "status": {"allocatable": {"cpu": "2", "memory": "1Gi", "pods": "110"}}});
-        let info = NodeInfo {
+        let mut info = NodeInfo {
             name: "n1".into(),
             allocatable: allocatable(&node),
-            node: std::sync::Arc::new(node),
+            facts: Arc::new(NodeEntry::of(node)),
+            live: true,
             used: Resources {
                 cpu_milli: 1500,
                 memory: 0,
@@ -932,7 +1007,6 @@ mod tests {
             pods: PodsOnNode::default(),
             record: (0, 0),
         };
-        let live = HashSet::from(["n1".to_owned()]);
         let tolerant = json!([{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]);
         let pod = |extra: Value| {
             let mut p = json!({"spec": {"tolerations": tolerant, "containers": [{"name": "c", "resources": {"requests": {"cpu": "250m"}}}]}});
@@ -944,21 +1018,21 @@ mod tests {
             p
         };
         let ok = pod(json!({}));
-        assert_eq!(unfit(&ok, &requests(&ok), &info, &live), None);
+        assert_eq!(unfit(&PodEntry::of(ok.clone()), &info), None);
         let untolerated = json!({"spec": {"containers": []}});
         assert_eq!(
-            unfit(&untolerated, &requests(&untolerated), &info, &live).unwrap(),
+            unfit(&PodEntry::of(untolerated.clone()), &info).unwrap(),
             "node(s) had untolerated taint {dedicated: db}"
         );
         let big =
             pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "600m"}}}]}));
         assert_eq!(
-            unfit(&big, &requests(&big), &info, &live).unwrap(),
+            unfit(&PodEntry::of(big.clone()), &info).unwrap(),
             "Insufficient cpu"
         );
         let hdd = pod(json!({"nodeSelector": {"disk": "hdd"}}));
         assert!(
-            unfit(&hdd, &requests(&hdd), &info, &live)
+            unfit(&PodEntry::of(hdd.clone()), &info)
                 .unwrap()
                 .contains("affinity/selector")
         );
@@ -967,20 +1041,21 @@ mod tests {
             {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]},
             {"matchExpressions": [{"key": "disk", "operator": "Exists"}]}]}}}}),
         );
-        assert_eq!(unfit(&affine, &requests(&affine), &info, &live), None);
+        assert_eq!(unfit(&PodEntry::of(affine.clone()), &info), None);
         let port = pod(
             json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 8080}]}]}),
         );
         assert!(
-            unfit(&port, &requests(&port), &info, &live)
+            unfit(&PodEntry::of(port.clone()), &info)
                 .unwrap()
                 .contains("free ports")
         );
+        info.live = false;
         assert_eq!(
-            unfit(&ok, &requests(&ok), &info, &HashSet::new()).unwrap(),
+            unfit(&PodEntry::of(ok.clone()), &info).unwrap(),
             "node(s) were not ready"
         );
-        let reasons = BTreeMap::from([("Insufficient cpu".to_owned(), 3)]);
+        let reasons = BTreeMap::from([("Insufficient cpu".into(), 3)]);
         assert_eq!(
             summary(3, &reasons),
             "0/3 nodes are available: 3 Insufficient cpu."

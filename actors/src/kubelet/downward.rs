@@ -1,6 +1,7 @@
 //! The downward API: pod fields (`fieldRef`) and container resources (`resourceFieldRef`) as
 //! env values and volume files, with Kubernetes' formatting and rounding.
 
+use flotilla_api::At;
 use serde_json::Value;
 
 /// What the kubelet knows about a pod beyond its stored object.
@@ -14,20 +15,15 @@ pub struct PodFacts<'a> {
 /// The value of a `fieldRef.fieldPath`. Whole label and annotation maps are formatted as
 /// Kubernetes writes them into downwardAPI volume files: `key="value"` lines, sorted.
 pub fn field_value(pod: &Value, facts: &PodFacts, path: &str) -> Result<String, String> {
-    let text = |p: &str| {
-        pod.pointer(p)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned()
-    };
+    let text = |p: &str| pod.at(p).and_then(Value::as_str).unwrap_or("").to_owned();
     // The pod's own address, or the node's when it shares the node's network.
     let pod_ip = facts.pod_ip.unwrap_or(facts.host_ip).to_owned();
     Ok(match path {
         "metadata.name" => text("/metadata/name"),
         "metadata.namespace" => text("/metadata/namespace"),
         "metadata.uid" => text("/metadata/uid"),
-        "metadata.labels" => format_map(pod.pointer("/metadata/labels")),
-        "metadata.annotations" => format_map(pod.pointer("/metadata/annotations")),
+        "metadata.labels" => format_map(pod.at("/metadata/labels")),
+        "metadata.annotations" => format_map(pod.at("/metadata/annotations")),
         "spec.nodeName" => facts.node_name.to_owned(),
         "spec.serviceAccountName" => text("/spec/serviceAccountName"),
         "status.hostIP" | "status.hostIPs" => facts.host_ip.to_owned(),
@@ -44,7 +40,7 @@ pub fn field_value(pod: &Value, facts: &PodFacts, path: &str) -> Result<String, 
                 .strip_prefix("['")
                 .and_then(|k| k.strip_suffix("']"))
                 .ok_or_else(|| format!("unsupported fieldRef {other:?}"))?;
-            pod.pointer(&format!("/metadata/{map}"))
+            pod.at(&format!("/metadata/{map}"))
                 .and_then(|m| m.get(key))
                 .and_then(Value::as_str)
                 .unwrap_or("")
@@ -93,7 +89,7 @@ pub fn resource_value(
     }
     let quantity = |section: &str| {
         container
-            .pointer(&format!("/resources/{section}/{name}"))
+            .at(&format!("/resources/{section}/{name}"))
             .and_then(quantity_text)
     };
     let set = match kind {

@@ -11,6 +11,7 @@
 //!
 //! Pods on the host network need nothing: the container's port is the node's port.
 
+use flotilla_api::At;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -54,7 +55,7 @@ pub fn host_ports(pod: &Value, node_ip: &str) -> (Vec<HostPort>, Vec<String>) {
     let mut errors = Vec::new();
     let containers = ["/spec/initContainers", "/spec/containers"]
         .iter()
-        .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
+        .filter_map(|p| pod.at(p).and_then(Value::as_array))
         .flatten();
     for c in containers {
         for p in c

@@ -17,6 +17,7 @@
 //! `Released` (`Retain`). As with Kubernetes' pvc-protection, nothing is removed while a pod
 //! still names the claim.
 
+use flotilla_api::At;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,7 +38,7 @@ const RECLAIM_EVERY: Duration = Duration::from_secs(3);
 const DEFAULT_SIZE: &str = "1Gi";
 
 fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
-    v.pointer(p).and_then(Value::as_str).unwrap_or("")
+    v.at(p).and_then(Value::as_str).unwrap_or("")
 }
 
 async fn get(store: &Store, key: &str) -> Result<Option<Value>, String> {
@@ -65,7 +66,7 @@ fn pv_key(name: &str) -> String {
 /// None when it has no such term (any node).
 pub fn pv_nodes(pv: &Value) -> Option<Vec<String>> {
     let terms = pv
-        .pointer("/spec/nodeAffinity/required/nodeSelectorTerms")
+        .at("/spec/nodeAffinity/required/nodeSelectorTerms")
         .and_then(Value::as_array)?;
     let mut out = Vec::new();
     for term in terms {
@@ -102,7 +103,7 @@ fn pv_path(pv: &Value) -> Option<PathBuf> {
 /// The class a claim asks for: its `storageClassName`, or the default class when unset
 /// (`""` means "no class": only a PV named in `volumeName` can satisfy it).
 async fn class_of(store: &Store, pvc: &Value) -> Result<Option<Value>, String> {
-    let name = match pvc.pointer("/spec/storageClassName") {
+    let name = match pvc.at("/spec/storageClassName") {
         Some(Value::String(s)) if s.is_empty() => return Ok(None),
         Some(Value::String(s)) => s.clone(),
         _ => {
@@ -119,7 +120,7 @@ async fn class_of(store: &Store, pvc: &Value) -> Result<Option<Value>, String> {
                 .iter()
                 .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
                 .find(|c| {
-                    c.pointer("/metadata/annotations")
+                    c.at("/metadata/annotations")
                         .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
                         .and_then(Value::as_str)
                         == Some("true")
@@ -140,7 +141,7 @@ async fn class_of(store: &Store, pvc: &Value) -> Result<Option<Value>, String> {
 /// The PV this node provisions for `pvc`.
 fn local_pv(pvc: &Value, class: &Value, node: &str, path: &Path) -> Value {
     let size = pvc
-        .pointer("/spec/resources/requests/storage")
+        .at("/spec/resources/requests/storage")
         .and_then(Value::as_str)
         .unwrap_or(DEFAULT_SIZE);
     json!({
@@ -153,7 +154,7 @@ fn local_pv(pvc: &Value, class: &Value, node: &str, path: &Path) -> Value {
         },
         "spec": {
             "capacity": {"storage": size},
-            "accessModes": pvc.pointer("/spec/accessModes").cloned().unwrap_or(json!(["ReadWriteOnce"])),
+            "accessModes": pvc.at("/spec/accessModes").cloned().unwrap_or(json!(["ReadWriteOnce"])),
             "persistentVolumeReclaimPolicy": class.get("reclaimPolicy").and_then(Value::as_str).unwrap_or("Delete"),
             "storageClassName": str_at(class, "/metadata/name"),
             "volumeMode": "Filesystem",
@@ -203,7 +204,7 @@ pub async fn claim_path(
         return Err(format!("persistentvolumeclaim {claim:?} not found"));
     };
     if pvc
-        .pointer("/metadata/deletionTimestamp")
+        .at("/metadata/deletionTimestamp")
         .is_some_and(|t| !t.is_null())
     {
         return Err(format!("persistentvolumeclaim {claim:?} is being deleted"));
@@ -336,8 +337,8 @@ async fn finish_binding(store: &Store, pvc: &Value, pv: &Value) -> Result<(), St
     if str_at(&pvc, "/status/phase") != "Bound" {
         pvc["status"] = json!({
             "phase": "Bound",
-            "accessModes": pv.pointer("/spec/accessModes").cloned().unwrap_or(json!([])),
-            "capacity": pv.pointer("/spec/capacity").cloned().unwrap_or(json!({})),
+            "accessModes": pv.at("/spec/accessModes").cloned().unwrap_or(json!([])),
+            "capacity": pv.at("/spec/capacity").cloned().unwrap_or(json!({})),
         });
         internal::replace(
             store,
@@ -379,12 +380,12 @@ async fn reclaim(store: &Store, node: &str) -> Result<(), String> {
         };
         pv["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
         let ours = pv
-            .pointer("/metadata/annotations")
+            .at("/metadata/annotations")
             .and_then(|a| a.get(PROVISIONED_BY))
             .and_then(Value::as_str)
             == Some(LOCAL_PROVISIONER)
             && pv_nodes(&pv).is_some_and(|n| n.iter().any(|n| n == node));
-        if !ours || pv.pointer("/spec/claimRef").is_none() {
+        if !ours || pv.at("/spec/claimRef").is_none() {
             continue;
         }
         let ns = str_at(&pv, "/spec/claimRef/namespace").to_owned();
@@ -462,7 +463,7 @@ async fn claim_in_use(store: &Store, ns: &str, claim: &str) -> Result<bool, Stri
         };
         !matches!(str_at(&pod, "/status/phase"), "Succeeded" | "Failed")
             && pod
-                .pointer("/spec/volumes")
+                .at("/spec/volumes")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()

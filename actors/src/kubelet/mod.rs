@@ -25,6 +25,7 @@ mod status;
 mod volumes;
 mod worker;
 
+use flotilla_api::At;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -101,7 +102,7 @@ impl Actor for Kubelet {
             if let (Some(pod), Some(me)) = (self.desired.get(&uid).cloned(), me.upgrade()) {
                 tracing::warn!(pod = %uid, reason = %reason, "pod worker died; starting a new one");
                 let node = pod
-                    .pointer("/spec/nodeName")
+                    .at("/spec/nodeName")
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_owned();
@@ -151,7 +152,7 @@ pub struct PodChanged(pub Value);
 pub struct PodGone(pub String);
 
 fn pod_uid(pod: &Value) -> Option<String> {
-    pod.pointer("/metadata/uid")
+    pod.at("/metadata/uid")
         .and_then(Value::as_str)
         .map(str::to_owned)
 }
@@ -164,7 +165,7 @@ impl Message<PodChanged> for Kubelet {
         self.desired.insert(uid.clone(), msg.0.clone());
         let node = msg
             .0
-            .pointer("/spec/nodeName")
+            .at("/spec/nodeName")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
@@ -203,7 +204,7 @@ impl Kubelet {
 }
 
 fn bound_here(pod: &Value, config: &KubeletConfig) -> bool {
-    pod.pointer("/spec/nodeName")
+    pod.at("/spec/nodeName")
         .and_then(Value::as_str)
         .is_some_and(|n| n == config.node_name || config.hosted.contains(n))
 }

@@ -2,6 +2,7 @@
 //! order, containers with their restart policy and CrashLoopBackOff), handles graceful
 //! deletion, and writes the pod's status when it changes.
 
+use flotilla_api::At;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -89,7 +90,7 @@ pub struct PodWorker {
 fn tick_for(containers_change: bool, pod: &Value) -> Duration {
     let mut containers = ["/spec/containers", "/spec/initContainers"]
         .iter()
-        .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
+        .filter_map(|p| pod.at(p).and_then(Value::as_array))
         .flatten();
     let probes = containers.any(|c| {
         ["livenessProbe", "readinessProbe", "startupProbe"]
@@ -97,7 +98,7 @@ fn tick_for(containers_change: bool, pod: &Value) -> Duration {
             .any(|k| c.get(k).is_some())
     });
     let refreshed = pod
-        .pointer("/spec/volumes")
+        .at("/spec/volumes")
         .and_then(Value::as_array)
         .is_some_and(|vs| {
             vs.iter().any(|v| {
@@ -162,7 +163,7 @@ impl PodWorker {
         }
         let Some(pod) = self.pod.clone() else { return };
         if pod
-            .pointer("/metadata/deletionTimestamp")
+            .at("/metadata/deletionTimestamp")
             .is_some_and(|t| !t.is_null())
         {
             self.terminate(&pod).await;
@@ -184,7 +185,7 @@ impl PodWorker {
         self.publish_host_ports(&pod).await;
         self.refresh_volumes(&pod).await;
         let restart_policy = pod
-            .pointer("/spec/restartPolicy")
+            .at("/spec/restartPolicy")
             .and_then(Value::as_str)
             .unwrap_or("Always")
             .to_owned();
@@ -234,7 +235,7 @@ impl PodWorker {
             pod_ip: self.sandbox.as_ref().and_then(|(_, ip)| ip.clone()),
             host_ip: &self.config.host_ip,
             start_time: &self.start_time,
-            qos: pod.pointer("/status/qosClass").cloned(),
+            qos: pod.at("/status/qosClass").cloned(),
             previous: pod.get("status"),
         };
         let status = pod_status(&view, &rfc3339(SystemTime::now()));
@@ -250,7 +251,7 @@ impl PodWorker {
         // that have reported a container are looked up: listing every container for each new
         // pod made starting many pods quadratic.
         let ran_before = pod
-            .pointer("/status/containerStatuses")
+            .at("/status/containerStatuses")
             .and_then(Value::as_array)
             .is_some_and(|cs| cs.iter().any(|c| c.get("containerID").is_some()));
         if ran_before
@@ -277,11 +278,11 @@ impl PodWorker {
             namespace: str_at(pod, "/metadata/namespace"),
             name: name_of(pod),
             hostname: pod
-                .pointer("/spec/hostname")
+                .at("/spec/hostname")
                 .and_then(Value::as_str)
                 .map(str::to_owned)
                 .unwrap_or_else(|| name_of(pod)),
-            domain: match pod.pointer("/spec/subdomain").and_then(Value::as_str) {
+            domain: match pod.at("/spec/subdomain").and_then(Value::as_str) {
                 Some(sub) if !sub.is_empty() => format!(
                     "{sub}.{}.svc.{CLUSTER_DOMAIN}",
                     str_at(pod, "/metadata/namespace")
@@ -289,7 +290,7 @@ impl PodWorker {
                 _ => String::new(),
             },
             host_network: pod
-                .pointer("/spec/hostNetwork")
+                .at("/spec/hostNetwork")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             dir,
@@ -773,7 +774,7 @@ impl PodWorker {
     /// remove the pod object.
     async fn terminate(&mut self, pod: &Value) {
         let grace = Duration::from_secs(
-            pod.pointer("/metadata/deletionGracePeriodSeconds")
+            pod.at("/metadata/deletionGracePeriodSeconds")
                 .and_then(Value::as_u64)
                 .unwrap_or(30),
         );
@@ -833,8 +834,8 @@ impl PodWorker {
         if let Ok(got) = self.config.store.get(&key, Read::Linearizable).await
             && let Some(kv) = got.kv
             && let Ok(current) = serde_json::from_slice::<Value>(&kv.value)
-            && current.pointer("/metadata/uid").and_then(Value::as_str) == Some(self.uid.as_str())
-            && current.pointer("/metadata/deletionTimestamp").is_some()
+            && current.at("/metadata/uid").and_then(Value::as_str) == Some(self.uid.as_str())
+            && current.at("/metadata/deletionTimestamp").is_some()
         {
             let _ = self
                 .config
@@ -901,7 +902,7 @@ impl PodWorker {
             let Ok(mut current) = serde_json::from_slice::<Value>(&kv.value) else {
                 return;
             };
-            if current.pointer("/metadata/uid").and_then(Value::as_str) != Some(self.uid.as_str()) {
+            if current.at("/metadata/uid").and_then(Value::as_str) != Some(self.uid.as_str()) {
                 return;
             }
             current["status"] = status.clone();
@@ -940,7 +941,7 @@ impl PodWorker {
                 .and_then(Value::as_array)
                 .is_some_and(|cs| {
                     cs.iter().any(|c| {
-                        c.pointer("/state/waiting/reason").and_then(Value::as_str)
+                        c.at("/state/waiting/reason").and_then(Value::as_str)
                             == Some("ContainerCreating")
                     })
                 })
@@ -968,7 +969,7 @@ impl Message<Desired> for PodWorker {
                 .get("status")
                 .filter(|s| s.get("containerStatuses").is_some())
                 .cloned();
-            if let Some(t) = msg.0.pointer("/status/startTime").and_then(Value::as_str) {
+            if let Some(t) = msg.0.at("/status/startTime").and_then(Value::as_str) {
                 self.start_time = t.to_owned();
             }
         }
@@ -1012,14 +1013,14 @@ impl Message<Removed> for PodWorker {
 }
 
 fn list(v: &Value, pointer: &str) -> Vec<Value> {
-    v.pointer(pointer)
+    v.at(pointer)
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default()
 }
 
 fn str_at(v: &Value, pointer: &str) -> String {
-    v.pointer(pointer)
+    v.at(pointer)
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned()
@@ -1032,7 +1033,7 @@ fn name_of(pod: &Value) -> String {
 /// `terminationGracePeriodSeconds` (Kubernetes' default 30 s).
 fn grace_of(pod: &Value) -> Duration {
     Duration::from_secs(
-        pod.pointer("/spec/terminationGracePeriodSeconds")
+        pod.at("/spec/terminationGracePeriodSeconds")
             .and_then(Value::as_u64)
             .unwrap_or(30),
     )
@@ -1041,7 +1042,7 @@ fn grace_of(pod: &Value) -> Duration {
 /// Memory, CPU (millicores) and pid limits from `resources.limits`.
 fn limits_of(spec: &Value) -> Limits {
     let get = |k: &str| {
-        spec.pointer(&format!("/resources/limits/{k}"))
+        spec.at(&format!("/resources/limits/{k}"))
             .and_then(Value::as_str)
             .and_then(parse_quantity)
     };

@@ -1,6 +1,7 @@
 //! What a container is made from: its env (values, ConfigMap/Secret keys, the downward
 //! API) and the pod's volumes on the host, kept up to date while the pod runs.
 
+use flotilla_api::At;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::time::Instant;
@@ -24,7 +25,7 @@ impl PodWorker {
         attempt: u32,
     ) -> Result<ContainerConfig, String> {
         let strings = |p: &str| -> Vec<String> {
-            spec.pointer(p)
+            spec.at(p)
                 .and_then(Value::as_array)
                 .map(|a| {
                     a.iter()
@@ -204,7 +205,7 @@ impl PodWorker {
         let key = format!("/registry/core/nodes/{}", self.config.node_name);
         let kv = self.config.store.get(&key, Read::Local).await.ok()?.kv?;
         let node: Value = serde_json::from_slice(&kv.value).ok()?;
-        node.pointer("/status/allocatable").cloned()
+        node.at("/status/allocatable").cloned()
     }
 
     /// `data` of a ConfigMap or Secret (Secret values decoded), or None if absent.
@@ -410,11 +411,10 @@ impl PodWorker {
                     read_only: true,
                 }
             } else {
-                let memory =
-                    v.pointer("/emptyDir/medium").and_then(Value::as_str) == Some("Memory");
+                let memory = v.at("/emptyDir/medium").and_then(Value::as_str) == Some("Memory");
                 if memory {
                     let size = v
-                        .pointer("/emptyDir/sizeLimit")
+                        .at("/emptyDir/sizeLimit")
                         .and_then(Value::as_str)
                         .and_then(downward::parse_nanos)
                         .and_then(|n| u64::try_from(n / 1_000_000_000).ok())
