@@ -331,6 +331,13 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         args.hollow_nodes,
         shutdown_rx.clone(),
     ));
+    // One parsed watch of the registry, shared by this node's kubelet, scheduler and
+    // controllers.
+    let feed = flotilla_actors::controllers::feed::Feed::start(
+        store.clone(),
+        "/registry/",
+        shutdown_rx.clone(),
+    );
     let mut process_runtime = None;
     let runtime: Option<Arc<dyn flotilla_actors::runtime::Runtime>> = match args.runtime.as_str() {
         "sim" => Some(Arc::new(flotilla_actors::runtime::sim::SimRuntime::new(
@@ -375,6 +382,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             volumes_dir: args.data_dir.join("volumes"),
             runtime,
             store: store.clone(),
+            feed: feed.clone(),
         };
         let mut shutdown = shutdown_rx.clone();
         // Pods start once the node is registered and so knows its pod CIDR.
@@ -427,6 +435,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     flotilla_actors::controllers::start(
         &args.name,
         store.clone(),
+        feed,
         flotilla_actors::controllers::ControllerConfig {
             shard_count: args.controller_shards,
             default_unreachable_toleration: Duration::from_secs(

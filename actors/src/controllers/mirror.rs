@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use flotilla_consensus::{EventKind, KeyValue, Read, Store};
 use futures::StreamExt;
+use serde_json::Value;
 use tokio::sync::watch;
+
+use super::feed::{Feed, Message};
 
 /// One key's parsed value and its mod revision.
 pub struct Entry<T> {
@@ -77,6 +80,91 @@ impl<T: Send + Sync + 'static> Mirror<T> {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     _ = shutdown.changed() => return,
                 }
+            }
+        });
+        Mirror {
+            state,
+            revision: rx,
+        }
+    }
+
+    /// Like `start`, for a prefix the node's registry feed covers: the changes come from the
+    /// feed, already parsed (a node parses each change once, not once per mirror). `parse`
+    /// gets the stored object.
+    pub fn on_feed(
+        store: Store,
+        feed: &Feed,
+        prefix: &'static str,
+        parse: fn(&Arc<Value>) -> Option<T>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Mirror<T> {
+        let state = Arc::new(Mutex::new(State {
+            revision: 0,
+            items: HashMap::new(),
+        }));
+        let (tx, rx) = watch::channel(0);
+        let shared = state.clone();
+        // Subscribed before listing: every change after the list's revision arrives here.
+        let mut changes = feed.subscribe();
+        tokio::spawn(async move {
+            let mut listed_at = None;
+            loop {
+                if listed_at.is_none() {
+                    listed_at = tokio::select! {
+                        l = list_parsed(&store, prefix, parse, &shared, &tx) => l,
+                        _ = shutdown.changed() => return,
+                    };
+                    if listed_at.is_none() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                            _ = shutdown.changed() => return,
+                        }
+                    }
+                }
+                let message = tokio::select! {
+                    m = changes.next() => m,
+                    _ = shutdown.changed() => return,
+                };
+                let batch = match message {
+                    Some(Message::Changes(batch)) => batch,
+                    // Changes may have been missed: list again.
+                    Some(Message::Restart) => {
+                        listed_at = None;
+                        continue;
+                    }
+                    None => return,
+                };
+                let from = listed_at.unwrap_or(0);
+                // Parsed outside the lock: readers never wait.
+                let parsed: Vec<(&str, Option<Entry<T>>, u64)> = batch
+                    .iter()
+                    .filter(|c| c.revision > from)
+                    .filter_map(|c| {
+                        let key = c.key.strip_prefix(prefix)?;
+                        let entry = match (c.kind, &c.obj) {
+                            (EventKind::Put, Some(obj)) => parse(obj).map(|v| Entry {
+                                value: Arc::new(v),
+                                mod_revision: c.revision,
+                            }),
+                            _ => None,
+                        };
+                        Some((key, entry, c.revision))
+                    })
+                    .collect();
+                let Some(last) = parsed.last().map(|p| p.2) else {
+                    continue;
+                };
+                {
+                    let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    for (key, entry, _) in parsed {
+                        match entry {
+                            Some(e) => s.items.insert(key.to_owned(), e),
+                            None => s.items.remove(key),
+                        };
+                    }
+                    s.revision = last;
+                }
+                tx.send_replace(last);
             }
         });
         Mirror {
@@ -194,6 +282,52 @@ async fn follow<T>(
         }
         tx.send_replace(last);
     }
+}
+
+/// Lists `prefix` into the copy (for `on_feed`); the list's revision, `None` if the store
+/// could not be read.
+async fn list_parsed<T>(
+    store: &Store,
+    prefix: &'static str,
+    parse: fn(&Arc<Value>) -> Option<T>,
+    state: &Mutex<State<T>>,
+    tx: &watch::Sender<u64>,
+) -> Option<u64> {
+    let list = store
+        .range(prefix, usize::MAX, Read::Linearizable)
+        .await
+        .ok()?;
+    let mut items = HashMap::with_capacity(list.kvs.len());
+    for (i, kv) in list.kvs.iter().enumerate() {
+        // A long list is parsed in steps: the node's other tasks (Raft) share these threads.
+        if i % 512 == 511 {
+            tokio::task::yield_now().await;
+        }
+        let Some(value) = serde_json::from_slice::<Value>(&kv.value)
+            .ok()
+            .map(Arc::new)
+            .and_then(|v| parse(&v))
+        else {
+            continue;
+        };
+        let Some(key) = kv.key.get(prefix.len()..) else {
+            continue;
+        };
+        items.insert(
+            key.to_owned(),
+            Entry {
+                value: Arc::new(value),
+                mod_revision: kv.mod_revision,
+            },
+        );
+    }
+    {
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        s.items = items;
+        s.revision = list.revision;
+    }
+    tx.send_replace(list.revision);
+    Some(list.revision)
 }
 
 /// A stored JSON object, parsed.

@@ -47,6 +47,7 @@ pub struct ControllerConfig {
 pub fn start(
     node: &str,
     store: Store,
+    feed: feed::Feed,
     config: ControllerConfig,
     members: shards::Members,
     live: shards::Members,
@@ -72,12 +73,13 @@ pub fn start(
             shards: shards.clone(),
             live: live.clone(),
             members,
+            feed: feed.clone(),
         },
         shutdown.clone(),
     );
     let ctx = Arc::new(runner::Ctx {
         node: node.to_owned(),
-        feed: feed::Feed::start(store.clone(), "/registry/", shutdown.clone()),
+        feed,
         store,
         shards: shards.clone(),
     });

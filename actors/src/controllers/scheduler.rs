@@ -31,6 +31,7 @@ use tokio::sync::watch;
 
 use super::affinity::{self, CountedPod, NamespaceLabels, PodAffinityState, PodsOnNode};
 use super::common::toleration_matches;
+use super::feed::Feed;
 use super::mirror::{self, Mirror};
 use super::scoring::{self, RawScore};
 use super::shards::{Members, Shards};
@@ -64,6 +65,8 @@ pub struct SchedulerConfig {
     pub live: Members,
     /// The node daemons that schedule (they own shards).
     pub members: Members,
+    /// The node's parsed registry feed, which the mirrors follow.
+    pub feed: Feed,
 }
 
 /// What the scheduler reads, mirrored in memory from the store (parsed once per change).
@@ -78,7 +81,7 @@ struct Views {
 
 /// A stored pod and its requests (worked out once per change, not once per pass).
 struct PodEntry {
-    pod: Value,
+    pod: Arc<Value>,
     req: Resources,
     /// What inter-pod affinity needs of it, shared by every pass that counts it on a node.
     affinity: Arc<CountedPod>,
@@ -96,12 +99,12 @@ struct PodEntry {
     placement: Placement,
 }
 
-fn parse_pod(kv: &flotilla_consensus::KeyValue) -> Option<PodEntry> {
-    Some(PodEntry::of(mirror::json(kv)?))
+fn parse_pod(pod: &Arc<Value>) -> Option<PodEntry> {
+    Some(PodEntry::of(pod.clone()))
 }
 
 impl PodEntry {
-    fn of(pod: Value) -> PodEntry {
+    fn of(pod: Arc<Value>) -> PodEntry {
         let node_name = str_at(&pod, "/spec/nodeName").to_owned();
         let scheduler = str_at(&pod, "/spec/schedulerName");
         PodEntry {
@@ -131,7 +134,7 @@ impl PodEntry {
 /// A node as the filters see it, worked out once per change of the node (a pass asks each
 /// node about hundreds of pods).
 struct NodeEntry {
-    node: Value,
+    node: Arc<Value>,
     name: String,
     unschedulable: bool,
     /// Its NoSchedule and NoExecute taints (PreferNoSchedule does not filter).
@@ -139,12 +142,12 @@ struct NodeEntry {
     allocatable: Resources,
 }
 
-fn parse_node(kv: &flotilla_consensus::KeyValue) -> Option<NodeEntry> {
-    Some(NodeEntry::of(mirror::json(kv)?))
+fn parse_node(node: &Arc<Value>) -> Option<NodeEntry> {
+    Some(NodeEntry::of(node.clone()))
 }
 
 impl NodeEntry {
-    fn of(node: Value) -> NodeEntry {
+    fn of(node: Arc<Value>) -> NodeEntry {
         NodeEntry {
             name: str_at(&node, "/metadata/name").to_owned(),
             unschedulable: node.at("/spec/unschedulable").and_then(Value::as_bool) == Some(true),
@@ -219,12 +222,17 @@ fn parse_count(kv: &flotilla_consensus::KeyValue) -> Option<u64> {
 /// Starts the scheduler loop; it stops with `shutdown`.
 pub fn start(config: SchedulerConfig, mut shutdown: watch::Receiver<bool>) {
     let store = &config.store;
+    let feed = &config.feed;
+    // Claims and volumes are few and change seldom.
+    fn copy(v: &Arc<Value>) -> Option<Value> {
+        Some(Value::clone(v))
+    }
     let views = Views {
-        pods: Mirror::start(store.clone(), PODS, parse_pod, shutdown.clone()),
-        nodes: Mirror::start(store.clone(), NODES, parse_node, shutdown.clone()),
+        pods: Mirror::on_feed(store.clone(), feed, PODS, parse_pod, shutdown.clone()),
+        nodes: Mirror::on_feed(store.clone(), feed, NODES, parse_node, shutdown.clone()),
         records: Mirror::start(store.clone(), ALLOC_PREFIX, parse_count, shutdown.clone()),
-        claims: Mirror::start(store.clone(), CLAIMS, mirror::json, shutdown.clone()),
-        volumes: Mirror::start(store.clone(), VOLUMES, mirror::json, shutdown.clone()),
+        claims: Mirror::on_feed(store.clone(), feed, CLAIMS, copy, shutdown.clone()),
+        volumes: Mirror::on_feed(store.clone(), feed, VOLUMES, copy, shutdown.clone()),
     };
     tokio::spawn(async move {
         let mut shards = config.shards.clone();
@@ -730,7 +738,7 @@ async fn pass(
         // earlier in this pass included).
         let pod_affinity = PodAffinityState::prepare(
             affinity,
-            nodes.iter().map(|n| (&n.facts.node, &n.pods)),
+            nodes.iter().map(|n| (&*n.facts.node, &n.pods)),
             namespaces.as_ref().unwrap_or(&NamespaceLabels::default()),
         );
         let preferred = affinity::preferred_node_terms(pod);
@@ -788,7 +796,7 @@ async fn pass(
         if !batch.1.contains(&fence) {
             batch.1.push(fence);
         }
-        batch.0.push((pod.clone(), entry.mod_revision));
+        batch.0.push((Value::clone(pod), entry.mod_revision));
     }
     let store = &config.store;
     // One transaction per node, comparing its allocation record once for all its pods; the
@@ -995,7 +1003,7 @@ mod tests {
         let mut info = NodeInfo {
             name: "n1".into(),
             allocatable: allocatable(&node),
-            facts: Arc::new(NodeEntry::of(node)),
+            facts: Arc::new(NodeEntry::of(Arc::new(node))),
             live: true,
             used: Resources {
                 cpu_milli: 1500,
@@ -1018,21 +1026,21 @@ mod tests {
             p
         };
         let ok = pod(json!({}));
-        assert_eq!(unfit(&PodEntry::of(ok.clone()), &info), None);
+        assert_eq!(unfit(&PodEntry::of(Arc::new(ok.clone())), &info), None);
         let untolerated = json!({"spec": {"containers": []}});
         assert_eq!(
-            unfit(&PodEntry::of(untolerated.clone()), &info).unwrap(),
+            unfit(&PodEntry::of(Arc::new(untolerated.clone())), &info).unwrap(),
             "node(s) had untolerated taint {dedicated: db}"
         );
         let big =
             pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "600m"}}}]}));
         assert_eq!(
-            unfit(&PodEntry::of(big.clone()), &info).unwrap(),
+            unfit(&PodEntry::of(Arc::new(big.clone())), &info).unwrap(),
             "Insufficient cpu"
         );
         let hdd = pod(json!({"nodeSelector": {"disk": "hdd"}}));
         assert!(
-            unfit(&PodEntry::of(hdd.clone()), &info)
+            unfit(&PodEntry::of(Arc::new(hdd.clone())), &info)
                 .unwrap()
                 .contains("affinity/selector")
         );
@@ -1041,18 +1049,18 @@ mod tests {
             {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]},
             {"matchExpressions": [{"key": "disk", "operator": "Exists"}]}]}}}}),
         );
-        assert_eq!(unfit(&PodEntry::of(affine.clone()), &info), None);
+        assert_eq!(unfit(&PodEntry::of(Arc::new(affine.clone())), &info), None);
         let port = pod(
             json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 8080}]}]}),
         );
         assert!(
-            unfit(&PodEntry::of(port.clone()), &info)
+            unfit(&PodEntry::of(Arc::new(port.clone())), &info)
                 .unwrap()
                 .contains("free ports")
         );
         info.live = false;
         assert_eq!(
-            unfit(&PodEntry::of(ok.clone()), &info).unwrap(),
+            unfit(&PodEntry::of(Arc::new(ok.clone())), &info).unwrap(),
             "node(s) were not ready"
         );
         let reasons = BTreeMap::from([("Insufficient cpu".into(), 3)]);

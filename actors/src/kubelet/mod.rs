@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_consensus::{EventKind, Read, Store, StoreError};
-use futures::StreamExt;
 use std::ops::ControlFlow;
 
 use kameo::Actor;
@@ -42,6 +41,7 @@ use kameo::message::{Context, Message};
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::controllers::feed::{Feed, Message as FeedMessage};
 use crate::runtime::Runtime;
 pub use worker::{PodWorker, parse_quantity};
 
@@ -61,6 +61,9 @@ pub struct KubeletConfig {
     pub volumes_dir: PathBuf,
     pub runtime: Arc<dyn Runtime>,
     pub store: Store,
+    /// The node's parsed registry feed: pod changes come from it rather than from a watch
+    /// of the kubelet's own (which would parse every pod change, and its previous value, again).
+    pub feed: Feed,
 }
 
 /// Keeps a pod worker per pod bound to this node, and supervises them: a worker that dies
@@ -243,6 +246,8 @@ async fn list_and_watch(
     kubelet: &ActorRef<Kubelet>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
+    // Subscribed before listing: every change after the list's revision arrives here.
+    let mut changes = config.feed.subscribe();
     let listed = config
         .store
         .range(PODS_PREFIX, usize::MAX, Read::Linearizable)
@@ -260,33 +265,36 @@ async fn list_and_watch(
     }
     // Pods deleted while this node was down: their workers find no pod and clean up.
     let _ = kubelet.tell(ReconcileKnown(here)).await;
-    let mut events = config.store.watch(PODS_PREFIX, listed.revision + 1)?;
     loop {
-        let batch = tokio::select! {
-            b = events.next() => b,
+        let message = tokio::select! {
+            m = changes.next() => m,
             _ = shutdown.changed() => return Ok(()),
         };
-        let Some(batch) = batch else {
-            return Err(StoreError::Unavailable("pod watch closed".into()));
+        let batch = match message {
+            Some(FeedMessage::Changes(batch)) => batch,
+            Some(FeedMessage::Restart) => {
+                return Err(StoreError::Unavailable("registry feed restarted".into()));
+            }
+            None => return Err(StoreError::Unavailable("registry feed closed".into())),
         };
-        for event in batch? {
-            let pod = with_rv(&event.kv.value, event.kv.mod_revision);
-            let was_here = event
-                .prev
-                .as_ref()
-                .and_then(|p| serde_json::from_slice::<Value>(&p.value).ok())
-                .is_some_and(|p| bound_here(&p, config));
-            match (event.kind, pod) {
-                (EventKind::Put, Some(pod)) if bound_here(&pod, config) => {
+        for c in batch
+            .iter()
+            .filter(|c| c.revision > listed.revision && c.key.starts_with(PODS_PREFIX))
+        {
+            let was_here = c.prev.as_deref().is_some_and(|p| bound_here(p, config));
+            match (c.kind, c.obj.as_deref()) {
+                (EventKind::Put, Some(pod)) if bound_here(pod, config) => {
+                    let mut pod = pod.clone();
+                    pod["metadata"]["resourceVersion"] = Value::String(c.revision.to_string());
                     let _ = kubelet.tell(PodChanged(pod)).await;
                 }
                 (EventKind::Put, Some(pod)) if was_here => {
-                    if let Some(uid) = pod_uid(&pod) {
+                    if let Some(uid) = pod_uid(pod) {
                         let _ = kubelet.tell(PodGone(uid)).await;
                     }
                 }
-                (EventKind::Delete, Some(pod)) if bound_here(&pod, config) => {
-                    if let Some(uid) = pod_uid(&pod) {
+                (EventKind::Delete, Some(pod)) if bound_here(pod, config) => {
+                    if let Some(uid) = pod_uid(pod) {
                         let _ = kubelet.tell(PodGone(uid)).await;
                     }
                 }
@@ -392,6 +400,7 @@ mod tests {
                 volumes_dir: dir.path().join("volumes"),
                 runtime: runtime.clone(),
                 store: store.clone(),
+                feed: Feed::start(store.clone(), "/registry/", shutdown.clone()),
             },
             shutdown,
         );
