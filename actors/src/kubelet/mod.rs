@@ -73,7 +73,7 @@ pub struct Kubelet {
     config: KubeletConfig,
     workers: HashMap<String, ActorRef<PodWorker>>,
     /// The last desired state of each pod with a worker.
-    desired: HashMap<String, Value>,
+    desired: HashMap<String, Arc<Value>>,
     /// Which pod each linked worker serves.
     serving: HashMap<ActorId, String>,
 }
@@ -150,7 +150,7 @@ impl Kubelet {
 }
 
 /// A pod bound to this node was created or changed (the stored JSON, with resourceVersion).
-pub struct PodChanged(pub Value);
+pub struct PodChanged(pub Arc<Value>);
 /// A pod left this node: deleted from the store, or bound elsewhere.
 pub struct PodGone(pub String);
 
@@ -165,7 +165,7 @@ impl Message<PodChanged> for Kubelet {
 
     async fn handle(&mut self, msg: PodChanged, ctx: &mut Context<Self, ()>) {
         let Some(uid) = pod_uid(&msg.0) else { return };
-        self.desired.insert(uid.clone(), msg.0.clone());
+        self.desired.insert(uid.clone(), Arc::clone(&msg.0));
         let node = msg
             .0
             .at("/spec/nodeName")
@@ -260,7 +260,7 @@ async fn list_and_watch(
             if let Some(uid) = pod_uid(&pod) {
                 here.insert(uid);
             }
-            let _ = kubelet.tell(PodChanged(pod)).await;
+            let _ = kubelet.tell(PodChanged(Arc::new(pod))).await;
         }
     }
     // Pods deleted while this node was down: their workers find no pod and clean up.
@@ -286,7 +286,7 @@ async fn list_and_watch(
                 (EventKind::Put, Some(pod)) if bound_here(pod, config) => {
                     let mut pod = pod.clone();
                     pod["metadata"]["resourceVersion"] = Value::String(c.revision.to_string());
-                    let _ = kubelet.tell(PodChanged(pod)).await;
+                    let _ = kubelet.tell(PodChanged(Arc::new(pod))).await;
                 }
                 (EventKind::Put, Some(pod)) if was_here => {
                     if let Some(uid) = pod_uid(pod) {

@@ -41,7 +41,7 @@ const VOLUME_REFRESH: Duration = Duration::from_secs(2);
 const MIN_GRACE_AFTER_HOOK: Duration = Duration::from_secs(2);
 
 /// The pod's latest desired state.
-pub struct Desired(pub Value);
+pub struct Desired(pub Arc<Value>);
 /// The pod is gone from this node: tear down and stop.
 pub struct Removed;
 /// Periodic resync.
@@ -888,20 +888,36 @@ impl PodWorker {
         {
             return;
         }
-        let Some(pod) = &self.pod else { return };
+        let Some(pod) = self.pod.clone() else { return };
         let key = format!(
             "/registry/core/pods/{}/{}",
-            str_at(pod, "/metadata/namespace"),
-            name_of(pod)
+            str_at(&pod, "/metadata/namespace"),
+            name_of(&pod)
         );
-        for _ in 0..5 {
-            let Ok(got) = self.config.store.get(&key, Read::Linearizable).await else {
-                return;
+        for attempt in 0..5 {
+            // First onto the pod as last seen (usually the latest: no read needed), then,
+            // after a conflict, onto a fresh read.
+            let seen = pod
+                .at("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .and_then(|rv| rv.parse::<u64>().ok());
+            let (mut current, mod_revision) = match seen {
+                Some(rv) if attempt == 0 => (Value::clone(&pod), rv),
+                _ => {
+                    let Ok(got) = self.config.store.get(&key, Read::Linearizable).await else {
+                        return;
+                    };
+                    let Some(kv) = got.kv else { return };
+                    let Ok(current) = serde_json::from_slice::<Value>(&kv.value) else {
+                        return;
+                    };
+                    (current, kv.mod_revision)
+                }
             };
-            let Some(kv) = got.kv else { return };
-            let Ok(mut current) = serde_json::from_slice::<Value>(&kv.value) else {
-                return;
-            };
+            if let Some(m) = current["metadata"].as_object_mut() {
+                // Not part of the stored object (the API sets it from the mod revision).
+                m.remove("resourceVersion");
+            }
             if current.at("/metadata/uid").and_then(Value::as_str) != Some(self.uid.as_str()) {
                 return;
             }
@@ -916,7 +932,7 @@ impl PodWorker {
                     compare: vec![Compare::ModRevision {
                         key: key.clone(),
                         op: CmpOp::Equal,
-                        revision: kv.mod_revision,
+                        revision: mod_revision,
                     }],
                     success: vec![Op::Put {
                         key: key.clone(),
@@ -981,7 +997,16 @@ impl Message<Desired> for PodWorker {
             .as_millis() as u64,
             Ordering::Relaxed,
         );
-        self.pod = Some(Arc::new(msg.0));
+        // The echo of this worker's own status write changes nothing it acts on: no sync.
+        let echo = self
+            .pod
+            .as_deref()
+            .is_some_and(|p| same_but_status(p, &msg.0))
+            && msg.0.get("status") == self.last_status.as_ref();
+        self.pod = Some(msg.0);
+        if echo {
+            return;
+        }
         self.sync().await;
         self.resync_soon(ctx);
     }
@@ -1010,6 +1035,29 @@ impl Message<Removed> for PodWorker {
         }
         ctx.stop();
     }
+}
+
+/// Whether two versions of a pod differ at most in status and resourceVersion.
+fn same_but_status(a: &Value, b: &Value) -> bool {
+    if a.get("spec") != b.get("spec") {
+        return false;
+    }
+    let (Some(ma), Some(mb)) = (
+        a.get("metadata").and_then(Value::as_object),
+        b.get("metadata").and_then(Value::as_object),
+    ) else {
+        return false;
+    };
+    let others = |m: &serde_json::Map<String, Value>| {
+        m.iter()
+            .filter(|(k, _)| k.as_str() != "resourceVersion")
+            .count()
+    };
+    others(ma) == others(mb)
+        && ma
+            .iter()
+            .filter(|(k, _)| k.as_str() != "resourceVersion")
+            .all(|(k, v)| mb.get(k) == Some(v))
 }
 
 fn list(v: &Value, pointer: &str) -> Vec<Value> {
