@@ -5,8 +5,9 @@
 //! taints are honoured; a pod that fits nowhere stays Pending with Kubernetes' reason and is
 //! placed when the cluster changes; required pod anti-affinity spreads a Deployment one per
 //! node and keeps a fourth replica Pending, required pod affinity follows its pod, and
-//! preferred node affinity steers pods; after a node is SIGKILLed, its shards move and new pods
-//! land on the live nodes.
+//! preferred node affinity steers pods; topologySpreadConstraints balance pods over zones and
+//! keep a pod Pending where no node has the topology key; after a node is SIGKILLed, its shards
+//! move and new pods land on the live nodes.
 
 use std::collections::BTreeMap;
 
@@ -300,6 +301,7 @@ async fn pods_are_scheduled_spread_fenced_and_rescheduled_when_the_cluster_chang
     )
     .await;
     affinity(&k).await;
+    topology_spread(&k).await;
 
     // node-3 dies: once gossip says so, the scheduler leaves it out (its shards moved to the
     // live nodes), and new pods go to the live nodes only.
@@ -456,4 +458,73 @@ async fn affinity(k: &Kubectl) {
     .await
     .unwrap();
     k.ok(0, &["delete", "deployment", "preferring"], None).await;
+}
+
+async fn topology_spread(k: &Kubectl) {
+    // Zone a: node-1 and node-2; zone b: node-3.
+    for (node, zone) in [("node-1", "a"), ("node-2", "a"), ("node-3", "b")] {
+        k.ok(
+            0,
+            &[
+                "label",
+                "nodes",
+                node,
+                &format!("topology.kubernetes.io/zone={zone}"),
+            ],
+            None,
+        )
+        .await;
+    }
+    // One at a time (so no two shards place them at the same moment, which a zone-wide
+    // constraint does not fence): maxSkew 1 over two zones ends 2 and 2, so node-3, alone in
+    // zone b, takes two though the least-allocated score alone would spread them 1/1/2 or so.
+    let spread = "topologySpreadConstraints: [{maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: zoned}}}]";
+    for i in 0..4 {
+        let name = format!("zoned-{i}");
+        k.ok(
+            0,
+            &["apply", "-f", "-"],
+            Some(&pod(&name, spread).replace("app: sched", "app: zoned")),
+        )
+        .await;
+        eventually(CONVERGE, "a zoned pod bound", || async {
+            let placed = placements(k, &name).await;
+            anyhow::ensure!(placed.values().any(|n| !n.is_empty()), "{placed:?}");
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+    let placed = placements(k, "zoned-").await;
+    assert_eq!(
+        placed.values().filter(|n| *n == "node-3").count(),
+        2,
+        "{placed:?}"
+    );
+    // No node has the key: Pending, in kube-scheduler's words.
+    let rack = "topologySpreadConstraints: [{maxSkew: 1, topologyKey: example.com/rack, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: zoned}}}]";
+    k.ok(
+        0,
+        &["apply", "-f", "-"],
+        Some(&pod("unracked", rack).replace("app: sched", "app: zoned")),
+    )
+    .await;
+    eventually(CONVERGE, "the unracked pod pending", || async {
+        let (_, out, _) = k.run(1, &["describe", "pod", "unracked"], None).await;
+        anyhow::ensure!(
+            out.contains("0/3 nodes are available: 3 node(s) didn't match pod topology spread constraints (missing required label)."),
+            "{out}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    k.ok(
+        0,
+        &[
+            "delete", "pod", "unracked", "zoned-0", "zoned-1", "zoned-2", "zoned-3",
+        ],
+        None,
+    )
+    .await;
 }

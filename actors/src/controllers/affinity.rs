@@ -110,7 +110,7 @@ enum Requirement {
 
 /// A parsed `metav1.LabelSelector`.
 #[derive(Debug, Clone)]
-struct Selector {
+pub(crate) struct Selector {
     requirements: Vec<Requirement>,
     /// Missing or malformed: matches no pod (Kubernetes' `labels.Nothing()`).
     nothing: bool,
@@ -122,7 +122,7 @@ impl Selector {
         nothing: true,
     };
 
-    fn parse(v: Option<&Value>) -> Selector {
+    pub(crate) fn parse(v: Option<&Value>) -> Selector {
         let Some(v) = v.filter(|v| !v.is_null()) else {
             return Selector::NOTHING;
         };
@@ -168,7 +168,16 @@ impl Selector {
         }
     }
 
-    fn matches(&self, labels: &Labels) -> bool {
+    /// Adds `key In (value)` (what `matchLabelKeys` merges in); nothing for a selector that
+    /// matches nothing anyway.
+    pub(crate) fn require_in(&mut self, key: &str, value: &str) {
+        if !self.nothing {
+            self.requirements
+                .push(Requirement::In(key.to_owned(), vec![value.to_owned()]));
+        }
+    }
+
+    pub(crate) fn matches(&self, labels: &Labels) -> bool {
         if self.nothing {
             return false;
         }
@@ -370,6 +379,14 @@ impl CountedPod {
         }
     }
 
+    pub(crate) fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub(crate) fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
     /// Whether its terms need namespaces' labels (a namespaceSelector other than `{}`).
     pub(crate) fn needs_namespace_labels(&self) -> bool {
         self.terms
@@ -401,6 +418,10 @@ impl PodsOnNode {
 
     pub(crate) fn need_namespace_labels(&self) -> bool {
         self.with_namespace_selectors > 0
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &CountedPod> {
+        self.pods.iter().map(|p| &**p)
     }
 }
 

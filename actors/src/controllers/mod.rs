@@ -19,6 +19,7 @@ pub mod runner;
 pub mod scheduler;
 mod scoring;
 pub mod shards;
+mod spread;
 pub mod statefulset;
 
 use std::sync::Arc;

@@ -35,6 +35,7 @@ use super::feed::Feed;
 use super::mirror::{self, Mirror};
 use super::scoring::{self, RawScore};
 use super::shards::{Members, Shards};
+use super::spread::{self, Constraint, SpreadNode, SpreadState};
 use crate::kubelet::parse_quantity;
 
 pub(crate) const ALLOC_PREFIX: &str = "/flotilla/alloc/";
@@ -97,6 +98,8 @@ struct PodEntry {
     key: String,
     created: String,
     placement: Placement,
+    /// Its own topologySpreadConstraints.
+    spread: Vec<Constraint>,
 }
 
 fn parse_pod(pod: &Arc<Value>) -> Option<PodEntry> {
@@ -126,6 +129,7 @@ impl PodEntry {
             ),
             created: str_at(&pod, "/metadata/creationTimestamp").to_owned(),
             placement: Placement::of(&pod),
+            spread: spread::constraints_of(&pod),
             pod,
         }
     }
@@ -558,6 +562,7 @@ fn score(
     n: &NodeInfo,
     preferred: Option<&Vec<Value>>,
     pod_affinity: Option<&PodAffinityState>,
+    spread: Option<&SpreadState>,
 ) -> RawScore {
     let free = |alloc: i64, used: i64| {
         if alloc <= 0 {
@@ -583,10 +588,13 @@ fn score(
         }),
         node_affinity: preferred.map_or(0, |t| affinity::preferred_node_score(t, &n.facts.node)),
         inter_pod: pod_affinity.map_or(0, |a| a.score(&n.facts.node)),
+        // A pod with constraints of its own is spread by them alone.
         same_owner: entry
             .owner
             .as_ref()
+            .filter(|_| spread.is_none())
             .map(|o| n.owners.get(o).copied().unwrap_or(0)),
+        topology_spread: spread.and_then(|s| s.score(&n.facts.node)),
     }
 }
 
@@ -741,6 +749,21 @@ async fn pass(
             nodes.iter().map(|n| (&*n.facts.node, &n.pods)),
             namespaces.as_ref().unwrap_or(&NamespaceLabels::default()),
         );
+        let placement = &entry.value.placement;
+        let spread = SpreadState::prepare(
+            affinity,
+            &entry.value.spread,
+            nodes.iter().map(|n| SpreadNode {
+                node: &n.facts.node,
+                pods: &n.pods,
+                selected: placement.selects(&n.facts.node),
+                tolerated: n
+                    .facts
+                    .hard_taints
+                    .iter()
+                    .all(|t| tolerates(&placement.tolerations, t)),
+            }),
+        );
         let preferred = affinity::preferred_node_terms(pod);
         // Like kube-scheduler, stop once enough feasible nodes were found, and start the
         // next pod's search where this one stopped (every node gets its turn).
@@ -761,20 +784,35 @@ async fn pass(
                 let n = &nodes[i];
                 let why = if volume_terms.is_empty() || volumes_allow(&volume_terms, &n.facts.node)
                 {
-                    unfit(&entry.value, n).or_else(|| {
-                        pod_affinity
-                            .as_ref()
-                            .and_then(|a| a.unfit(&n.facts.node))
-                            .map(Cow::Borrowed)
-                    })
+                    unfit(&entry.value, n)
+                        .or_else(|| {
+                            pod_affinity
+                                .as_ref()
+                                .and_then(|a| a.unfit(&n.facts.node))
+                                .map(Cow::Borrowed)
+                        })
+                        .or_else(|| {
+                            spread
+                                .as_ref()
+                                .and_then(|s| s.unfit(&n.facts.node))
+                                .map(Cow::Borrowed)
+                        })
                 } else {
                     Some("node(s) had volume node affinity conflict".into())
                 };
                 match why {
                     Some(r) => *reasons.entry(r).or_default() += 1,
                     None => {
-                        feasible
-                            .push((i, score(&entry.value, n, preferred, pod_affinity.as_ref())));
+                        feasible.push((
+                            i,
+                            score(
+                                &entry.value,
+                                n,
+                                preferred,
+                                pod_affinity.as_ref(),
+                                spread.as_ref(),
+                            ),
+                        ));
                         if feasible.len() >= to_find {
                             break 'search;
                         }

@@ -18,6 +18,9 @@ pub(crate) struct RawScore {
     pub inter_pod: i64,
     /// Pods of the same controller already on the node; `None` for a pod without one.
     pub same_owner: Option<i64>,
+    /// The pod's own soft topology spread constraints' sum (see `spread`); when present, it
+    /// replaces spreading by owner.
+    pub topology_spread: Option<f64>,
 }
 
 const MAX: f64 = 100.0;
@@ -57,8 +60,10 @@ pub(crate) fn best(feasible: &[(usize, RawScore)]) -> Option<usize> {
     // that fewer is better.
     let spread_weight = (feasible.len() as f64 + 2.0).ln();
     let spread_raw = |s: &RawScore| {
-        s.same_owner
-            .map(|c| c as f64 * spread_weight + SPREAD_MAX_SKEW - 1.0)
+        s.topology_spread.or_else(|| {
+            s.same_owner
+                .map(|c| c as f64 * spread_weight + SPREAD_MAX_SKEW - 1.0)
+        })
     };
     let spread = min_max_f(feasible.iter().filter_map(|(_, s)| spread_raw(s)));
     let mut best: Option<(f64, usize)> = None;
