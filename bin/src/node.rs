@@ -214,14 +214,29 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         max_frame_bytes: 64 * 1024 * 1024,
         ..RpcLimits::default()
     };
-    let rpc = RpcEndpoint::bind(
-        SocketAddr::new(args.bind_addr, args.rpc_port),
-        &identity,
-        faults.clone(),
-        limits,
-    )
-    .await
-    .context("binding the RPC port")?;
+    // Raft, the QUIC transport and gossip get a runtime (one worker thread) of their own.
+    // Under load the main runtime's run queue holds thousands of ready tasks (API requests,
+    // kubelets, controllers, the scheduler); a heartbeat or vote queued behind them cost the
+    // leader its lease and the failure detector its accuracy. Leaked: it lives as long as the
+    // process, and a runtime must not be dropped from async code.
+    let consensus = Box::leak(Box::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("flotilla-consensus")
+            .enable_all()
+            .build()
+            .context("starting the consensus runtime")?,
+    ))
+    .handle()
+    .clone();
+    let rpc = {
+        let (identity, faults) = (identity.clone(), faults.clone());
+        let addr = SocketAddr::new(args.bind_addr, args.rpc_port);
+        consensus
+            .spawn(async move { RpcEndpoint::bind(addr, &identity, faults, limits).await })
+            .await?
+            .context("binding the RPC port")?
+    };
 
     let mut store_config = StoreConfig::new(&args.name, args.data_dir.join("raft"), rpc_addr);
     store_config.bootstrap = args.bootstrap;
@@ -232,8 +247,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     store_config.keep_behind_snapshot = args.log_keep_behind_snapshot;
     store_config.cache_bytes = args.cache_mib << 20;
     store_config.watch_history.max_bytes = args.watch_history_mib << 20;
-    let store = Store::start(store_config, rpc.clone())
-        .await
+    let store = consensus
+        .spawn(Store::start(store_config, rpc.clone()))
+        .await?
         .context("starting the store")?;
 
     let generation_id = SystemTime::now()
@@ -282,8 +298,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     gossip_config.seeds = args.join.clone();
     gossip_config.gossip_interval = Duration::from_millis(args.gossip_interval_ms);
     gossip_config.phi_threshold = args.phi_threshold;
-    let gossip = Gossip::start(gossip_config, me.clone(), faults.clone())
-        .await
+    let gossip = consensus
+        .spawn(Gossip::start(gossip_config, me.clone(), faults.clone()))
+        .await?
         .context("starting gossip")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

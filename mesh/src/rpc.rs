@@ -166,6 +166,10 @@ struct Inner {
     /// One slot per peer; the per-peer async lock makes concurrent callers share one dial
     /// while calls to other peers proceed (the map lock is never held across an await).
     pool: Mutex<HashMap<SocketAddr, Slot>>,
+    /// The runtime the endpoint was made on: new connections are dialled there too, so
+    /// their drivers (packets, crypto, timers) run beside the endpoint's, whichever runtime
+    /// the caller is on (a node keeps its transport on a runtime of its own).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Drop for Inner {
@@ -277,6 +281,7 @@ impl RpcEndpoint {
                     limits,
                 }),
                 pool: Mutex::new(HashMap::new()),
+                runtime: tokio::runtime::Handle::current(),
             }),
         })
     }
@@ -555,14 +560,17 @@ impl RpcEndpoint {
             return Ok(conn.clone());
         }
         *guard = None;
-        let connecting = self
-            .inner
-            .endpoint
-            .connect(peer, CLUSTER_SERVER_NAME)
-            .map_err(|e| RpcError::Unreachable(format!("{peer}: {e}")))?;
-        let conn = connecting
+        let endpoint = self.inner.endpoint.clone();
+        let dial = self.inner.runtime.spawn(async move {
+            endpoint
+                .connect(peer, CLUSTER_SERVER_NAME)
+                .map_err(|e| RpcError::Unreachable(format!("{peer}: {e}")))?
+                .await
+                .map_err(|e| RpcError::Unreachable(format!("{peer}: {e}")))
+        });
+        let conn = dial
             .await
-            .map_err(|e| RpcError::Unreachable(format!("{peer}: {e}")))?;
+            .map_err(|e| RpcError::Unreachable(format!("{peer}: dial task: {e}")))??;
         *guard = Some(conn.clone());
         Ok(conn)
     }
