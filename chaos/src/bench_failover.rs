@@ -1,6 +1,7 @@
 //! `flotilla bench failover`: a cluster of real node processes (default 4) runs a Deployment of
-//! `--pods` pods; a non-leader node holding some of them is SIGKILLed, and watches (served by
-//! a surviving node) record when the cluster notices and when the pods are back:
+//! `--pods` pods; a non-leader node holding some of them (with `--kill-leader`, the Raft leader,
+//! so a new leader must be elected too) is SIGKILLed, and watches (served by a surviving node)
+//! record when the cluster notices and when the pods are back:
 //!
 //! - detect: SIGKILL → the Node's `Ready` condition is `Unknown`;
 //! - replaced: SIGKILL → every pod the node held is being deleted and `--pods` pods are
@@ -68,6 +69,9 @@ pub struct FailoverBenchArgs {
     /// (repeatable).
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     pub node_args: Vec<String>,
+    /// Kill the Raft leader (it holds pods too) instead of a non-leader node.
+    #[arg(long)]
+    pub kill_leader: bool,
 }
 
 /// A small JSON-over-HTTP client for one API server.
@@ -284,13 +288,18 @@ async fn run(args: &FailoverBenchArgs, cluster: &mut LocalCluster) -> anyhow::Re
     cluster.wait_for_leader(Duration::from_secs(60)).await?;
     let n = args.nodes;
     println!(
-        "{n} nodes ({} runtime), a Deployment of {} pods, {} runs",
+        "{n} nodes ({} runtime), a Deployment of {} pods, {} runs, killing {}",
         match args.runtime {
             BenchRuntime::Sim => "sim",
             BenchRuntime::Process => "process",
         },
         args.pods,
-        args.runs
+        args.runs,
+        if args.kill_leader {
+            "the Raft leader"
+        } else {
+            "a non-leader node"
+        }
     );
     settle(cluster, &api, args.pods, false).await?;
     let base = cluster.layout.api_url(0);
@@ -329,7 +338,7 @@ async fn run(args: &FailoverBenchArgs, cluster: &mut LocalCluster) -> anyhow::Re
         "run  node    pods  taint  detect  evict1  evictN  create1  createN  boundN  replaced  available   (ms after SIGKILL)"
     );
     for r in 0..args.runs {
-        let (victim, line) = one_run(cluster, &api, args.pods, r).await?;
+        let (victim, line) = one_run(cluster, &api, args.pods, r, args.kill_leader).await?;
         println!("{line}");
         if let Some(d) = victim.detected {
             detect.push(d.as_secs_f64() * 1000.0);
@@ -453,13 +462,19 @@ async fn one_run(
     api: &Api,
     pods: usize,
     run: usize,
+    kill_leader: bool,
 ) -> anyhow::Result<(Timeline, String)> {
     let leader_name = cluster.wait_for_leader(Duration::from_secs(60)).await?;
     let leader = (0..cluster.len())
         .find(|i| cluster.name(*i) == leader_name)
         .context("the leader is not one of ours")?;
-    // Watches are served by the leader, which survives.
-    let base = cluster.layout.api_url(leader);
+    // Watches are served by a node that survives: the leader, unless it is the one killed.
+    let watcher = if kill_leader {
+        (leader + 1) % cluster.len()
+    } else {
+        leader
+    };
+    let base = cluster.layout.api_url(watcher);
     let node_list = api.get(&format!("{base}/api/v1/nodes")).await?;
     let pod_list = api
         .get(&format!("{base}/api/v1/namespaces/default/pods"))
@@ -475,10 +490,10 @@ async fn one_run(
         .flatten()
         .map(|p| (str_at(p, "/metadata/name").to_owned(), pod_state(p)))
         .collect();
-    // A non-leader node holding pods; a different one each run where possible.
+    // A non-leader node holding pods, a different one each run where possible; or the leader.
     let mut candidates: Vec<usize> = (0..cluster.len())
         .filter(|i| {
-            *i != leader
+            (*i == leader) == kill_leader
                 && state
                     .values()
                     .any(|p| p.node == cluster.name(*i) && !p.deleting)
@@ -486,7 +501,14 @@ async fn one_run(
         .collect();
     candidates.sort();
     let Some(&victim) = candidates.get(run % candidates.len().max(1)) else {
-        bail!("no non-leader node holds a pod");
+        bail!(
+            "no {} holds a pod",
+            if kill_leader {
+                "leader"
+            } else {
+                "non-leader node"
+            }
+        );
     };
     let victim_name = cluster.name(victim).to_owned();
     let held: Vec<String> = state
