@@ -3,9 +3,16 @@
 //! ready/serving/terminating conditions), with each Service port's targetPort resolved per pod
 //! (a named port is looked up in the pod's containers). Pods are grouped by their resolved
 //! ports, as Kubernetes packs subsets; one slice per group, owned by the Service.
+//!
+//! Pods are read from a node-local copy (a mirror of the registry feed) holding only what
+//! endpoints are made of: every pod change reconciles its namespace's Services, and listing
+//! and parsing the namespace's pods from the store each time made that quadratic in the pods
+//! of a namespace. Before reading, a reconcile waits until the copy has every change the
+//! node's feed has delivered, so it never acts on a state older than the event that woke it.
 
 use flotilla_api::At;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_api::ApiError;
@@ -14,7 +21,12 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
+use flotilla_consensus::Store;
+use tokio::sync::watch;
+
 use super::common::*;
+use super::feed::Feed;
+use super::mirror::Mirror;
 use super::runner::{Ctx, Reconciler};
 
 const MANAGER: &str = "endpoint-controller";
@@ -23,7 +35,50 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 const MANAGED_BY_US: &str = "endpointslice-controller.k8s.io";
 
-pub struct EndpointsController;
+pub struct EndpointsController {
+    /// Every pod on the node's feed, slimmed to what endpoints need (`slim`).
+    pods: Mirror<Value>,
+}
+
+const PODS: &str = "/registry/core/pods/";
+
+impl EndpointsController {
+    pub fn new(store: Store, feed: &Feed, shutdown: watch::Receiver<bool>) -> Self {
+        EndpointsController {
+            pods: Mirror::on_feed(store, feed, PODS, slim, shutdown),
+        }
+    }
+}
+
+/// What of a pod its endpoints are made of: identity and labels, node, hostname and
+/// subdomain, container ports, and its status without the container statuses.
+fn slim(pod: &Arc<Value>) -> Option<Value> {
+    let meta = pod.get("metadata")?;
+    let spec = pod.get("spec");
+    let pick = |from: Option<&Value>, keys: &[&str]| -> Value {
+        let mut out = serde_json::Map::new();
+        for k in keys {
+            if let Some(v) = from.and_then(|f| f.get(*k)) {
+                out.insert((*k).to_owned(), v.clone());
+            }
+        }
+        Value::Object(out)
+    };
+    let containers: Vec<Value> = spec
+        .and_then(|s| s.get("containers"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|c| pick(Some(c), &["name", "ports"]))
+        .collect();
+    let mut out = json!({
+        "metadata": pick(Some(meta), &["name", "namespace", "uid", "labels", "deletionTimestamp"]),
+        "spec": pick(spec, &["nodeName", "hostname", "subdomain"]),
+        "status": pick(pod.get("status"), &["phase", "podIP", "podIPs", "conditions"]),
+    });
+    out["spec"]["containers"] = Value::Array(containers);
+    Some(out)
+}
 
 /// A Service port resolved for one pod: (name, port, protocol).
 type Port = (String, i64, String);
@@ -112,7 +167,13 @@ impl EndpointsController {
         let ns = str_at(&svc, "/metadata/namespace").to_owned();
         let name = str_at(&svc, "/metadata/name").to_owned();
         let mut groups: BTreeMap<Vec<Port>, Vec<Value>> = BTreeMap::new();
-        for pod in ctx.list(&format!("/registry/core/pods/{ns}/")).await? {
+        // Every change the feed has brought (the one that woke this reconcile included).
+        let seen = ctx.feed.revision();
+        if !self.pods.caught_up(seen, Duration::from_secs(5)).await {
+            return Err(ApiError::unavailable("the pod cache is behind the feed"));
+        }
+        for entry in self.pods.under(&format!("{ns}/")) {
+            let pod = Value::clone(&entry.value);
             let labels = pod.at("/metadata/labels").cloned().unwrap_or(json!({}));
             if !selector_matches(&selector, &labels)
                 || str_at(&pod, "/status/podIP").is_empty()

@@ -34,6 +34,8 @@ pub enum Message {
 #[derive(Clone)]
 pub struct Feed {
     tx: broadcast::Sender<Message>,
+    /// The revision of the last change broadcast.
+    last: watch::Receiver<u64>,
 }
 
 /// Events are left out: no controller acts on them, and they are about a third of all writes
@@ -47,7 +49,11 @@ impl Feed {
     /// Follows `prefix` until `shutdown`.
     pub fn start(store: Store, prefix: &'static str, mut shutdown: watch::Receiver<bool>) -> Feed {
         let (tx, _) = broadcast::channel(BACKLOG);
-        let feed = Feed { tx: tx.clone() };
+        let (last_tx, last) = watch::channel(0);
+        let feed = Feed {
+            tx: tx.clone(),
+            last,
+        };
         tokio::spawn(async move {
             loop {
                 let from = store.local_revision() + 1;
@@ -72,7 +78,8 @@ impl Feed {
                             })
                             .collect();
                         // No subscriber yet is fine: they start with a resync.
-                        if !changes.is_empty() {
+                        if let Some(c) = changes.last() {
+                            last_tx.send_replace(c.revision);
                             let _ = tx.send(Message::Changes(Arc::new(changes)));
                         }
                     }
@@ -84,6 +91,12 @@ impl Feed {
             }
         });
         feed
+    }
+
+    /// The revision of the last change broadcast: a subscriber that has applied it has
+    /// seen everything this node's feed has.
+    pub fn revision(&self) -> u64 {
+        *self.last.borrow()
     }
 
     pub fn subscribe(&self) -> Subscription {

@@ -151,7 +151,9 @@ impl<T: Send + Sync + 'static> Mirror<T> {
                         Some((key, entry, c.revision))
                     })
                     .collect();
-                let Some(last) = parsed.last().map(|p| p.2) else {
+                // The copy reflects the whole batch (no change under the prefix in it is a
+                // change too), so readers can wait for the feed's latest revision.
+                let Some(last) = batch.last().map(|c| c.revision).filter(|r| *r > from) else {
                     continue;
                 };
                 {
@@ -193,6 +195,16 @@ impl<T: Send + Sync + 'static> Mirror<T> {
     pub fn values(&self) -> (u64, Vec<Entry<T>>) {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         (s.revision, s.items.values().cloned().collect())
+    }
+
+    /// The entries whose keys start with `prefix` (a namespace's, say).
+    pub fn under(&self, prefix: &str) -> Vec<Entry<T>> {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.items
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, e)| e.clone())
+            .collect()
     }
 
     /// Whether any value satisfies `f` (no copy of the entries taken).

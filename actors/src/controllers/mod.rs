@@ -86,7 +86,11 @@ pub fn start(
     });
     let reconcilers: Vec<Arc<dyn runner::Reconciler>> = vec![
         Arc::new(deployment::DeploymentController),
-        Arc::new(endpoints::EndpointsController),
+        Arc::new(endpoints::EndpointsController::new(
+            ctx.store.clone(),
+            &ctx.feed,
+            shutdown.clone(),
+        )),
         Arc::new(namespace::NamespaceController),
         Arc::new(statefulset::StatefulSetController),
         Arc::new(replicaset::ReplicaSetController::replica_sets()),

@@ -82,7 +82,9 @@ struct Views {
 
 /// A stored pod and its requests (worked out once per change, not once per pass).
 struct PodEntry {
-    pod: Arc<Value>,
+    /// The pod itself, kept only while it is pending: a bound pod is only counted, and
+    /// holding every pod's parsed JSON was most of the scheduler's memory.
+    pod: Option<Arc<Value>>,
     req: Resources,
     /// What inter-pod affinity needs of it, shared by every pass that counts it on a node.
     affinity: Arc<CountedPod>,
@@ -110,16 +112,17 @@ impl PodEntry {
     fn of(pod: Arc<Value>) -> PodEntry {
         let node_name = str_at(&pod, "/spec/nodeName").to_owned();
         let scheduler = str_at(&pod, "/spec/schedulerName");
+        let pending = node_name.is_empty()
+            && (scheduler.is_empty() || scheduler == "default-scheduler")
+            && pod
+                .at("/metadata/deletionTimestamp")
+                .is_none_or(Value::is_null);
         PodEntry {
             req: requests(&pod),
             affinity: Arc::new(CountedPod::of(&pod)),
             ports: host_ports(&pod),
             owner: owner_uid(&pod).map(Arc::from),
-            pending: node_name.is_empty()
-                && (scheduler.is_empty() || scheduler == "default-scheduler")
-                && pod
-                    .at("/metadata/deletionTimestamp")
-                    .is_none_or(Value::is_null),
+            pending,
             terminal: is_terminal(&pod),
             node_name,
             key: format!(
@@ -128,9 +131,17 @@ impl PodEntry {
                 str_at(&pod, "/metadata/name")
             ),
             created: str_at(&pod, "/metadata/creationTimestamp").to_owned(),
-            placement: Placement::of(&pod),
-            spread: spread::constraints_of(&pod),
-            pod,
+            placement: if pending {
+                Placement::of(&pod)
+            } else {
+                Placement::default()
+            },
+            spread: if pending {
+                spread::constraints_of(&pod)
+            } else {
+                Vec::new()
+            },
+            pod: pending.then_some(pod),
         }
     }
 }
@@ -720,7 +731,14 @@ async fn pass(
         let Some(fence) = config.shards.fence(shard) else {
             continue;
         };
-        let PodEntry { pod, affinity, .. } = &*entry.value;
+        let PodEntry {
+            pod: Some(pod),
+            affinity,
+            ..
+        } = &*entry.value
+        else {
+            continue;
+        };
         let volume_terms = match pod_volume_terms(pod, &claims, &volumes) {
             Ok(t) => t,
             Err(why) => {
