@@ -302,6 +302,7 @@ async fn pods_are_scheduled_spread_fenced_and_rescheduled_when_the_cluster_chang
     .await;
     affinity(&k).await;
     topology_spread(&k).await;
+    large_service(&k).await;
 
     // node-3 dies: once gossip says so, the scheduler leaves it out (its shards moved to the
     // live nodes), and new pods go to the live nodes only.
@@ -527,4 +528,66 @@ async fn topology_spread(k: &Kubectl) {
         None,
     )
     .await;
+}
+
+/// A Service over 120 pods: its EndpointSlices hold at most 100 endpoints each (as
+/// kube-controller-manager writes them), its Endpoints all 120 addresses.
+async fn large_service(k: &Kubectl) {
+    let manifest = deployment("wide", 120, "{}")
+        + "---
+apiVersion: v1
+kind: Service
+metadata: {name: wide}
+spec:
+  selector: {app: wide}
+  ports: [{port: 80}]
+";
+    k.ok(0, &["apply", "-f", "-"], Some(&manifest)).await;
+    eventually(
+        CONVERGE,
+        "120 endpoints in slices of at most 100",
+        || async {
+            let (_, out, _) = k
+                .run(
+                    1,
+                    &[
+                        "get",
+                        "endpointslices",
+                        "-l",
+                        "kubernetes.io/service-name=wide",
+                        "-o",
+                        "json",
+                    ],
+                    None,
+                )
+                .await;
+            let list: serde_json::Value = serde_json::from_str(&out)?;
+            let sizes: Vec<usize> = list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| s["endpoints"].as_array().map_or(0, Vec::len))
+                .collect();
+            anyhow::ensure!(
+                sizes.iter().sum::<usize>() == 120 && sizes.iter().all(|n| *n <= 100),
+                "{sizes:?}"
+            );
+            let (_, out, _) = k
+                .run(1, &["get", "endpoints", "wide", "-o", "json"], None)
+                .await;
+            let ep: serde_json::Value = serde_json::from_str(&out)?;
+            let addresses: usize = ep["subsets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| s["addresses"].as_array().map_or(0, Vec::len))
+                .sum();
+            anyhow::ensure!(addresses == 120, "{addresses} ready addresses");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    k.ok(0, &["delete", "deployment,service", "wide"], None)
+        .await;
 }

@@ -2,7 +2,11 @@
 //! have an IP, ready ones as addresses and the rest as notReadyAddresses (slices carry
 //! ready/serving/terminating conditions), with each Service port's targetPort resolved per pod
 //! (a named port is looked up in the pod's containers). Pods are grouped by their resolved
-//! ports, as Kubernetes packs subsets; one slice per group, owned by the Service.
+//! ports, as Kubernetes packs subsets. As in Kubernetes, an Endpoints object holds at most
+//! 1,000 addresses (ready ones first; beyond that it is annotated
+//! `endpoints.kubernetes.io/over-capacity: truncated`), and each port group's EndpointSlices
+//! hold at most 100 endpoints each, owned by the Service: a large Service is not rewritten as
+//! one huge object on every pod change.
 //!
 //! Pods are read from a node-local copy (a mirror of the registry feed) holding only what
 //! endpoints are made of: every pod change reconciles its namespace's Services, and listing
@@ -34,6 +38,10 @@ const SERVICES: &str = "/registry/core/services/";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 const MANAGED_BY_US: &str = "endpointslice-controller.k8s.io";
+/// kube-controller-manager's limits: addresses per Endpoints object, endpoints per slice.
+const MAX_ENDPOINTS_ADDRESSES: usize = 1000;
+const MAX_ENDPOINTS_PER_SLICE: usize = 100;
+const OVER_CAPACITY: &str = "endpoints.kubernetes.io/over-capacity";
 
 pub struct EndpointsController {
     /// Every pod on the node's feed, slimmed to what endpoints need (`slim`).
@@ -183,6 +191,10 @@ impl EndpointsController {
             }
             groups.entry(ports_for(&svc, &pod)).or_default().push(pod);
         }
+        // The copy is unordered: a stable order keeps unchanged objects unwritten.
+        for pods in groups.values_mut() {
+            pods.sort_by(|a, b| str_at(a, "/metadata/name").cmp(str_at(b, "/metadata/name")));
+        }
         let target = |pod: &Value| json!({"kind": "Pod", "name": str_at(pod, "/metadata/name"), "namespace": ns, "uid": str_at(pod, "/metadata/uid")});
         let address = |pod: &Value| {
             let mut a = json!({"ip": str_at(pod, "/status/podIP"), "targetRef": target(pod)});
@@ -207,21 +219,40 @@ impl EndpointsController {
                 })
                 .collect()
         };
-        // Endpoints: one subset per port group.
+        // Endpoints: one subset per port group, at most MAX_ENDPOINTS_ADDRESSES addresses in
+        // all, ready ones first.
+        let serving = |p: &&Value| is_ready(p) && !is_deleting(p);
+        let total: usize = groups
+            .iter()
+            .filter(|(ports, _)| !ports.is_empty())
+            .map(|(_, pods)| pods.len())
+            .sum();
+        let ready_total: usize = groups
+            .iter()
+            .filter(|(ports, _)| !ports.is_empty())
+            .map(|(_, pods)| pods.iter().filter(serving).count())
+            .sum();
+        let truncated = total > MAX_ENDPOINTS_ADDRESSES;
+        let mut ready_room = MAX_ENDPOINTS_ADDRESSES.min(ready_total);
+        let mut not_ready_room = MAX_ENDPOINTS_ADDRESSES - ready_room;
         let subsets: Vec<Value> = groups
             .iter()
             .filter(|(ports, _)| !ports.is_empty())
             .map(|(ports, pods)| {
                 let ready: Vec<Value> = pods
                     .iter()
-                    .filter(|p| is_ready(p) && !is_deleting(p))
+                    .filter(serving)
+                    .take(ready_room)
                     .map(address)
                     .collect();
+                ready_room -= ready.len();
                 let not_ready: Vec<Value> = pods
                     .iter()
-                    .filter(|p| !is_ready(p) || is_deleting(p))
+                    .filter(|p| !serving(p))
+                    .take(not_ready_room)
                     .map(address)
                     .collect();
+                not_ready_room -= not_ready.len();
                 let mut s = json!({"ports": port_json(ports)});
                 if !ready.is_empty() {
                     s["addresses"] = json!(ready);
@@ -231,6 +262,9 @@ impl EndpointsController {
                 }
                 s
             })
+            .filter(|s: &Value| {
+                s.get("addresses").is_some() || s.get("notReadyAddresses").is_some()
+            })
             .collect();
         let owner = {
             let mut s = svc.clone();
@@ -239,12 +273,15 @@ impl EndpointsController {
             owner_ref(&s, "v1", "Service")
         };
         let labels = svc.at("/metadata/labels").cloned().unwrap_or(json!({}));
-        let endpoints = json!({
+        let mut endpoints = json!({
             "apiVersion": "v1",
             "kind": "Endpoints",
             "metadata": {"name": name, "namespace": ns, "labels": labels},
             "subsets": subsets,
         });
+        if truncated {
+            endpoints["metadata"]["annotations"] = json!({ OVER_CAPACITY: "truncated" });
+        }
         self.put(
             ctx,
             ("", "v1", "endpoints"),
@@ -255,12 +292,18 @@ impl EndpointsController {
             &fence,
         )
         .await?;
-        // EndpointSlices: one per port group; slices for groups that went away are removed.
+        // EndpointSlices: per port group, one per MAX_ENDPOINTS_PER_SLICE endpoints (at least
+        // one); slices no longer wanted are removed.
         let mut wanted = Vec::new();
-        for (ports, pods) in &groups {
-            let slice = slice_name(&name, ports);
-            wanted.push(slice.clone());
-            let endpoints: Vec<Value> = pods
+        for (ports, all) in &groups {
+            for (i, pods) in all.chunks(MAX_ENDPOINTS_PER_SLICE).enumerate() {
+                let slice = if i == 0 {
+                    slice_name(&name, ports)
+                } else {
+                    format!("{}-{i}", slice_name(&name, ports))
+                };
+                wanted.push(slice.clone());
+                let endpoints: Vec<Value> = pods
                 .iter()
                 .map(|p| {
                     let ready = is_ready(p) && !is_deleting(p);
@@ -275,27 +318,28 @@ impl EndpointsController {
                     e
                 })
                 .collect();
-            let mut slice_labels = labels.clone();
-            slice_labels[SERVICE_NAME_LABEL] = json!(name);
-            slice_labels[MANAGED_BY] = json!(MANAGED_BY_US);
-            let obj = json!({
-                "apiVersion": "discovery.k8s.io/v1",
-                "kind": "EndpointSlice",
-                "metadata": {"name": slice, "namespace": ns, "labels": slice_labels, "ownerReferences": [owner]},
-                "addressType": "IPv4",
-                "endpoints": endpoints,
-                "ports": port_json(ports),
-            });
-            self.put(
-                ctx,
-                ("discovery.k8s.io", "v1", "endpointslices"),
-                &ns,
-                &slice,
-                obj,
-                "endpoints",
-                &fence,
-            )
-            .await?;
+                let mut slice_labels = labels.clone();
+                slice_labels[SERVICE_NAME_LABEL] = json!(name);
+                slice_labels[MANAGED_BY] = json!(MANAGED_BY_US);
+                let obj = json!({
+                    "apiVersion": "discovery.k8s.io/v1",
+                    "kind": "EndpointSlice",
+                    "metadata": {"name": slice, "namespace": ns, "labels": slice_labels, "ownerReferences": [owner]},
+                    "addressType": "IPv4",
+                    "endpoints": endpoints,
+                    "ports": port_json(ports),
+                });
+                self.put(
+                    ctx,
+                    ("discovery.k8s.io", "v1", "endpointslices"),
+                    &ns,
+                    &slice,
+                    obj,
+                    "endpoints",
+                    &fence,
+                )
+                .await?;
+            }
         }
         for old in ctx
             .list(&format!("/registry/discovery.k8s.io/endpointslices/{ns}/"))
