@@ -43,6 +43,30 @@ struct State<T> {
 pub struct Mirror<T> {
     state: Arc<Mutex<State<T>>>,
     revision: watch::Receiver<u64>,
+    /// Bumped when a value under the prefix changed (not when only the revision moved on).
+    changes: watch::Receiver<u64>,
+}
+
+/// How the task keeping a copy tells its readers.
+struct Signals {
+    revision: watch::Sender<u64>,
+    changes: watch::Sender<u64>,
+}
+
+impl Signals {
+    fn new() -> (Signals, watch::Receiver<u64>, watch::Receiver<u64>) {
+        let (revision, rev_rx) = watch::channel(0);
+        let (changes, changes_rx) = watch::channel(0);
+        (Signals { revision, changes }, rev_rx, changes_rx)
+    }
+
+    /// The copy now reflects `revision`; `changed`: some value under the prefix changed.
+    fn reached(&self, revision: u64, changed: bool) {
+        self.revision.send_replace(revision);
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
+        }
+    }
 }
 
 impl<T> Clone for Mirror<T> {
@@ -50,6 +74,7 @@ impl<T> Clone for Mirror<T> {
         Mirror {
             state: self.state.clone(),
             revision: self.revision.clone(),
+            changes: self.changes.clone(),
         }
     }
 }
@@ -67,7 +92,7 @@ impl<T: Send + Sync + 'static> Mirror<T> {
             revision: 0,
             items: HashMap::new(),
         }));
-        let (tx, rx) = watch::channel(0);
+        let (tx, rx, changes) = Signals::new();
         let shared = state.clone();
         tokio::spawn(async move {
             loop {
@@ -85,6 +110,7 @@ impl<T: Send + Sync + 'static> Mirror<T> {
         Mirror {
             state,
             revision: rx,
+            changes,
         }
     }
 
@@ -102,7 +128,7 @@ impl<T: Send + Sync + 'static> Mirror<T> {
             revision: 0,
             items: HashMap::new(),
         }));
-        let (tx, rx) = watch::channel(0);
+        let (tx, rx, changes_rx) = Signals::new();
         let shared = state.clone();
         // Subscribed before listing: every change after the list's revision arrives here.
         let mut changes = feed.subscribe();
@@ -156,6 +182,7 @@ impl<T: Send + Sync + 'static> Mirror<T> {
                 let Some(last) = batch.last().map(|c| c.revision).filter(|r| *r > from) else {
                     continue;
                 };
+                let changed = !parsed.is_empty();
                 {
                     let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
                     for (key, entry, _) in parsed {
@@ -166,12 +193,13 @@ impl<T: Send + Sync + 'static> Mirror<T> {
                     }
                     s.revision = last;
                 }
-                tx.send_replace(last);
+                tx.reached(last, changed);
             }
         });
         Mirror {
             state,
             revision: rx,
+            changes: changes_rx,
         }
     }
 
@@ -215,7 +243,7 @@ impl<T: Send + Sync + 'static> Mirror<T> {
 
     /// Resolves when the copy changes (or is first listed).
     pub async fn changed(&mut self) {
-        if self.revision.changed().await.is_err() {
+        if self.changes.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
     }
@@ -235,7 +263,7 @@ async fn follow<T>(
     prefix: &'static str,
     parse: fn(&KeyValue) -> Option<T>,
     state: &Mutex<State<T>>,
-    tx: &watch::Sender<u64>,
+    tx: &Signals,
 ) {
     let Ok(list) = store.range(prefix, usize::MAX, Read::Linearizable).await else {
         return;
@@ -259,7 +287,7 @@ async fn follow<T>(
         s.items = items;
         s.revision = list.revision;
     }
-    tx.send_replace(list.revision);
+    tx.reached(list.revision, true);
     let Ok(mut events) = store.watch(prefix, list.revision + 1) else {
         return;
     };
@@ -292,7 +320,7 @@ async fn follow<T>(
             }
             s.revision = last;
         }
-        tx.send_replace(last);
+        tx.reached(last, true);
     }
 }
 
@@ -303,7 +331,7 @@ async fn list_parsed<T>(
     prefix: &'static str,
     parse: fn(&Arc<Value>) -> Option<T>,
     state: &Mutex<State<T>>,
-    tx: &watch::Sender<u64>,
+    tx: &Signals,
 ) -> Option<u64> {
     let list = store
         .range(prefix, usize::MAX, Read::Linearizable)
@@ -338,7 +366,7 @@ async fn list_parsed<T>(
         s.items = items;
         s.revision = list.revision;
     }
-    tx.send_replace(list.revision);
+    tx.reached(list.revision, true);
     Some(list.revision)
 }
 
