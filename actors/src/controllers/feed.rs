@@ -1,6 +1,8 @@
 //! One watch of the registry per node, parsed once and shared by every controller on it.
 //! Each controller used to watch and parse the pods itself: six of them, each parsing a
-//! pod's new and old value, for every change of every pod.
+//! pod's new and old value, for every change of every pod. Old values are not parsed at all:
+//! a subscriber that needs to know what changed keeps what it knew (the GC its index, the
+//! kubelet the pods it runs).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +20,6 @@ pub struct Change {
     pub revision: u64,
     /// The new value; for a delete, the last value the key had.
     pub obj: Option<Arc<Value>>,
-    /// For a put over an existing key, the value it replaced.
-    pub prev: Option<Arc<Value>>,
 }
 
 #[derive(Clone)]
@@ -71,7 +71,6 @@ impl Feed {
                             .filter(|e| !e.kv.key.starts_with(EVENTS))
                             .map(|e| Change {
                                 obj: parse(&e.kv.value).map(Arc::new),
-                                prev: e.prev.as_ref().and_then(|p| parse(&p.value)).map(Arc::new),
                                 kind: e.kind,
                                 revision: e.revision(),
                                 key: e.kv.key,

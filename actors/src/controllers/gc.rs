@@ -94,20 +94,30 @@ fn waits_for_dependents(obj: &Value) -> bool {
             .any(|f| *f == FOREGROUND_FINALIZER || *f == ORPHAN_FINALIZER)
 }
 
-/// Whether a change calls for a sweep now rather than at the next period.
-fn concerns_gc(kind: EventKind, obj: &Value, prev: Option<&Value>, watched: &Watched) -> bool {
+/// Whether a change calls for a sweep now rather than at the next period; `prev` is what the
+/// index knew of the object before it.
+fn concerns_gc(kind: EventKind, obj: &Value, prev: Option<&Known>, watched: &Watched) -> bool {
     let uid = str_at(obj, "/metadata/uid");
     match kind {
         EventKind::Delete => {
             watched.owners.contains(uid) || owner_uids(obj).any(|u| watched.waiting.contains(u))
         }
         EventKind::Put => {
+            let now = finalizers(obj);
+            let (orphaning, foreground) = (
+                now.contains(&ORPHAN_FINALIZER),
+                now.contains(&FOREGROUND_FINALIZER),
+            );
             let newly_waiting = waits_for_dependents(obj)
-                && prev
-                    .is_none_or(|p| !waits_for_dependents(p) || finalizers(p) != finalizers(obj));
+                && prev.is_none_or(|p| (p.orphaning, p.foreground) != (orphaning, foreground));
             let released = prev.is_some_and(|p| {
-                p.at("/metadata/ownerReferences") != obj.at("/metadata/ownerReferences")
-                    && owner_uids(p).any(|u| watched.waiting.contains(u))
+                obj.at("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .map_or(&[][..], Vec::as_slice)
+                    != p.refs.as_slice()
+                    && p.refs
+                        .iter()
+                        .any(|r| watched.waiting.contains(str_at(r, "/uid")))
             });
             newly_waiting || released
         }
@@ -231,10 +241,9 @@ async fn follow(
                     let w = watched.lock().unwrap_or_else(|e| e.into_inner());
                     let mut wake = false;
                     for c in changes.iter().filter(|c| c.revision > from) {
-                        wake |= c
-                            .obj
-                            .as_deref()
-                            .is_some_and(|obj| concerns_gc(c.kind, obj, c.prev.as_deref(), &w));
+                        wake |= c.obj.as_deref().is_some_and(|obj| {
+                            concerns_gc(c.kind, obj, ix.objects.get(&c.key), &w)
+                        });
                         ix.apply(c);
                     }
                     wake
@@ -734,6 +743,8 @@ mod tests {
             owners: ["rs-uid".to_owned()].into(),
             waiting: ["dying-uid".to_owned()].into(),
         };
+        // What the index knew of an object before its change.
+        let known = |v: &Value| Known::of(resource_of_key("/registry/core/pods/ns/p").unwrap(), v);
         let rs = json!({"metadata": {"uid": "rs-uid"}});
         assert!(concerns_gc(EventKind::Delete, &rs, None, &watched));
         let pod = json!({"metadata": {"uid": "p", "ownerReferences": [{"uid": "other"}]}});
@@ -745,22 +756,27 @@ mod tests {
         assert!(concerns_gc(
             EventKind::Put,
             &pod,
-            Some(&waiting_pod),
+            Some(&known(&waiting_pod)),
             &watched
         ));
         // A status update of an unrelated object does not.
-        assert!(!concerns_gc(EventKind::Put, &pod, Some(&pod), &watched));
+        assert!(!concerns_gc(
+            EventKind::Put,
+            &pod,
+            Some(&known(&pod)),
+            &watched
+        ));
         let marked = json!({"metadata": {"uid": "x", "deletionTimestamp": "2026-01-01T00:00:00Z", "finalizers": ["foregroundDeletion"]}});
         assert!(concerns_gc(
             EventKind::Put,
             &marked,
-            Some(&json!({"metadata": {"uid": "x"}})),
+            Some(&known(&json!({"metadata": {"uid": "x"}}))),
             &watched
         ));
         assert!(!concerns_gc(
             EventKind::Put,
             &marked,
-            Some(&marked),
+            Some(&known(&marked)),
             &watched
         ));
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use flotilla_api::ApiError;
 use flotilla_api::internal::Fence;
-use flotilla_consensus::{Read, Store};
+use flotilla_consensus::{EventKind, Read, Store};
 use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
@@ -152,6 +152,8 @@ async fn watch_prefix(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let own = prefix == reconciler.prefix();
+    // Related objects' keys → the keys of this kind they concerned when last seen.
+    let mut concerned: HashMap<String, Vec<String>> = HashMap::new();
     let mut feed = ctx.feed.subscribe();
     // Whatever happened before the subscription is covered by a resync.
     if tx.send(Signal::Resync).await.is_err() {
@@ -165,6 +167,7 @@ async fn watch_prefix(
         let changes = match message {
             Some(Message::Changes(changes)) => changes,
             Some(Message::Restart) => {
+                concerned.clear();
                 if tx.send(Signal::Resync).await.is_err() {
                     return;
                 }
@@ -181,9 +184,21 @@ async fn watch_prefix(
             } else {
                 reconciler.keys_for(obj)
             };
-            // A change of owner concerns the old one too.
-            if !own && let Some(prev) = change.prev.as_deref() {
-                keys.extend(reconciler.keys_for(prev));
+            // A change of owner concerns the old one too: what the object concerned before
+            // is remembered (the feed does not parse old values).
+            if !own {
+                let before = if change.kind == EventKind::Delete || keys.is_empty() {
+                    concerned.remove(&change.key)
+                } else {
+                    concerned.insert(change.key.clone(), keys.clone())
+                };
+                keys.extend(
+                    before
+                        .into_iter()
+                        .flatten()
+                        .filter(|k| !keys.contains(k))
+                        .collect::<Vec<_>>(),
+                );
             }
             for key in keys {
                 if tx.send(Signal::Key(key)).await.is_err() {

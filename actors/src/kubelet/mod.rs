@@ -252,6 +252,8 @@ async fn list_and_watch(
         .store
         .range(PODS_PREFIX, usize::MAX, Read::Linearizable)
         .await?;
+    // The uids of the pods bound here: how a change tells that one left (the feed carries no
+    // old values).
     let mut here = std::collections::HashSet::new();
     for kv in &listed.kvs {
         if let Some(pod) = with_rv(&kv.value, kv.mod_revision)
@@ -264,7 +266,7 @@ async fn list_and_watch(
         }
     }
     // Pods deleted while this node was down: their workers find no pod and clean up.
-    let _ = kubelet.tell(ReconcileKnown(here)).await;
+    let _ = kubelet.tell(ReconcileKnown(here.clone())).await;
     loop {
         let message = tokio::select! {
             m = changes.next() => m,
@@ -281,21 +283,27 @@ async fn list_and_watch(
             .iter()
             .filter(|c| c.revision > listed.revision && c.key.starts_with(PODS_PREFIX))
         {
-            let was_here = c.prev.as_deref().is_some_and(|p| bound_here(p, config));
+            let uid = c.obj.as_deref().and_then(pod_uid);
+            let was_here = uid.as_ref().is_some_and(|u| here.contains(u));
             match (c.kind, c.obj.as_deref()) {
                 (EventKind::Put, Some(pod)) if bound_here(pod, config) => {
+                    if let Some(u) = uid {
+                        here.insert(u);
+                    }
                     let mut pod = pod.clone();
                     pod["metadata"]["resourceVersion"] = Value::String(c.revision.to_string());
                     let _ = kubelet.tell(PodChanged(Arc::new(pod))).await;
                 }
-                (EventKind::Put, Some(pod)) if was_here => {
-                    if let Some(uid) = pod_uid(pod) {
-                        let _ = kubelet.tell(PodGone(uid)).await;
+                (EventKind::Put, Some(_)) if was_here => {
+                    if let Some(u) = uid {
+                        here.remove(&u);
+                        let _ = kubelet.tell(PodGone(u)).await;
                     }
                 }
-                (EventKind::Delete, Some(pod)) if bound_here(pod, config) => {
-                    if let Some(uid) = pod_uid(pod) {
-                        let _ = kubelet.tell(PodGone(uid)).await;
+                (EventKind::Delete, Some(pod)) if bound_here(pod, config) || was_here => {
+                    if let Some(u) = uid {
+                        here.remove(&u);
+                        let _ = kubelet.tell(PodGone(u)).await;
                     }
                 }
                 _ => {}
