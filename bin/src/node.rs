@@ -111,6 +111,9 @@ pub struct NodeArgs {
     /// within seconds; raise it where nodes restart slowly or the network flaps.
     #[arg(long, default_value_t = 2)]
     default_unreachable_toleration_seconds: u64,
+    /// Events not seen again for this long are deleted (the apiserver's `--event-ttl`).
+    #[arg(long, default_value_t = 3600)]
+    event_ttl_seconds: u64,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Gossip interval.
@@ -461,6 +464,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             dead,
             gone: Some(gone),
             membership_changed: Some(membership_changed),
+            event_ttl: Duration::from_secs(args.event_ttl_seconds.max(1)),
         },
         members,
         live,

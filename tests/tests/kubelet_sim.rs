@@ -128,3 +128,57 @@ spec:
     let left = k.ok(2, &["get", "pods", "-o", "name"], None).await;
     assert!(left.trim().is_empty(), "{left}");
 }
+
+/// Events expire `--event-ttl-seconds` after they were last seen (the apiserver's
+/// `--event-ttl`): the pod's `Started` event is listed, then gone while the pod runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_expire_after_the_ttl() {
+    let binary = tokio::task::spawn_blocking(kubectl_binary).await.unwrap();
+    let cluster = TestCluster::start(
+        "event-ttl",
+        3,
+        3,
+        &["--runtime", "sim", "--event-ttl-seconds", "5"],
+    )
+    .await
+    .unwrap();
+    let k = Kubectl {
+        binary,
+        kubeconfig: cluster.kubeconfig_path(),
+    };
+    eventually(CONVERGE, "the default namespace", || async {
+        let (ok, out, err) = k.run(0, &["get", "ns", "default"], None).await;
+        anyhow::ensure!(ok && out.contains("Active"), "{out}{err}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    k.ok(0, &["apply", "-f", "-"], Some(POD)).await;
+    let started_events = || async {
+        let (_, out, _) = k.run(1, &["get", "events", "-o", "json"], None).await;
+        let list: serde_json::Value = serde_json::from_str(&out)?;
+        anyhow::Ok(
+            list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["involvedObject"]["name"] == "web" && e["reason"] == "Started")
+                .count(),
+        )
+    };
+    eventually(CONVERGE, "the pod's Started events", || async {
+        anyhow::ensure!(started_events().await? > 0, "none yet");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    eventually(CONVERGE, "the events expired", || async {
+        let n = started_events().await?;
+        anyhow::ensure!(n == 0, "{n} left");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let (_, out, _) = k.run(0, &["get", "pod", "web"], None).await;
+    assert!(out.contains("Running"), "{out}");
+}

@@ -8,6 +8,7 @@ pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
+mod events;
 pub mod feed;
 pub mod gc;
 pub mod job;
@@ -40,6 +41,8 @@ pub struct ControllerConfig {
     /// Bumped whenever gossip's view of the members changes, so shard moves and node
     /// lifecycle react at once instead of at their next poll.
     pub membership_changed: Option<watch::Receiver<u64>>,
+    /// How long an Event not seen again is kept.
+    pub event_ttl: std::time::Duration,
 }
 
 /// Starts this node's shard host, scheduler and controllers; they stop with `shutdown`.
@@ -108,6 +111,7 @@ pub fn start(
     for r in reconcilers {
         runner::start(ctx.clone(), r, shutdown.clone());
     }
+    events::start(ctx.clone(), config.event_ttl, shutdown.clone());
     gc::start(ctx, shutdown);
     shards
 }
