@@ -2348,6 +2348,7 @@ pub mod internal {
         fence: Fence,
     ) -> Result<Option<u64>, ApiError> {
         let r = resources::find("", "v1", "pods").ok_or_else(ApiError::path_not_found)?;
+        let events = resources::find("", "v1", "events").ok_or_else(ApiError::path_not_found)?;
         let now = meta::rfc3339(meta::now_secs());
         let mut compare = fence.compare;
         let mut success = fence.also;
@@ -2387,9 +2388,31 @@ pub mod internal {
                 op: flotilla_consensus::CmpOp::Equal,
                 revision: *revision,
             });
+            // kube-scheduler's `Scheduled` event, in the same transaction (no extra round).
+            let uid = meta::new_uid();
+            let event_name = format!("{name}.{}", &uid[..8]);
+            let event = json!({
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": event_name, "namespace": ns, "uid": uid, "creationTimestamp": now},
+                "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": ns,
+                    "uid": pod.pointer("/metadata/uid").cloned().unwrap_or(Value::Null)},
+                "reason": "Scheduled",
+                "message": format!("Successfully assigned {ns}/{name} to {node}"),
+                "type": "Normal",
+                "count": 1,
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "source": {"component": "default-scheduler"},
+                "reportingComponent": "default-scheduler",
+            });
             success.push(Op::Put {
                 key,
                 value: encode_object(r, &name, &pod)?,
+            });
+            success.push(Op::Put {
+                key: events.key(Some(&ns), &event_name),
+                value: encode_object(events, &event_name, &event)?,
             });
         }
         let resp = store

@@ -496,6 +496,12 @@ async fn topology_spread(k: &Kubectl) {
         .await
         .unwrap();
     }
+    // The scheduler's event, as `kubectl describe` shows it.
+    let (_, out, _) = k.run(1, &["describe", "pod", "zoned-0"], None).await;
+    assert!(
+        out.contains("Scheduled") && out.contains("Successfully assigned default/zoned-0 to node-"),
+        "{out}"
+    );
     let placed = placements(k, "zoned-").await;
     assert_eq!(
         placed.values().filter(|n| *n == "node-3").count(),
