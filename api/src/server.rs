@@ -1159,6 +1159,10 @@ fn initial_status(r: &Resource, obj: &mut Value) {
         "pods" => json!({"phase": "Pending", "qosClass": qos_class(obj)}),
         "services" | "ingresses" => json!({"loadBalancer": {}}),
         "persistentvolumeclaims" | "persistentvolumes" => json!({"phase": "Pending"}),
+        // The Go status struct's counters are not omitempty: a new budget shows zeros.
+        "poddisruptionbudgets" => json!({
+            "disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 0, "expectedPods": 0
+        }),
         _ => json!({}),
     };
 }
@@ -1208,6 +1212,7 @@ fn tracks_generation(r: &Resource) -> bool {
             | "cronjobs"
             | "ingresses"
             | "horizontalpodautoscalers"
+            | "poddisruptionbudgets"
     )
 }
 

@@ -79,6 +79,7 @@ pub(crate) fn validate(
         ("apps", "DaemonSet") => daemon_set(&mut e, obj, old),
         ("batch", "Job") => job(&mut e, obj, old),
         ("batch", "CronJob") => cron_job(&mut e, obj, old),
+        ("policy", "PodDisruptionBudget") => pod_disruption_budget(&mut e, obj),
         _ => {}
     }
     e.0
@@ -2159,6 +2160,53 @@ fn not_more_than_100_percent(e: &mut Errs, v: &Value, path: &str) {
     }
 }
 
+/// `ValidatePodDisruptionBudget` (policy/v1): one of minAvailable and maxUnavailable, each a
+/// non-negative int or a percent up to 100%, a valid selector, a known eviction policy, and
+/// (for the status a controller writes) no negative counters.
+fn pod_disruption_budget(e: &mut Errs, obj: &Value) {
+    let spec = get(obj, "spec");
+    let min = get(spec, "minAvailable");
+    let max = get(spec, "maxUnavailable");
+    if !min.is_null() && !max.is_null() {
+        // Go prints the whole spec struct here; its exact `%#v` carries pointers, so only the
+        // type is kept (as for a Job's podFailurePolicy).
+        e.invalid(
+            "spec",
+            "policy.PodDisruptionBudgetSpec{...}",
+            "minAvailable and maxUnavailable cannot be both set",
+        );
+    }
+    for (key, v) in [("minAvailable", min), ("maxUnavailable", max)] {
+        if !v.is_null() {
+            let p = format!("spec.{key}");
+            positive_int_or_percent(e, v, &p);
+            not_more_than_100_percent(e, v, &p);
+        }
+    }
+    let sel = get(spec, "selector");
+    if !sel.is_null() {
+        label_selector(e, sel, "spec.selector");
+    }
+    if let Some(policy) = get(spec, "unhealthyPodEvictionPolicy").as_str() {
+        if !matches!(policy, "IfHealthyBudget" | "AlwaysAllow") {
+            e.not_supported(
+                "spec.unhealthyPodEvictionPolicy",
+                &quote(policy),
+                &["AlwaysAllow", "IfHealthyBudget"],
+            );
+        }
+    }
+    let status = get(obj, "status");
+    for key in [
+        "disruptionsAllowed",
+        "currentHealthy",
+        "desiredHealthy",
+        "expectedPods",
+    ] {
+        e.nonnegative(&format!("status.{key}"), int(status, key));
+    }
+}
+
 fn deployment(e: &mut Errs, obj: &Value, old: Option<&Value>) {
     let spec = get(obj, "spec");
     e.nonnegative("spec.replicas", int(spec, "replicas"));
@@ -3571,6 +3619,40 @@ mod tests {
         let all = causes(kind, obj);
         assert_eq!(all.len(), 1, "{all:#?}");
         all.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn disruption_budgets_take_one_bound_an_int_or_percent_and_a_valid_selector() {
+        let pdb = |spec: Value| {
+            json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                "metadata": {"name": "b", "namespace": "default"}, "spec": spec})
+        };
+        let sel = json!({"matchLabels": {"app": "web"}});
+        assert!(causes("PodDisruptionBudget", &pdb(json!({"minAvailable": 2, "selector": sel}))).is_empty());
+        assert!(causes("PodDisruptionBudget", &pdb(json!({"maxUnavailable": "50%", "selector": sel}))).is_empty());
+        let (field, message, _) = one(
+            "PodDisruptionBudget",
+            &pdb(json!({"minAvailable": 1, "maxUnavailable": 1, "selector": sel})),
+        );
+        assert_eq!(field, "spec");
+        assert!(message.ends_with("minAvailable and maxUnavailable cannot be both set"), "{message}");
+        let (field, message, _) = one("PodDisruptionBudget", &pdb(json!({"minAvailable": "150%"})));
+        assert_eq!(field, "spec.minAvailable");
+        assert!(message.ends_with("must not be greater than 100%"), "{message}");
+        let (field, _, _) = one("PodDisruptionBudget", &pdb(json!({"maxUnavailable": "two"})));
+        assert_eq!(field, "spec.maxUnavailable");
+        let (field, _, _) = one("PodDisruptionBudget", &pdb(json!({"maxUnavailable": -1})));
+        assert_eq!(field, "spec.maxUnavailable");
+        let (field, _, _) = one(
+            "PodDisruptionBudget",
+            &pdb(json!({"minAvailable": 1, "selector": {"matchExpressions": [{"key": "app", "operator": "Near"}]}})),
+        );
+        assert_eq!(field, "spec.selector.matchExpressions[0].operator");
+        let (field, _, reason) = one(
+            "PodDisruptionBudget",
+            &pdb(json!({"minAvailable": 1, "unhealthyPodEvictionPolicy": "Sometimes"})),
+        );
+        assert_eq!((field.as_str(), reason.as_str()), ("spec.unhealthyPodEvictionPolicy", "FieldValueNotSupported"));
     }
 
     #[test]
