@@ -958,6 +958,12 @@ enum Selector {
     Reqs(Vec<(String, String, Vec<String>)>),
 }
 
+/// Whether a `metav1.LabelSelector` selects `labels`: a null selector selects nothing, an
+/// empty one everything (policy/v1's PodDisruptionBudget rule).
+pub(crate) fn label_selector_selects(sel: &Value, labels: &BTreeMap<String, String>) -> bool {
+    Selector::of(sel).matches(labels)
+}
+
 impl Selector {
     fn of(sel: &Value) -> Selector {
         if sel.is_null() {
