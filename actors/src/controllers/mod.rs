@@ -7,6 +7,7 @@ pub mod cron;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod feed;
 pub mod gc;
@@ -83,6 +84,7 @@ pub fn start(
     });
     let reconcilers: Vec<Arc<dyn runner::Reconciler>> = vec![
         Arc::new(deployment::DeploymentController),
+        Arc::new(disruption::DisruptionController),
         Arc::new(endpoints::EndpointsController),
         Arc::new(namespace::NamespaceController),
         Arc::new(statefulset::StatefulSetController),
