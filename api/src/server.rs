@@ -2240,7 +2240,11 @@ async fn matching_budgets(
     let labels = meta::labels_of(pod);
     let range = api
         .store
-        .range(&r.namespace_prefix(namespace), usize::MAX, Read::Linearizable)
+        .range(
+            &r.namespace_prefix(namespace),
+            usize::MAX,
+            Read::Linearizable,
+        )
         .await?;
     let mut out = Vec::new();
     for kv in range.kvs {

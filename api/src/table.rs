@@ -438,7 +438,9 @@ fn printer(r: &Resource) -> (Vec<Column>, Vec<Column>) {
         ),
         ("policy", "poddisruptionbudgets") => (
             vec![
-                col("Min Available", 0, |o| int_or_string(o, "/spec/minAvailable")),
+                col("Min Available", 0, |o| {
+                    int_or_string(o, "/spec/minAvailable")
+                }),
                 col("Max Unavailable", 0, |o| {
                     int_or_string(o, "/spec/maxUnavailable")
                 }),

@@ -2193,14 +2193,14 @@ fn pod_disruption_budget(e: &mut Errs, obj: &Value) {
     if !sel.is_null() {
         label_selector(e, sel, "spec.selector");
     }
-    if let Some(policy) = get(spec, "unhealthyPodEvictionPolicy").as_str() {
-        if !matches!(policy, "IfHealthyBudget" | "AlwaysAllow") {
-            e.not_supported(
-                "spec.unhealthyPodEvictionPolicy",
-                &quote(policy),
-                &["AlwaysAllow", "IfHealthyBudget"],
-            );
-        }
+    if let Some(policy) = get(spec, "unhealthyPodEvictionPolicy").as_str()
+        && !matches!(policy, "IfHealthyBudget" | "AlwaysAllow")
+    {
+        e.not_supported(
+            "spec.unhealthyPodEvictionPolicy",
+            &quote(policy),
+            &["AlwaysAllow", "IfHealthyBudget"],
+        );
     }
     let status = get(obj, "status");
     for key in [
@@ -3634,31 +3634,57 @@ mod tests {
                 "metadata": {"name": "b", "namespace": "default"}, "spec": spec})
         };
         let sel = json!({"matchLabels": {"app": "web"}});
-        assert!(causes("PodDisruptionBudget", &pdb(json!({"minAvailable": 2, "selector": sel}))).is_empty());
-        assert!(causes("PodDisruptionBudget", &pdb(json!({"maxUnavailable": "50%", "selector": sel}))).is_empty());
+        assert!(
+            causes(
+                "PodDisruptionBudget",
+                &pdb(json!({"minAvailable": 2, "selector": sel}))
+            )
+            .is_empty()
+        );
+        assert!(
+            causes(
+                "PodDisruptionBudget",
+                &pdb(json!({"maxUnavailable": "50%", "selector": sel}))
+            )
+            .is_empty()
+        );
         let (field, message, _) = one(
             "PodDisruptionBudget",
             &pdb(json!({"minAvailable": 1, "maxUnavailable": 1, "selector": sel})),
         );
         assert_eq!(field, "spec");
-        assert!(message.ends_with("minAvailable and maxUnavailable cannot be both set"), "{message}");
+        assert!(
+            message.ends_with("minAvailable and maxUnavailable cannot be both set"),
+            "{message}"
+        );
         let (field, message, _) = one("PodDisruptionBudget", &pdb(json!({"minAvailable": "150%"})));
         assert_eq!(field, "spec.minAvailable");
-        assert!(message.ends_with("must not be greater than 100%"), "{message}");
-        let (field, _, _) = one("PodDisruptionBudget", &pdb(json!({"maxUnavailable": "two"})));
+        assert!(
+            message.ends_with("must not be greater than 100%"),
+            "{message}"
+        );
+        let (field, _, _) = one(
+            "PodDisruptionBudget",
+            &pdb(json!({"maxUnavailable": "two"})),
+        );
         assert_eq!(field, "spec.maxUnavailable");
         let (field, _, _) = one("PodDisruptionBudget", &pdb(json!({"maxUnavailable": -1})));
         assert_eq!(field, "spec.maxUnavailable");
         let (field, _, _) = one(
             "PodDisruptionBudget",
-            &pdb(json!({"minAvailable": 1, "selector": {"matchExpressions": [{"key": "app", "operator": "Near"}]}})),
+            &pdb(
+                json!({"minAvailable": 1, "selector": {"matchExpressions": [{"key": "app", "operator": "Near"}]}}),
+            ),
         );
         assert_eq!(field, "spec.selector.matchExpressions[0].operator");
         let (field, _, reason) = one(
             "PodDisruptionBudget",
             &pdb(json!({"minAvailable": 1, "unhealthyPodEvictionPolicy": "Sometimes"})),
         );
-        assert_eq!((field.as_str(), reason.as_str()), ("spec.unhealthyPodEvictionPolicy", "FieldValueNotSupported"));
+        assert_eq!(
+            (field.as_str(), reason.as_str()),
+            ("spec.unhealthyPodEvictionPolicy", "FieldValueNotSupported")
+        );
     }
 
     #[test]

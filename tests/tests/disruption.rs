@@ -158,7 +158,12 @@ async fn disruption_budgets_limit_drains_and_evictions() {
         ],
         "{table}"
     );
-    let row: Vec<&str> = table.lines().nth(1).unwrap_or("").split_whitespace().collect();
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     assert_eq!(&row[..4], ["web", "2", "N/A", "1"], "{table}");
 
     // Drain the node of one pod while a watch records every pod change.
@@ -195,7 +200,10 @@ async fn disruption_budgets_limit_drains_and_evictions() {
         )
         .await;
     assert!(ok, "drain failed:\n{out}\n{err}");
-    assert!(out.contains(&format!("node/{node} drained")), "{out}\n{err}");
+    assert!(
+        out.contains(&format!("node/{node} drained")),
+        "{out}\n{err}"
+    );
     let after = eventually(CONVERGE, "3 ready web pods after the drain", || {
         all_ready(&k)
     })
@@ -217,7 +225,10 @@ async fn disruption_budgets_limit_drains_and_evictions() {
         ready.insert((*name).to_owned(), is_ready);
         let n = ready.values().filter(|r| **r).count();
         armed |= n == 3;
-        assert!(!armed || n >= 2, "only {n} ready at {line:?} in\n{lines:#?}");
+        assert!(
+            !armed || n >= 2,
+            "only {n} ready at {line:?} in\n{lines:#?}"
+        );
     }
     assert!(armed, "{lines:#?}");
     k.ok(0, &["uncordon", &node], None).await;

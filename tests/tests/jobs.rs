@@ -509,6 +509,9 @@ async fn pod_failure_policy_fails_or_ignores_by_exit_code() {
         "{.status.failed}|{.status.conditions[?(@.type==\"Failed\")].status}",
     )
     .await;
-    assert!(got == "0|" || got == "|", "ignored failures are not counted: {got}");
+    assert!(
+        got == "0|" || got == "|",
+        "ignored failures are not counted: {got}"
+    );
     drop(cluster);
 }

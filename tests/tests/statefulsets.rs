@@ -571,34 +571,57 @@ async fn claim_retention_policy_deletes_claims_on_scale_down_and_set_deletion() 
     )
     .await;
     assert_eq!(owner, "StatefulSet/db");
-    let owner = jsonpath(&k, 0, &["pvc", "data-keep-0"], "{.metadata.ownerReferences}").await;
+    let owner = jsonpath(
+        &k,
+        0,
+        &["pvc", "data-keep-0"],
+        "{.metadata.ownerReferences}",
+    )
+    .await;
     assert_eq!(owner, "", "Retain leaves claims unowned");
 
     // Scale both to 1: db's claims of 1 and 2 go with their pods, keep's stay.
-    k.ok(0, &["scale", "sts", "keep", "--replicas=1"], None).await;
+    k.ok(0, &["scale", "sts", "keep", "--replicas=1"], None)
+        .await;
     eventually(CONVERGE, "keep scaled to 1", || async {
-        let pods = jsonpath(&k, 0, &["pods", "-l", "app=keep"], "{.items[*].metadata.name}").await;
+        let pods = jsonpath(
+            &k,
+            0,
+            &["pods", "-l", "app=keep"],
+            "{.items[*].metadata.name}",
+        )
+        .await;
         anyhow::ensure!(pods == "keep-0", "{pods}");
         Ok(())
     })
     .await
     .unwrap();
     k.ok(0, &["scale", "sts", "db", "--replicas=1"], None).await;
-    eventually(CONVERGE, "db's claims of ordinals 1 and 2 deleted", || async {
-        let c = claims(&k).await;
-        anyhow::ensure!(
-            c == ["data-db-0", "data-keep-0", "data-keep-1", "data-keep-2"],
-            "{c:?}"
-        );
-        Ok(())
-    })
+    eventually(
+        CONVERGE,
+        "db's claims of ordinals 1 and 2 deleted",
+        || async {
+            let c = claims(&k).await;
+            anyhow::ensure!(
+                c == ["data-db-0", "data-keep-0", "data-keep-1", "data-keep-2"],
+                "{c:?}"
+            );
+            Ok(())
+        },
+    )
     .await
     .unwrap();
 
     // Delete both sets (keep first): db's last claim goes, keep's three stay.
     k.ok(0, &["delete", "sts", "keep"], None).await;
     eventually(CONVERGE, "keep's pods gone", || async {
-        let pods = jsonpath(&k, 0, &["pods", "-l", "app=keep"], "{.items[*].metadata.name}").await;
+        let pods = jsonpath(
+            &k,
+            0,
+            &["pods", "-l", "app=keep"],
+            "{.items[*].metadata.name}",
+        )
+        .await;
         anyhow::ensure!(pods.is_empty(), "{pods}");
         Ok(())
     })

@@ -155,7 +155,10 @@ impl DisruptionController {
         let ns = str_at(&pdb, "/metadata/namespace").to_owned();
         let name = str_at(&pdb, "/metadata/name").to_owned();
         // policy/v1: a null selector selects nothing, an empty one every pod.
-        let selector = pdb.pointer("/spec/selector").cloned().unwrap_or(Value::Null);
+        let selector = pdb
+            .pointer("/spec/selector")
+            .cloned()
+            .unwrap_or(Value::Null);
         let pods: Vec<Value> = if selector.is_object() {
             ctx.list(&format!("/registry/core/pods/{ns}/"))
                 .await?
@@ -184,7 +187,10 @@ impl DisruptionController {
                 if is_deleting(pod) {
                     continue;
                 }
-                let since = at.as_str().and_then(flotilla_api::parse_rfc3339).unwrap_or(0);
+                let since = at
+                    .as_str()
+                    .and_then(flotilla_api::parse_rfc3339)
+                    .unwrap_or(0);
                 let expires = since + DELETION_TIMEOUT;
                 if expires <= now {
                     continue;
@@ -237,17 +243,22 @@ impl DisruptionController {
                 // `failSafe`: no disruption while the budget cannot be computed.
                 status["currentHealthy"] = json!(current);
                 status["disruptionsAllowed"] = json!(0);
-                set_metav1_condition(&mut conditions, "False", "SyncFailed", e.message(), generation);
+                set_metav1_condition(
+                    &mut conditions,
+                    "False",
+                    "SyncFailed",
+                    e.message(),
+                    generation,
+                );
             }
         }
-        status["disruptedPods"] = Value::Object(disrupted);
-        if status["disruptedPods"]
-            .as_object()
-            .is_some_and(Map::is_empty)
-        {
+        // An empty map is left out, as Go's `omitempty` does.
+        if disrupted.is_empty() {
             if let Some(m) = status.as_object_mut() {
                 m.remove("disruptedPods");
             }
+        } else {
+            status["disruptedPods"] = Value::Object(disrupted);
         }
         status["conditions"] = json!(conditions);
         status["observedGeneration"] = json!(generation);

@@ -182,7 +182,12 @@ fn exit_code_match(req: &Value, pod: &Value) -> Option<(String, i64)> {
     let operator = str_at(req, "/operator");
     ["/status/containerStatuses", "/status/initContainerStatuses"]
         .iter()
-        .flat_map(|p| pod.pointer(p).and_then(Value::as_array).into_iter().flatten())
+        .flat_map(|p| {
+            pod.pointer(p)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
         .find_map(|c| {
             let code = c.pointer("/state/terminated/exitCode")?.as_i64()?;
             let name = str_at(c, "/name");
@@ -837,18 +842,23 @@ mod tests {
         );
         assert_eq!(
             pod_failure_action(
-                &policy(json!([{"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [42]}}])),
+                &policy(
+                    json!([{"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [42]}}])
+                ),
                 &pod
             ),
             PolicyAction::Count
         );
         assert_eq!(
             pod_failure_action(
-                &policy(json!([{"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}])),
+                &policy(
+                    json!([{"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}])
+                ),
                 &pod
             ),
             PolicyAction::FailJob(
-                "Pod default/j-abc has condition DisruptionTarget matching FailJob rule at index 0".into()
+                "Pod default/j-abc has condition DisruptionTarget matching FailJob rule at index 0"
+                    .into()
             )
         );
     }

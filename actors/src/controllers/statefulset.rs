@@ -294,7 +294,10 @@ fn claim_from_template(set: &Value, claim: &Value, ordinal: i64) -> Value {
 /// `persistentVolumeClaimRetentionPolicy` as (whenDeleted is Delete, whenScaled is Delete).
 fn retention(set: &Value) -> (bool, bool) {
     let policy = |k: &str| {
-        str_at(set, &format!("/spec/persistentVolumeClaimRetentionPolicy/{k}")) == "Delete"
+        str_at(
+            set,
+            &format!("/spec/persistentVolumeClaimRetentionPolicy/{k}"),
+        ) == "Delete"
     };
     (policy("whenDeleted"), policy("whenScaled"))
 }
@@ -312,9 +315,14 @@ fn owner_ref_to(api_version: &str, kind: &str, obj: &Value) -> Value {
 /// ordinal's pod (`in_range`: the ordinal is below the replicas); `None` when it already does.
 /// The set owns it while `whenDeleted: Delete` unless it was scaled away under
 /// `whenScaled: Delete`, when its pod owns it instead (so it goes with the pod).
-fn claim_owner_refs(claim: &Value, set: &Value, pod: Option<&Value>, in_range: bool) -> Option<Value> {
+fn claim_owner_refs(
+    claim: &Value,
+    set: &Value,
+    pod: Option<&Value>,
+    in_range: bool,
+) -> Option<Value> {
     let (when_deleted, when_scaled) = retention(set);
-    let want_set = when_deleted && !(when_scaled && !in_range);
+    let want_set = when_deleted && (in_range || !when_scaled);
     let want_pod = when_scaled && !in_range;
     let set_uid = str_at(set, "/metadata/uid");
     let old: Vec<Value> = claim
@@ -909,21 +917,37 @@ mod tests {
             })
         };
         // Retain/Retain: nothing to add.
-        assert_eq!(claim_owner_refs(&claim, &set("Retain", "Retain"), Some(&pod), false), None);
+        assert_eq!(
+            claim_owner_refs(&claim, &set("Retain", "Retain"), Some(&pod), false),
+            None
+        );
         // whenDeleted=Delete: the set owns it while in range.
         let owned = claim_owner_refs(&claim, &set("Delete", "Retain"), Some(&pod), true);
         assert_eq!(uids(owned.clone()), Some(vec!["set-uid".to_owned()]));
         let mut by_set = claim.clone();
         by_set["metadata"]["ownerReferences"] = owned.unwrap();
-        assert_eq!(claim_owner_refs(&by_set, &set("Delete", "Retain"), Some(&pod), true), None);
+        assert_eq!(
+            claim_owner_refs(&by_set, &set("Delete", "Retain"), Some(&pod), true),
+            None
+        );
         // Both Delete and scaled away: handed from the set to the pod.
         assert_eq!(
-            uids(claim_owner_refs(&by_set, &set("Delete", "Delete"), Some(&pod), false)),
+            uids(claim_owner_refs(
+                &by_set,
+                &set("Delete", "Delete"),
+                Some(&pod),
+                false
+            )),
             Some(vec!["pod-uid".to_owned()])
         );
         // Back to Retain: the set's reference goes.
         assert_eq!(
-            uids(claim_owner_refs(&by_set, &set("Retain", "Retain"), Some(&pod), true)),
+            uids(claim_owner_refs(
+                &by_set,
+                &set("Retain", "Retain"),
+                Some(&pod),
+                true
+            )),
             Some(vec![])
         );
     }
