@@ -1,11 +1,12 @@
 //! PodDisruptionBudgets end to end with real kubectl and the `process` runtime on 3 nodes:
-//! - `kubectl get pdb` prints the apiserver's columns, and the disruption controller fills in
+//! - `kubectl create pdb` (a protobuf body) works; `kubectl get pdb` prints the apiserver's columns, and the disruption controller fills in
 //!   the status (3 expected, 2 desired, 1 allowed for a 3-replica Deployment and
 //!   minAvailable 2);
 //! - a budget with both minAvailable and maxUnavailable is refused with the field path;
 //! - `kubectl drain` of a node holding one of its pods succeeds, and a watch of the pods never
 //!   sees fewer than 2 of them ready once all 3 were;
-//! - with maxUnavailable 0 a drain fails with the disruption-budget message and the pod stays.
+//! - with maxUnavailable 0 a drain fails with the disruption-budget message and the pod stays;
+//! - a pod two budgets select cannot be evicted (500).
 //!
 //! The busybox image comes from `scripts/build-busybox-image.sh`; without it the test says so
 //! and stops.
@@ -36,14 +37,6 @@ spec:
       - name: app
         image: busybox:1.36
         command: [sh, -c, 'while true; do sleep 1; done']
-";
-
-const MIN_TWO: &str = "apiVersion: policy/v1
-kind: PodDisruptionBudget
-metadata: {name: web}
-spec:
-  minAvailable: 2
-  selector: {matchLabels: {app: web}}
 ";
 
 const NONE_UNAVAILABLE: &str = "apiVersion: policy/v1
@@ -129,7 +122,19 @@ async fn disruption_budgets_limit_drains_and_evictions() {
         "{err}"
     );
 
-    k.ok(0, &["apply", "-f", "-"], Some(MIN_TWO)).await;
+    // `kubectl create pdb` sends a protobuf body.
+    k.ok(
+        0,
+        &[
+            "create",
+            "pdb",
+            "web",
+            "--selector=app=web",
+            "--min-available=2",
+        ],
+        None,
+    )
+    .await;
     eventually(CONVERGE, "the budget's status", || async {
         let b = budget(&k).await;
         anyhow::ensure!(b == "1 3 2 3", "{b}");
@@ -268,5 +273,30 @@ async fn disruption_budgets_limit_drains_and_evictions() {
     let row = k.ok(0, &["get", "pdb", "web", "--no-headers"], None).await;
     let row: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(&row[..4], ["web", "N/A", "0", "0"], "{row:?}");
+
+    // A pod two budgets select cannot be evicted at all (500, as the apiserver).
+    k.ok(
+        0,
+        &["apply", "-f", "-"],
+        Some(&NONE_UNAVAILABLE.replace("name: web", "name: extra")),
+    )
+    .await;
+    let body = format!(
+        "{{\"apiVersion\": \"policy/v1\", \"kind\": \"Eviction\", \"metadata\": {{\"name\": \"{victim}\"}}}}"
+    );
+    let err = k
+        .fails(
+            0,
+            &[
+                "create",
+                "--raw",
+                &format!("/api/v1/namespaces/default/pods/{victim}/eviction"),
+                "-f",
+                "-",
+            ],
+            Some(&body),
+        )
+        .await;
+    assert!(err.contains("more than one PodDisruptionBudget"), "{err}");
     drop(cluster);
 }
