@@ -2659,6 +2659,9 @@ fn job_spec(e: &mut Errs, spec: &Value, path: &str) {
             e.not_supported(&p, &quote(policy), &["Failed", "TerminatingOrFailed"]);
         }
     }
+    if has_failure_policy {
+        pod_failure_policy(e, spec, &format!("{path}.podFailurePolicy"));
+    }
     let template = get(spec, "template");
     let tp = format!("{path}.template");
     pod_template(e, template, &tp);
@@ -2674,6 +2677,120 @@ fn job_spec(e: &mut Errs, spec: &Value, path: &str) {
             "only \"Never\" is supported when podFailurePolicy is specified",
         ),
         other => e.not_supported(&rp, &quote(other), &["OnFailure", "Never"]),
+    }
+}
+
+/// `validatePodFailurePolicy`: at most 20 rules, each with a known action and exactly one of
+/// onExitCodes (In/NotIn over 1–255 distinct, ascending codes, no 0 under In, a container
+/// of the template) and onPodConditions (a qualified type, status True/False/Unknown).
+fn pod_failure_policy(e: &mut Errs, spec: &Value, path: &str) {
+    const ACTIONS: [&str; 4] = ["Count", "FailIndex", "FailJob", "Ignore"];
+    let policy = get(spec, "podFailurePolicy");
+    let rules = list(policy, "rules");
+    let rp = format!("{path}.rules");
+    if rules.len() > 20 {
+        e.push(
+            "FieldValueTooMany",
+            &rp,
+            format!("Too many: {}: must have at most 20 items", rules.len()),
+        );
+    }
+    let tspec = get(get(spec, "template"), "spec");
+    let containers: BTreeSet<&str> = list(tspec, "containers")
+        .iter()
+        .chain(list(tspec, "initContainers"))
+        .map(|c| text(c, "name"))
+        .collect();
+    for (i, rule) in rules.iter().enumerate() {
+        let p = format!("{rp}[{i}]");
+        let ap = format!("{p}.action");
+        match text(rule, "action") {
+            "" => e.required(
+                &ap,
+                "valid values: [\"Count\" \"FailIndex\" \"FailJob\" \"Ignore\"]",
+            ),
+            "FailIndex" if !has(spec, "backoffLimitPerIndex") => e.invalid(
+                &ap,
+                &quote("FailIndex"),
+                "requires the backoffLimitPerIndex to be set",
+            ),
+            a if !ACTIONS.contains(&a) => e.not_supported(&ap, &quote(a), &ACTIONS),
+            _ => {}
+        }
+        let codes = get(rule, "onExitCodes");
+        let conditions = list(rule, "onPodConditions");
+        if codes.is_object() {
+            let cp = format!("{p}.onExitCodes");
+            if let Some(name) = codes.get("containerName").and_then(Value::as_str)
+                && !containers.contains(name)
+            {
+                e.invalid(
+                    &format!("{cp}.containerName"),
+                    &quote(name),
+                    "must be one of the container or initContainer names in the pod template",
+                );
+            }
+            let op = text(codes, "operator");
+            if !matches!(op, "In" | "NotIn") {
+                e.not_supported(&format!("{cp}.operator"), &quote(op), &["In", "NotIn"]);
+            }
+            let values = list(codes, "values");
+            let vp = format!("{cp}.values");
+            if values.is_empty() {
+                e.invalid(&vp, "[]int32{}", "at least one value is required");
+            } else if values.len() > 255 {
+                e.push(
+                    "FieldValueTooMany",
+                    &vp,
+                    format!("Too many: {}: must have at most 255 items", values.len()),
+                );
+            } else {
+                let mut prev: Option<i64> = None;
+                for (j, v) in values.iter().enumerate() {
+                    let n = v.as_i64().unwrap_or(0);
+                    let at = format!("{vp}[{j}]");
+                    if n == 0 && op == "In" {
+                        e.invalid(&at, "0", "must not be 0 for the In operator");
+                    }
+                    if prev == Some(n) {
+                        e.duplicate(&at, &n.to_string());
+                    } else if prev.is_some_and(|p| p > n) {
+                        e.invalid(&at, &n.to_string(), "must be ordered");
+                    }
+                    prev = Some(n);
+                }
+            }
+        }
+        for (j, c) in conditions.iter().enumerate() {
+            let cp = format!("{p}.onPodConditions[{j}]");
+            let kind = text(c, "type");
+            for msg in qualified_name(kind) {
+                e.invalid(&format!("{cp}.type"), &quote(kind), &msg);
+            }
+            let status = text(c, "status");
+            if !matches!(status, "True" | "False" | "Unknown") {
+                e.not_supported(
+                    &format!("{cp}.status"),
+                    &quote(status),
+                    &["False", "True", "Unknown"],
+                );
+            }
+        }
+        match (codes.is_object(), conditions.is_empty()) {
+            (true, false) => e.push(
+                "FieldValueInvalid",
+                &p,
+                "Invalid value: specifying both OnExitCodes and OnPodConditions is not supported"
+                    .into(),
+            ),
+            (false, true) => e.push(
+                "FieldValueInvalid",
+                &p,
+                "Invalid value: specifying one of OnExitCodes and OnPodConditions is required"
+                    .into(),
+            ),
+            _ => {}
+        }
     }
 }
 
@@ -3625,6 +3742,53 @@ mod tests {
         let all = causes(kind, obj);
         assert_eq!(all.len(), 1, "{all:#?}");
         all.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn pod_failure_policy_rules_are_checked() {
+        let job = |rules: Value| {
+            let mut j = json!({"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": "j", "namespace": "default"},
+                "spec": {"podFailurePolicy": {"rules": rules},
+                    "template": {"spec": {"restartPolicy": "Never",
+                        "containers": [{"name": "main", "image": "busybox"}]}}}});
+            crate::defaults::apply_defaults("batch/v1", "Job", &mut j);
+            j
+        };
+        let fields = |rules: Value| -> Vec<String> {
+            causes("Job", &job(rules))
+                .into_iter()
+                .map(|c| c.0)
+                .collect()
+        };
+        assert_eq!(
+            fields(
+                json!([{"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [1, 42]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}])
+            ),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            fields(
+                json!([{"action": "Explode", "onExitCodes": {"containerName": "side", "operator": "Is", "values": [0, 3, 2]}}])
+            ),
+            [
+                "spec.podFailurePolicy.rules[0].action",
+                "spec.podFailurePolicy.rules[0].onExitCodes.containerName",
+                "spec.podFailurePolicy.rules[0].onExitCodes.operator",
+                "spec.podFailurePolicy.rules[0].onExitCodes.values[2]",
+            ]
+        );
+        assert_eq!(
+            fields(
+                json!([{"action": "FailJob"}, {"action": "FailIndex", "onPodConditions": [{"type": "X", "status": "Maybe"}]}])
+            ),
+            [
+                "spec.podFailurePolicy.rules[0]",
+                "spec.podFailurePolicy.rules[1].action",
+                "spec.podFailurePolicy.rules[1].onPodConditions[0].status",
+            ]
+        );
     }
 
     #[test]
