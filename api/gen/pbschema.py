@@ -41,7 +41,7 @@ TOP_LEVEL = [
     ("autoscaling/v1", "autoscaling/v1", ["HorizontalPodAutoscaler", "Scale"]),
     ("autoscaling/v2", "autoscaling/v2", ["HorizontalPodAutoscaler"]),
     ("rbac/v1", "rbac.authorization.k8s.io/v1", ["Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"]),
-    ("policy/v1", "policy/v1", ["Eviction"]),
+    ("policy/v1", "policy/v1", ["Eviction", "PodDisruptionBudget"]),
 ]
 # DeleteOptions is registered in every group version, so clients may send it under any
 # apiVersion; message_for accepts it regardless of apiVersion.

@@ -11,7 +11,7 @@ use std::sync::LazyLock;
 use k8s_openapi::api::{
     apps::v1 as apps, autoscaling::v1 as as1, autoscaling::v2 as as2, batch::v1 as batch,
     coordination::v1 as coord, core::v1 as core, discovery::v1 as disc, events::v1 as ev,
-    networking::v1 as net, rbac::v1 as rbac, storage::v1 as storage,
+    networking::v1 as net, policy::v1 as policy, rbac::v1 as rbac, storage::v1 as storage,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use schemars::{JsonSchema, SchemaGenerator, generate::SchemaSettings};
@@ -61,6 +61,7 @@ fn kind_schema(generator: &mut SchemaGenerator, r: &Resource) -> Option<String> 
         ("autoscaling", "v2", "HorizontalPodAutoscaler") => {
             add::<as2::HorizontalPodAutoscaler>(generator)
         }
+        ("policy", "v1", "PodDisruptionBudget") => add::<policy::PodDisruptionBudget>(generator),
         ("storage.k8s.io", "v1", "StorageClass") => add::<storage::StorageClass>(generator),
         ("rbac.authorization.k8s.io", "v1", "Role") => add::<rbac::Role>(generator),
         ("rbac.authorization.k8s.io", "v1", "RoleBinding") => add::<rbac::RoleBinding>(generator),

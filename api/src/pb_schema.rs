@@ -93,6 +93,7 @@ pub fn message_for(api_version: &str, kind: &str) -> Option<&'static Msg> {
         ("rbac.authorization.k8s.io/v1", "RoleBinding") => &M_rbac_v1_RoleBinding,
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => &M_rbac_v1_ClusterRoleBinding,
         ("policy/v1", "Eviction") => &M_policy_v1_Eviction,
+        ("policy/v1", "PodDisruptionBudget") => &M_policy_v1_PodDisruptionBudget,
         (_, "DeleteOptions") => &M_meta_v1_DeleteOptions,
         _ => return None,
     })
@@ -3652,6 +3653,38 @@ pub static M_policy_v1_Eviction: Msg = Msg {
     fields: &[
         F(1, "metadata", Ref(&M_meta_v1_ObjectMeta), 0),
         F(2, "deleteOptions", Ref(&M_meta_v1_DeleteOptions), 0),
+    ],
+};
+
+pub static M_policy_v1_PodDisruptionBudget: Msg = Msg {
+    name: "policy.v1.PodDisruptionBudget",
+    fields: &[
+        F(1, "metadata", Ref(&M_meta_v1_ObjectMeta), 0),
+        F(2, "spec", Ref(&M_policy_v1_PodDisruptionBudgetSpec), 0),
+        F(3, "status", Ref(&M_policy_v1_PodDisruptionBudgetStatus), 0),
+    ],
+};
+
+pub static M_policy_v1_PodDisruptionBudgetSpec: Msg = Msg {
+    name: "policy.v1.PodDisruptionBudgetSpec",
+    fields: &[
+        F(1, "minAvailable", IntStr, 0),
+        F(2, "selector", Ref(&M_meta_v1_LabelSelector), 0),
+        F(3, "maxUnavailable", IntStr, 0),
+        F(4, "unhealthyPodEvictionPolicy", Str, 0),
+    ],
+};
+
+pub static M_policy_v1_PodDisruptionBudgetStatus: Msg = Msg {
+    name: "policy.v1.PodDisruptionBudgetStatus",
+    fields: &[
+        F(1, "observedGeneration", I64, OMIT),
+        F(2, "disruptedPods", Time, MAP),
+        F(3, "disruptionsAllowed", I32, 0),
+        F(4, "currentHealthy", I32, 0),
+        F(5, "desiredHealthy", I32, 0),
+        F(6, "expectedPods", I32, 0),
+        F(7, "conditions", Ref(&M_meta_v1_Condition), R),
     ],
 };
 

@@ -44,6 +44,7 @@ impl Resource {
                 | "cronjobs"
                 | "ingresses"
                 | "horizontalpodautoscalers"
+                | "poddisruptionbudgets"
         )
     }
 
@@ -326,6 +327,16 @@ pub static RESOURCES: &[Resource] = &[
         true,
         &["hpa"],
         ALL
+    ),
+    res!(
+        "policy",
+        "v1",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        true,
+        &["pdb"],
+        NONE
     ),
     res!(
         "storage.k8s.io",

@@ -1159,6 +1159,10 @@ fn initial_status(r: &Resource, obj: &mut Value) {
         "pods" => json!({"phase": "Pending", "qosClass": qos_class(obj)}),
         "services" | "ingresses" => json!({"loadBalancer": {}}),
         "persistentvolumeclaims" | "persistentvolumes" => json!({"phase": "Pending"}),
+        // The Go status struct's counters are not omitempty: a new budget shows zeros.
+        "poddisruptionbudgets" => json!({
+            "disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 0, "expectedPods": 0
+        }),
         _ => json!({}),
     };
 }
@@ -1208,6 +1212,7 @@ fn tracks_generation(r: &Resource) -> bool {
             | "cronjobs"
             | "ingresses"
             | "horizontalpodautoscalers"
+            | "poddisruptionbudgets"
     )
 }
 
@@ -2045,8 +2050,9 @@ async fn delete_once(
 }
 
 /// `POST pods/NAME/eviction` (a policy/v1 `Eviction`): a graceful delete of the pod with the
-/// eviction's `deleteOptions`, answered like the apiserver with a `Success` Status and 201.
-/// PodDisruptionBudgets are not served, so no eviction is ever refused for one.
+/// eviction's `deleteOptions`, answered like the apiserver with a `Success` Status and 201,
+/// unless the pod's PodDisruptionBudget forbids it (pkg/registry/core/pod/storage/eviction.go):
+/// then 429 TooManyRequests, which `kubectl drain` retries until its timeout.
 async fn evict(
     api: &Api,
     t: &Target,
@@ -2076,17 +2082,280 @@ async fn evict(
         ));
     }
     let options = eviction.get("deleteOptions").filter(|o| o.is_object());
-    let pod = Target {
+    let pod_target = Target {
         resource: t.resource,
         namespace: t.namespace.clone(),
         name: Some(name.to_owned()),
         sub: None,
     };
-    delete_with(api, &pod, name, options, q).await?;
-    Ok(json_response(
-        StatusCode::CREATED,
-        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-    ))
+    let evicted = || {
+        Ok(json_response(
+            StatusCode::CREATED,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        ))
+    };
+    // Like the apiserver's RetryOnConflict: the budget and the pod are read afresh each time.
+    for _ in 0..8 {
+        let current = read_current(api, &pod_target, name).await?;
+        let pod = served(t.resource, &current)?;
+        let deleting = crate::lifecycle::is_deleting(&pod);
+        // Finished, unstarted and already deleted pods are not counted by any budget.
+        if deleting
+            || matches!(
+                pod.pointer("/status/phase").and_then(Value::as_str),
+                Some("Succeeded" | "Failed" | "Pending")
+            )
+        {
+            delete_with(api, &pod_target, name, options, q).await?;
+            return evicted();
+        }
+        let mut budgets = matching_budgets(api, t.namespace.as_deref(), &pod).await?;
+        if budgets.len() > 1 {
+            return Err(ApiError::internal_error(
+                "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+            ));
+        }
+        let Some((budget_kv, mut budget)) = budgets.pop() else {
+            delete_with(api, &pod_target, name, options, q).await?;
+            return evicted();
+        };
+        let ready = pod_is_ready(&pod);
+        let status = |k: &str| {
+            budget
+                .pointer(&format!("/status/{k}"))
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+        };
+        if !ready {
+            let policy = budget
+                .pointer("/spec/unhealthyPodEvictionPolicy")
+                .and_then(Value::as_str)
+                .unwrap_or("IfHealthyBudget");
+            // An unready pod does not count as healthy: evicting it costs the budget nothing
+            // when the policy says so, or when the budget is met anyway. The delete is pinned
+            // to the pod as read, so a pod that became ready meanwhile is looked at again.
+            if policy == "AlwaysAllow"
+                || (status("currentHealthy") >= status("desiredHealthy")
+                    && status("desiredHealthy") > 0)
+            {
+                let mut pinned = options.cloned().unwrap_or_else(|| json!({}));
+                pinned["preconditions"]["resourceVersion"] =
+                    json!(current.mod_revision.to_string());
+                match delete_with(api, &pod_target, name, Some(&pinned), q).await {
+                    Err(e) if e.code() == 409 => continue,
+                    other => {
+                        other?;
+                        return evicted();
+                    }
+                }
+            }
+        }
+        check_and_decrement(&mut budget, name)?;
+        if q.dry_run.is_some() {
+            return evicted();
+        }
+        // One transaction: the budget's decrement (and the pod in `disruptedPods`) and the
+        // pod's deletion, both compared with what was read, so two evictions can never both
+        // spend the last disruption.
+        let budgets_r = resources::find("policy", "v1", "poddisruptionbudgets")
+            .ok_or_else(ApiError::path_not_found)?;
+        let budget_name = budget
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        if let Some(m) = budget["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        let pod_key = t.resource.key(t.namespace.as_deref(), name);
+        let requested_grace = options
+            .and_then(|o| o.get("gracePeriodSeconds"))
+            .and_then(Value::as_i64)
+            .or(q.grace_period_seconds);
+        let mut success = vec![Op::Put {
+            key: budget_kv.key.clone(),
+            value: encode_object(budgets_r, &budget_name, &budget)?,
+        }];
+        match crate::lifecycle::pod_grace_period(&pod, requested_grace) {
+            Some(grace) => {
+                let mut marked = pod.clone();
+                crate::lifecycle::mark_pod_deleting(&mut marked, grace);
+                if let Some(m) = marked["metadata"].as_object_mut() {
+                    m.remove("resourceVersion");
+                }
+                success.push(Op::Put {
+                    key: pod_key.clone(),
+                    value: encode_object(t.resource, name, &marked)?,
+                });
+            }
+            None => success.push(Op::Delete {
+                key: pod_key.clone(),
+            }),
+        }
+        let resp = api
+            .store
+            .txn(TxnRequest {
+                compare: vec![
+                    Compare::ModRevision {
+                        key: budget_kv.key.clone(),
+                        op: flotilla_consensus::CmpOp::Equal,
+                        revision: budget_kv.mod_revision,
+                    },
+                    Compare::ModRevision {
+                        key: pod_key,
+                        op: flotilla_consensus::CmpOp::Equal,
+                        revision: current.mod_revision,
+                    },
+                ],
+                success,
+                failure: vec![],
+            })
+            .await?;
+        if resp.succeeded {
+            return evicted();
+        }
+    }
+    Err(ApiError::conflict(t.resource, name))
+}
+
+fn pod_is_ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c.get("type").and_then(Value::as_str) == Some("Ready")
+                && c.get("status").and_then(Value::as_str) == Some("True")
+        })
+}
+
+/// The PodDisruptionBudgets of the pod's namespace whose selector selects it.
+async fn matching_budgets(
+    api: &Api,
+    namespace: Option<&str>,
+    pod: &Value,
+) -> Result<Vec<(KeyValue, Value)>, ApiError> {
+    let r = resources::find("policy", "v1", "poddisruptionbudgets")
+        .ok_or_else(ApiError::path_not_found)?;
+    let labels = meta::labels_of(pod);
+    let range = api
+        .store
+        .range(
+            &r.namespace_prefix(namespace),
+            usize::MAX,
+            Read::Linearizable,
+        )
+        .await?;
+    let mut out = Vec::new();
+    for kv in range.kvs {
+        let budget = served(r, &kv)?;
+        let selector = budget.pointer("/spec/selector").unwrap_or(&Value::Null);
+        if crate::validate::label_selector_selects(selector, &labels) {
+            out.push((kv, budget));
+        }
+    }
+    Ok(out)
+}
+
+/// The apiserver's `checkAndDecrement`: refuses while the budget's controller has not seen its
+/// latest spec or when no disruption is allowed; otherwise spends one and records the pod.
+fn check_and_decrement(budget: &mut Value, pod: &str) -> Result<(), ApiError> {
+    const MAX_DISRUPTED_PODS: usize = 2000;
+    let name = budget
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let at = |b: &Value, p: &str| b.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+    let cause = |message: String| StatusCause {
+        reason: "DisruptionBudget".into(),
+        message,
+        field: String::new(),
+    };
+    const REFUSED: &str = "Cannot evict pod as it would violate the pod's disruption budget.";
+    if at(budget, "/status/observedGeneration") < at(budget, "/metadata/generation") {
+        return Err(ApiError::too_many_requests(
+            REFUSED,
+            10,
+            vec![cause(format!(
+                "The disruption budget {name} is still being processed by the server."
+            ))],
+        ));
+    }
+    let r = resources::find("policy", "v1", "poddisruptionbudgets")
+        .ok_or_else(ApiError::path_not_found)?;
+    let allowed = at(budget, "/status/disruptionsAllowed");
+    if allowed < 0 {
+        return Err(ApiError::forbidden(
+            r,
+            &name,
+            "pdb disruptions allowed is negative",
+        ));
+    }
+    let disrupted = budget
+        .pointer("/status/disruptedPods")
+        .and_then(Value::as_object)
+        .map_or(0, |m| m.len());
+    if disrupted > MAX_DISRUPTED_PODS {
+        return Err(ApiError::forbidden(
+            r,
+            &name,
+            "DisruptedPods map too big - too many evictions not confirmed by PDB controller",
+        ));
+    }
+    if allowed == 0 {
+        return Err(ApiError::too_many_requests(
+            REFUSED,
+            0,
+            vec![cause(format!(
+                "The disruption budget {name} needs {} healthy pods and has {} currently",
+                at(budget, "/status/desiredHealthy"),
+                at(budget, "/status/currentHealthy")
+            ))],
+        ));
+    }
+    let now = meta::rfc3339(meta::now_secs());
+    budget["status"]["disruptionsAllowed"] = json!(allowed - 1);
+    if allowed - 1 == 0 {
+        set_disruption_allowed(budget, false, &now);
+    }
+    if !budget["status"]["disruptedPods"].is_object() {
+        budget["status"]["disruptedPods"] = json!({});
+    }
+    budget["status"]["disruptedPods"][pod] = json!(now);
+    Ok(())
+}
+
+/// `UpdateDisruptionAllowedCondition`, as the eviction handler applies it when it spends the
+/// last disruption (the controller keeps it otherwise).
+fn set_disruption_allowed(budget: &mut Value, allowed: bool, now: &str) {
+    let (status, reason) = if allowed {
+        ("True", "SufficientPods")
+    } else {
+        ("False", "InsufficientPods")
+    };
+    let generation = budget
+        .pointer("/status/observedGeneration")
+        .cloned()
+        .unwrap_or(json!(0));
+    let mut conditions: Vec<Value> = budget
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let fresh = json!({"type": "DisruptionAllowed", "status": status, "reason": reason,
+        "message": "", "observedGeneration": generation, "lastTransitionTime": now});
+    match conditions
+        .iter_mut()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("DisruptionAllowed"))
+    {
+        Some(c) if c.get("status").and_then(Value::as_str) == Some(status) => {
+            c["reason"] = json!(reason);
+        }
+        Some(c) => *c = fresh,
+        None => conditions.push(fresh),
+    }
+    budget["status"]["conditions"] = json!(conditions);
 }
 
 /// DELETE on a collection: every object that matches the selectors, each deleted as a DELETE

@@ -16,6 +16,12 @@ struct StatusDetails {
     kind: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     causes: Vec<StatusCause>,
+    #[serde(rename = "retryAfterSeconds", skip_serializing_if = "is_zero")]
+    retry_after_seconds: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One reason an object is invalid, with the path of the offending field.
@@ -23,6 +29,8 @@ struct StatusDetails {
 pub struct StatusCause {
     pub reason: String,
     pub message: String,
+    /// Go's `field,omitempty`: causes that name no field (a disruption budget's) leave it out.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub field: String,
 }
 
@@ -66,6 +74,7 @@ impl ApiError {
             group: (!r.group.is_empty()).then(|| r.group.to_owned()),
             kind: Some(r.plural.to_owned()),
             causes: vec![],
+            retry_after_seconds: 0,
         });
         self
     }
@@ -193,6 +202,7 @@ impl ApiError {
             group: (!r.group.is_empty()).then(|| r.group.to_owned()),
             kind: Some(r.kind.to_owned()),
             causes,
+            retry_after_seconds: 0,
         });
         e
     }
@@ -213,6 +223,7 @@ impl ApiError {
                 message: message.into(),
                 field: field.into(),
             }],
+            retry_after_seconds: 0,
         });
         e
     }
@@ -233,6 +244,7 @@ impl ApiError {
                 message: message.into(),
                 field: field.into(),
             }],
+            retry_after_seconds: 0,
         });
         e
     }
@@ -279,6 +291,44 @@ impl ApiError {
         ApiError::new(504, "Timeout", message.into())
     }
 
+    /// 429 (`NewTooManyRequests`): the client should retry later; `causes` say why.
+    pub fn too_many_requests(
+        message: impl Into<String>,
+        retry_after_seconds: u32,
+        causes: Vec<StatusCause>,
+    ) -> ApiError {
+        let mut e = ApiError::new(429, "TooManyRequests", message.into());
+        e.0.details = Some(StatusDetails {
+            name: None,
+            group: None,
+            kind: None,
+            causes,
+            retry_after_seconds,
+        });
+        e
+    }
+
+    /// 500 as `NewInternalError` words it, with the error as its one cause.
+    pub fn internal_error(message: &str) -> ApiError {
+        let mut e = ApiError::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {message}"),
+        );
+        e.0.details = Some(StatusDetails {
+            name: None,
+            group: None,
+            kind: None,
+            causes: vec![StatusCause {
+                reason: String::new(),
+                message: message.to_owned(),
+                field: String::new(),
+            }],
+            retry_after_seconds: 0,
+        });
+        e
+    }
+
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(500, "InternalError", message.into())
     }
@@ -310,6 +360,16 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(secs) = self
+            .0
+            .details
+            .as_ref()
+            .map(|d| d.retry_after_seconds)
+            .filter(|s| *s > 0)
+        {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if code == StatusCode::PAYLOAD_TOO_LARGE {
             // The unread rest of the body makes the connection unusable; say so, or a client
             // may send its next request on it and see the connection close under it.

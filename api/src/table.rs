@@ -436,7 +436,30 @@ fn printer(r: &Resource) -> (Vec<Column>, Vec<Column>) {
             })],
             vec![],
         ),
+        ("policy", "poddisruptionbudgets") => (
+            vec![
+                col("Min Available", 0, |o| {
+                    int_or_string(o, "/spec/minAvailable")
+                }),
+                col("Max Unavailable", 0, |o| {
+                    int_or_string(o, "/spec/maxUnavailable")
+                }),
+                col("Allowed Disruptions", 0, |o| {
+                    json!(int_at(o, "/status/disruptionsAllowed"))
+                }),
+            ],
+            vec![],
+        ),
         _ => (vec![], vec![]),
+    }
+}
+
+/// An IntOrString as the apiserver's printer shows it, `N/A` when unset.
+fn int_or_string(o: &Value, ptr: &str) -> Value {
+    match o.pointer(ptr) {
+        Some(Value::String(s)) => json!(s),
+        Some(Value::Number(n)) => json!(n.to_string()),
+        _ => json!("N/A"),
     }
 }
 

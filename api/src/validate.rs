@@ -79,6 +79,7 @@ pub(crate) fn validate(
         ("apps", "DaemonSet") => daemon_set(&mut e, obj, old),
         ("batch", "Job") => job(&mut e, obj, old),
         ("batch", "CronJob") => cron_job(&mut e, obj, old),
+        ("policy", "PodDisruptionBudget") => pod_disruption_budget(&mut e, obj),
         _ => {}
     }
     e.0
@@ -955,6 +956,12 @@ enum Selector {
     /// An empty selector: matches everything.
     Everything,
     Reqs(Vec<(String, String, Vec<String>)>),
+}
+
+/// Whether a `metav1.LabelSelector` selects `labels`: a null selector selects nothing, an
+/// empty one everything (policy/v1's PodDisruptionBudget rule).
+pub(crate) fn label_selector_selects(sel: &Value, labels: &BTreeMap<String, String>) -> bool {
+    Selector::of(sel).matches(labels)
 }
 
 impl Selector {
@@ -2159,6 +2166,53 @@ fn not_more_than_100_percent(e: &mut Errs, v: &Value, path: &str) {
     }
 }
 
+/// `ValidatePodDisruptionBudget` (policy/v1): one of minAvailable and maxUnavailable, each a
+/// non-negative int or a percent up to 100%, a valid selector, a known eviction policy, and
+/// (for the status a controller writes) no negative counters.
+fn pod_disruption_budget(e: &mut Errs, obj: &Value) {
+    let spec = get(obj, "spec");
+    let min = get(spec, "minAvailable");
+    let max = get(spec, "maxUnavailable");
+    if !min.is_null() && !max.is_null() {
+        // Go prints the whole spec struct here; its exact `%#v` carries pointers, so only the
+        // type is kept (as for a Job's podFailurePolicy).
+        e.invalid(
+            "spec",
+            "policy.PodDisruptionBudgetSpec{...}",
+            "minAvailable and maxUnavailable cannot be both set",
+        );
+    }
+    for (key, v) in [("minAvailable", min), ("maxUnavailable", max)] {
+        if !v.is_null() {
+            let p = format!("spec.{key}");
+            positive_int_or_percent(e, v, &p);
+            not_more_than_100_percent(e, v, &p);
+        }
+    }
+    let sel = get(spec, "selector");
+    if !sel.is_null() {
+        label_selector(e, sel, "spec.selector");
+    }
+    if let Some(policy) = get(spec, "unhealthyPodEvictionPolicy").as_str()
+        && !matches!(policy, "IfHealthyBudget" | "AlwaysAllow")
+    {
+        e.not_supported(
+            "spec.unhealthyPodEvictionPolicy",
+            &quote(policy),
+            &["AlwaysAllow", "IfHealthyBudget"],
+        );
+    }
+    let status = get(obj, "status");
+    for key in [
+        "disruptionsAllowed",
+        "currentHealthy",
+        "desiredHealthy",
+        "expectedPods",
+    ] {
+        e.nonnegative(&format!("status.{key}"), int(status, key));
+    }
+}
+
 fn deployment(e: &mut Errs, obj: &Value, old: Option<&Value>) {
     let spec = get(obj, "spec");
     e.nonnegative("spec.replicas", int(spec, "replicas"));
@@ -2605,6 +2659,9 @@ fn job_spec(e: &mut Errs, spec: &Value, path: &str) {
             e.not_supported(&p, &quote(policy), &["Failed", "TerminatingOrFailed"]);
         }
     }
+    if has_failure_policy {
+        pod_failure_policy(e, spec, &format!("{path}.podFailurePolicy"));
+    }
     let template = get(spec, "template");
     let tp = format!("{path}.template");
     pod_template(e, template, &tp);
@@ -2620,6 +2677,120 @@ fn job_spec(e: &mut Errs, spec: &Value, path: &str) {
             "only \"Never\" is supported when podFailurePolicy is specified",
         ),
         other => e.not_supported(&rp, &quote(other), &["OnFailure", "Never"]),
+    }
+}
+
+/// `validatePodFailurePolicy`: at most 20 rules, each with a known action and exactly one of
+/// onExitCodes (In/NotIn over 1–255 distinct, ascending codes, no 0 under In, a container
+/// of the template) and onPodConditions (a qualified type, status True/False/Unknown).
+fn pod_failure_policy(e: &mut Errs, spec: &Value, path: &str) {
+    const ACTIONS: [&str; 4] = ["Count", "FailIndex", "FailJob", "Ignore"];
+    let policy = get(spec, "podFailurePolicy");
+    let rules = list(policy, "rules");
+    let rp = format!("{path}.rules");
+    if rules.len() > 20 {
+        e.push(
+            "FieldValueTooMany",
+            &rp,
+            format!("Too many: {}: must have at most 20 items", rules.len()),
+        );
+    }
+    let tspec = get(get(spec, "template"), "spec");
+    let containers: BTreeSet<&str> = list(tspec, "containers")
+        .iter()
+        .chain(list(tspec, "initContainers"))
+        .map(|c| text(c, "name"))
+        .collect();
+    for (i, rule) in rules.iter().enumerate() {
+        let p = format!("{rp}[{i}]");
+        let ap = format!("{p}.action");
+        match text(rule, "action") {
+            "" => e.required(
+                &ap,
+                "valid values: [\"Count\" \"FailIndex\" \"FailJob\" \"Ignore\"]",
+            ),
+            "FailIndex" if !has(spec, "backoffLimitPerIndex") => e.invalid(
+                &ap,
+                &quote("FailIndex"),
+                "requires the backoffLimitPerIndex to be set",
+            ),
+            a if !ACTIONS.contains(&a) => e.not_supported(&ap, &quote(a), &ACTIONS),
+            _ => {}
+        }
+        let codes = get(rule, "onExitCodes");
+        let conditions = list(rule, "onPodConditions");
+        if codes.is_object() {
+            let cp = format!("{p}.onExitCodes");
+            if let Some(name) = codes.get("containerName").and_then(Value::as_str)
+                && !containers.contains(name)
+            {
+                e.invalid(
+                    &format!("{cp}.containerName"),
+                    &quote(name),
+                    "must be one of the container or initContainer names in the pod template",
+                );
+            }
+            let op = text(codes, "operator");
+            if !matches!(op, "In" | "NotIn") {
+                e.not_supported(&format!("{cp}.operator"), &quote(op), &["In", "NotIn"]);
+            }
+            let values = list(codes, "values");
+            let vp = format!("{cp}.values");
+            if values.is_empty() {
+                e.invalid(&vp, "[]int32{}", "at least one value is required");
+            } else if values.len() > 255 {
+                e.push(
+                    "FieldValueTooMany",
+                    &vp,
+                    format!("Too many: {}: must have at most 255 items", values.len()),
+                );
+            } else {
+                let mut prev: Option<i64> = None;
+                for (j, v) in values.iter().enumerate() {
+                    let n = v.as_i64().unwrap_or(0);
+                    let at = format!("{vp}[{j}]");
+                    if n == 0 && op == "In" {
+                        e.invalid(&at, "0", "must not be 0 for the In operator");
+                    }
+                    if prev == Some(n) {
+                        e.duplicate(&at, &n.to_string());
+                    } else if prev.is_some_and(|p| p > n) {
+                        e.invalid(&at, &n.to_string(), "must be ordered");
+                    }
+                    prev = Some(n);
+                }
+            }
+        }
+        for (j, c) in conditions.iter().enumerate() {
+            let cp = format!("{p}.onPodConditions[{j}]");
+            let kind = text(c, "type");
+            for msg in qualified_name(kind) {
+                e.invalid(&format!("{cp}.type"), &quote(kind), &msg);
+            }
+            let status = text(c, "status");
+            if !matches!(status, "True" | "False" | "Unknown") {
+                e.not_supported(
+                    &format!("{cp}.status"),
+                    &quote(status),
+                    &["False", "True", "Unknown"],
+                );
+            }
+        }
+        match (codes.is_object(), conditions.is_empty()) {
+            (true, false) => e.push(
+                "FieldValueInvalid",
+                &p,
+                "Invalid value: specifying both OnExitCodes and OnPodConditions is not supported"
+                    .into(),
+            ),
+            (false, true) => e.push(
+                "FieldValueInvalid",
+                &p,
+                "Invalid value: specifying one of OnExitCodes and OnPodConditions is required"
+                    .into(),
+            ),
+            _ => {}
+        }
     }
 }
 
@@ -3571,6 +3742,113 @@ mod tests {
         let all = causes(kind, obj);
         assert_eq!(all.len(), 1, "{all:#?}");
         all.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn pod_failure_policy_rules_are_checked() {
+        let job = |rules: Value| {
+            let mut j = json!({"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": "j", "namespace": "default"},
+                "spec": {"podFailurePolicy": {"rules": rules},
+                    "template": {"spec": {"restartPolicy": "Never",
+                        "containers": [{"name": "main", "image": "busybox"}]}}}});
+            crate::defaults::apply_defaults("batch/v1", "Job", &mut j);
+            j
+        };
+        let fields = |rules: Value| -> Vec<String> {
+            causes("Job", &job(rules))
+                .into_iter()
+                .map(|c| c.0)
+                .collect()
+        };
+        assert_eq!(
+            fields(
+                json!([{"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [1, 42]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}])
+            ),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            fields(
+                json!([{"action": "Explode", "onExitCodes": {"containerName": "side", "operator": "Is", "values": [0, 3, 2]}}])
+            ),
+            [
+                "spec.podFailurePolicy.rules[0].action",
+                "spec.podFailurePolicy.rules[0].onExitCodes.containerName",
+                "spec.podFailurePolicy.rules[0].onExitCodes.operator",
+                "spec.podFailurePolicy.rules[0].onExitCodes.values[2]",
+            ]
+        );
+        assert_eq!(
+            fields(
+                json!([{"action": "FailJob"}, {"action": "FailIndex", "onPodConditions": [{"type": "X", "status": "Maybe"}]}])
+            ),
+            [
+                "spec.podFailurePolicy.rules[0]",
+                "spec.podFailurePolicy.rules[1].action",
+                "spec.podFailurePolicy.rules[1].onPodConditions[0].status",
+            ]
+        );
+    }
+
+    #[test]
+    fn disruption_budgets_take_one_bound_an_int_or_percent_and_a_valid_selector() {
+        let pdb = |spec: Value| {
+            json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                "metadata": {"name": "b", "namespace": "default"}, "spec": spec})
+        };
+        let sel = json!({"matchLabels": {"app": "web"}});
+        assert!(
+            causes(
+                "PodDisruptionBudget",
+                &pdb(json!({"minAvailable": 2, "selector": sel}))
+            )
+            .is_empty()
+        );
+        assert!(
+            causes(
+                "PodDisruptionBudget",
+                &pdb(json!({"maxUnavailable": "50%", "selector": sel}))
+            )
+            .is_empty()
+        );
+        let (field, message, _) = one(
+            "PodDisruptionBudget",
+            &pdb(json!({"minAvailable": 1, "maxUnavailable": 1, "selector": sel})),
+        );
+        assert_eq!(field, "spec");
+        assert!(
+            message.ends_with("minAvailable and maxUnavailable cannot be both set"),
+            "{message}"
+        );
+        let (field, message, _) = one("PodDisruptionBudget", &pdb(json!({"minAvailable": "150%"})));
+        assert_eq!(field, "spec.minAvailable");
+        assert!(
+            message.ends_with("must not be greater than 100%"),
+            "{message}"
+        );
+        let (field, _, _) = one(
+            "PodDisruptionBudget",
+            &pdb(json!({"maxUnavailable": "two"})),
+        );
+        assert_eq!(field, "spec.maxUnavailable");
+        let (field, _, _) = one("PodDisruptionBudget", &pdb(json!({"maxUnavailable": -1})));
+        assert_eq!(field, "spec.maxUnavailable");
+        let (field, _, _) = one(
+            "PodDisruptionBudget",
+            &pdb(
+                json!({"minAvailable": 1, "selector": {"matchExpressions": [{"key": "app", "operator": "Near"}]}}),
+            ),
+        );
+        assert_eq!(field, "spec.selector.matchExpressions[0].operator");
+        let (field, _, reason) = one(
+            "PodDisruptionBudget",
+            &pdb(json!({"minAvailable": 1, "unhealthyPodEvictionPolicy": "Sometimes"})),
+        );
+        assert_eq!(
+            (field.as_str(), reason.as_str()),
+            ("spec.unhealthyPodEvictionPolicy", "FieldValueNotSupported")
+        );
     }
 
     #[test]

@@ -437,3 +437,81 @@ fn epoch_secs(s: &str) -> Option<u64> {
     let days = era * 146_097 + doe - 719_468;
     u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
 }
+
+/// A Job's podFailurePolicy: a FailJob rule on exit code 42 fails the Job at its first pod
+/// with reason PodFailurePolicy; an Ignore rule on exit code 3 lets a pod fail more often
+/// than `backoffLimit: 0` allows while the Job keeps replacing it and never counts a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_failure_policy_fails_or_ignores_by_exit_code() {
+    let Some((cluster, k)) = busybox_cluster("job-pfp", 1, &[]).await else {
+        return;
+    };
+    let fail = job(
+        "fatal",
+        "backoffLimit: 6
+  podFailurePolicy:
+    rules:
+    - action: FailJob
+      onExitCodes: {containerName: main, operator: In, values: [42]}",
+        "exit 42",
+    );
+    k.ok(0, &["apply", "-f", "-"], Some(&fail)).await;
+    eventually(CONVERGE, "fatal Failed by the policy", || async {
+        let got = jsonpath(
+            &k,
+            "job/fatal",
+            "{.status.conditions[?(@.type==\"Failed\")].reason}|{.status.conditions[?(@.type==\"Failed\")].message}|{.status.failed}",
+        )
+        .await;
+        anyhow::ensure!(got.starts_with("PodFailurePolicy|"), "{got}");
+        Ok(got)
+    })
+    .await
+    .map(|got| {
+        let parts: Vec<&str> = got.split('|').collect();
+        assert!(
+            parts[1].starts_with("Container main for pod default/fatal-")
+                && parts[1].ends_with("failed with exit code 42 matching FailJob rule at index 0"),
+            "{got}"
+        );
+        assert_eq!(parts[2], "1", "{got}");
+    })
+    .unwrap();
+    // It failed at the first pod: no second one was made.
+    assert_eq!(job_pods(&k, "fatal").await.len(), 1);
+
+    // Every pod fails with 3, which is ignored: with `backoffLimit: 0` one counted failure
+    // would fail the Job, yet it keeps replacing its pods and counts nothing.
+    let ignore = job(
+        "flaky",
+        "backoffLimit: 0
+  podFailurePolicy:
+    rules:
+    - action: Ignore
+      onExitCodes: {operator: In, values: [3]}",
+        "exit 3",
+    );
+    k.ok(0, &["apply", "-f", "-"], Some(&ignore)).await;
+    eventually(CONVERGE, "three ignored failures of flaky", || async {
+        let failed = job_pods(&k, "flaky")
+            .await
+            .into_iter()
+            .filter(|p| p.1 == "Failed")
+            .count();
+        anyhow::ensure!(failed >= 3, "{failed} failed pods");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let got = jsonpath(
+        &k,
+        "job/flaky",
+        "{.status.failed}|{.status.conditions[?(@.type==\"Failed\")].status}",
+    )
+    .await;
+    assert!(
+        got == "0|" || got == "|",
+        "ignored failures are not counted: {got}"
+    );
+    drop(cluster);
+}

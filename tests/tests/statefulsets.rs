@@ -478,3 +478,162 @@ async fn statefulsets_order_keep_storage_update_by_partition_and_never_duplicate
     .unwrap();
     cluster.stop().await.unwrap();
 }
+
+fn retained_set(name: &str, policy: &str) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: {name}}}
+spec:
+  serviceName: {name}
+  replicas: 3
+  podManagementPolicy: Parallel
+  {policy}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: app
+        image: busybox:1.36
+        command: [sh, -c, 'while true; do sleep 1; done']
+        volumeMounts: [{{name: data, mountPath: /data}}]
+  volumeClaimTemplates:
+  - metadata: {{name: data}}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {{requests: {{storage: 1Gi}}}}
+"
+    )
+}
+
+/// Names of the claims in the default namespace, sorted.
+async fn claims(k: &Kubectl) -> Vec<String> {
+    let mut names: Vec<String> = jsonpath(k, 0, &["pvc"], "{.items[*].metadata.name}")
+        .await
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names
+}
+
+async fn running(k: &Kubectl, app: &str) -> usize {
+    jsonpath(
+        k,
+        0,
+        &["pods", "-l", &format!("app={app}")],
+        "{range .items[*]}{.status.phase}{\"\\n\"}{end}",
+    )
+    .await
+    .lines()
+    .filter(|l| *l == "Running")
+    .count()
+}
+
+/// persistentVolumeClaimRetentionPolicy: with whenScaled Delete, scaling 3→1 deletes the
+/// claims of ordinals 1 and 2 and keeps 0's; with whenDeleted Delete, deleting the set deletes
+/// the rest; the default (Retain) keeps every claim through both.
+#[tokio::test(flavor = "multi_thread")]
+async fn claim_retention_policy_deletes_claims_on_scale_down_and_set_deletion() {
+    let Some((cluster, k)) = busybox_cluster("sts-retention", 1, &[]).await else {
+        return;
+    };
+    let db = retained_set(
+        "db",
+        "persistentVolumeClaimRetentionPolicy: {whenDeleted: Delete, whenScaled: Delete}",
+    );
+    let keep = retained_set("keep", "");
+    k.ok(0, &["apply", "-f", "-"], Some(&db)).await;
+    k.ok(0, &["apply", "-f", "-"], Some(&keep)).await;
+    eventually(CONVERGE, "6 pods running", || async {
+        let (a, b) = (running(&k, "db").await, running(&k, "keep").await);
+        anyhow::ensure!(a == 3 && b == 3, "db {a} keep {b}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let all = [
+        "data-db-0",
+        "data-db-1",
+        "data-db-2",
+        "data-keep-0",
+        "data-keep-1",
+        "data-keep-2",
+    ];
+    assert_eq!(claims(&k).await, all);
+    let owner = jsonpath(
+        &k,
+        0,
+        &["pvc", "data-db-0"],
+        "{.metadata.ownerReferences[*].kind}/{.metadata.ownerReferences[*].name}",
+    )
+    .await;
+    assert_eq!(owner, "StatefulSet/db");
+    let owner = jsonpath(
+        &k,
+        0,
+        &["pvc", "data-keep-0"],
+        "{.metadata.ownerReferences}",
+    )
+    .await;
+    assert_eq!(owner, "", "Retain leaves claims unowned");
+
+    // Scale both to 1: db's claims of 1 and 2 go with their pods, keep's stay.
+    k.ok(0, &["scale", "sts", "keep", "--replicas=1"], None)
+        .await;
+    eventually(CONVERGE, "keep scaled to 1", || async {
+        let pods = jsonpath(
+            &k,
+            0,
+            &["pods", "-l", "app=keep"],
+            "{.items[*].metadata.name}",
+        )
+        .await;
+        anyhow::ensure!(pods == "keep-0", "{pods}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    k.ok(0, &["scale", "sts", "db", "--replicas=1"], None).await;
+    eventually(
+        CONVERGE,
+        "db's claims of ordinals 1 and 2 deleted",
+        || async {
+            let c = claims(&k).await;
+            anyhow::ensure!(
+                c == ["data-db-0", "data-keep-0", "data-keep-1", "data-keep-2"],
+                "{c:?}"
+            );
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+
+    // Delete both sets (keep first): db's last claim goes, keep's three stay.
+    k.ok(0, &["delete", "sts", "keep"], None).await;
+    eventually(CONVERGE, "keep's pods gone", || async {
+        let pods = jsonpath(
+            &k,
+            0,
+            &["pods", "-l", "app=keep"],
+            "{.items[*].metadata.name}",
+        )
+        .await;
+        anyhow::ensure!(pods.is_empty(), "{pods}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    k.ok(0, &["delete", "sts", "db"], None).await;
+    eventually(CONVERGE, "db's last claim deleted", || async {
+        let c = claims(&k).await;
+        anyhow::ensure!(c == ["data-keep-0", "data-keep-1", "data-keep-2"], "{c:?}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    drop(cluster);
+}

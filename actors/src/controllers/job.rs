@@ -111,7 +111,111 @@ pub fn parse_indexes(s: &str, limit: u64) -> BTreeSet<u64> {
 struct Finish {
     condition: &'static str,
     reason: &'static str,
-    message: &'static str,
+    message: String,
+}
+
+/// What a Job's `podFailurePolicy` says about one failed pod (`matchPodFailurePolicy`).
+#[derive(Debug, PartialEq, Eq)]
+enum PolicyAction {
+    /// No rule matched, or a `Count` (or, without per-index limits, `FailIndex`) rule did:
+    /// the failure counts against `backoffLimit`.
+    Count,
+    /// An `Ignore` rule matched: the pod is replaced and the failure not counted.
+    Ignore,
+    /// A `FailJob` rule matched: the Job fails at once with this message.
+    FailJob(String),
+}
+
+/// The first rule of `policy` that matches the failed `pod`, as kube's job controller
+/// (pkg/controller/job/pod_failure_policy.go) reads them.
+fn pod_failure_action(policy: &Value, pod: &Value) -> PolicyAction {
+    let rules = policy
+        .get("rules")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let pod_name = format!(
+        "{}/{}",
+        str_at(pod, "/metadata/namespace"),
+        str_at(pod, "/metadata/name")
+    );
+    for (index, rule) in rules.iter().enumerate() {
+        let action = str_at(rule, "/action");
+        let matched = if let Some(req) = rule.get("onExitCodes").filter(|r| r.is_object()) {
+            exit_code_match(req, pod).map(|(container, code)| {
+                format!(
+                    "Container {container} for pod {pod_name} failed with exit code {code} matching {action} rule at index {index}"
+                )
+            })
+        } else if let Some(patterns) = rule.get("onPodConditions").and_then(Value::as_array) {
+            condition_match(patterns, pod).map(|kind| {
+                format!(
+                    "Pod {pod_name} has condition {kind} matching {action} rule at index {index}"
+                )
+            })
+        } else {
+            None
+        };
+        let Some(message) = matched else { continue };
+        match action {
+            "Ignore" => return PolicyAction::Ignore,
+            "FailJob" => return PolicyAction::FailJob(message),
+            "Count" | "FailIndex" => return PolicyAction::Count,
+            // An action this version does not know: kube skips the rule.
+            _ => continue,
+        }
+    }
+    PolicyAction::Count
+}
+
+/// The first terminated container (regular ones, then init ones) with a non-zero exit code
+/// that `req` (operator In/NotIn, values, optional containerName) matches.
+fn exit_code_match(req: &Value, pod: &Value) -> Option<(String, i64)> {
+    let values: Vec<i64> = req
+        .get("values")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_i64)
+        .collect();
+    let only = req.get("containerName").and_then(Value::as_str);
+    let operator = str_at(req, "/operator");
+    ["/status/containerStatuses", "/status/initContainerStatuses"]
+        .iter()
+        .flat_map(|p| {
+            pod.pointer(p)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .find_map(|c| {
+            let code = c.pointer("/state/terminated/exitCode")?.as_i64()?;
+            let name = str_at(c, "/name");
+            if code == 0 || only.is_some_and(|o| o != name) {
+                return None;
+            }
+            let listed = values.contains(&code);
+            let hit = match operator {
+                "In" => listed,
+                "NotIn" => !listed,
+                _ => false,
+            };
+            hit.then(|| (name.to_owned(), code))
+        })
+}
+
+/// The first pod condition a pattern (`type`, `status` defaulting to True) matches.
+fn condition_match(patterns: &[Value], pod: &Value) -> Option<String> {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|c| {
+            patterns.iter().any(|p| {
+                let want = p.get("status").and_then(Value::as_str).unwrap_or("True");
+                str_at(p, "/type") == str_at(c, "/type") && want == str_at(c, "/status")
+            })
+        })
+        .map(|c| str_at(c, "/type").to_owned())
 }
 
 impl JobController {
@@ -154,10 +258,28 @@ impl JobController {
             .collect();
         // A pod that failed because it was deleted (suspend, surplus, a user) is not the
         // workload failing.
-        let failed_pods: Vec<&Value> = pods
+        let failed_all: Vec<&Value> = pods
             .iter()
             .filter(|p| str_at(p, "/status/phase") == "Failed" && !is_deleting(p))
             .collect();
+        // The pod failure policy: ignored failures are neither counted nor backed off, and
+        // the earliest failure a FailJob rule matches fails the Job.
+        let policy = spec.get("podFailurePolicy").filter(|p| p.is_object());
+        let mut fail_job: Option<(u64, String)> = None;
+        let mut failed_pods: Vec<&Value> = Vec::new();
+        for p in failed_all {
+            match policy.map_or(PolicyAction::Count, |pol| pod_failure_action(pol, p)) {
+                PolicyAction::Ignore => continue,
+                PolicyAction::FailJob(message) => {
+                    let at = finished_at(p);
+                    if fail_job.as_ref().is_none_or(|(t, _)| at < *t) {
+                        fail_job = Some((at, message));
+                    }
+                }
+                PolicyAction::Count => {}
+            }
+            failed_pods.push(p);
+        }
         let mut completed = BTreeSet::new();
         if indexed {
             let c = completions.unwrap_or(0);
@@ -237,23 +359,29 @@ impl JobController {
                     None => succeeded > 0 && active.is_empty(),
                 }
             };
-            let finish = if failed + restarts > backoff_limit {
+            let finish = if let Some((_, message)) = fail_job {
+                Some(Finish {
+                    condition: "Failed",
+                    reason: "PodFailurePolicy",
+                    message,
+                })
+            } else if failed + restarts > backoff_limit {
                 Some(Finish {
                     condition: "Failed",
                     reason: "BackoffLimitExceeded",
-                    message: "Job has reached the specified backoff limit",
+                    message: "Job has reached the specified backoff limit".into(),
                 })
             } else if complete {
                 Some(Finish {
                     condition: "Complete",
                     reason: "CompletionsReached",
-                    message: "Reached expected number of succeeded pods",
+                    message: "Reached expected number of succeeded pods".into(),
                 })
             } else if deadline.is_some_and(|d| now >= d) {
                 Some(Finish {
                     condition: "Failed",
                     reason: "DeadlineExceeded",
-                    message: "Job was active longer than specified deadline",
+                    message: "Job was active longer than specified deadline".into(),
                 })
             } else {
                 None
@@ -269,14 +397,14 @@ impl JobController {
                 } else {
                     "FailureTarget"
                 };
-                set_condition(&mut conditions, target, "True", f.reason, f.message);
-                set_condition(&mut conditions, f.condition, "True", f.reason, f.message);
+                set_condition(&mut conditions, target, "True", f.reason, &f.message);
+                set_condition(&mut conditions, f.condition, "True", f.reason, &f.message);
                 if f.condition == "Complete" {
                     status["completionTime"] = json!(now_string(now));
                     self.event(ctx, &job, "Normal", "Completed", "Job completed", &fence)
                         .await;
                 } else {
-                    self.event(ctx, &job, "Warning", f.reason, f.message, &fence)
+                    self.event(ctx, &job, "Warning", f.reason, &f.message, &fence)
                         .await;
                 }
                 if let Some(ttl) = u64_at(&spec, "/ttlSecondsAfterFinished") {
@@ -682,6 +810,58 @@ impl Reconciler for JobController {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_failure_rules_match_exit_codes_and_conditions_in_order() {
+        let pod = json!({"metadata": {"namespace": "default", "name": "j-abc"},
+            "status": {"phase": "Failed",
+                "conditions": [{"type": "DisruptionTarget", "status": "True"}],
+                "containerStatuses": [
+                    {"name": "side", "state": {"terminated": {"exitCode": 0}}},
+                    {"name": "main", "state": {"terminated": {"exitCode": 42}}}]}});
+        let policy = |rules: Value| json!({"rules": rules});
+        assert_eq!(
+            pod_failure_action(
+                &policy(json!([{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [42]}}])),
+                &pod
+            ),
+            PolicyAction::FailJob(
+                "Container main for pod default/j-abc failed with exit code 42 matching FailJob rule at index 0".into()
+            )
+        );
+        // The first matching rule wins; a containerName that does not match skips the rule.
+        assert_eq!(
+            pod_failure_action(
+                &policy(json!([
+                    {"action": "FailJob", "onExitCodes": {"containerName": "side", "operator": "In", "values": [42]}},
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                    {"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [1]}}])),
+                &pod
+            ),
+            PolicyAction::Ignore
+        );
+        assert_eq!(
+            pod_failure_action(
+                &policy(
+                    json!([{"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [42]}}])
+                ),
+                &pod
+            ),
+            PolicyAction::Count
+        );
+        assert_eq!(
+            pod_failure_action(
+                &policy(
+                    json!([{"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}])
+                ),
+                &pod
+            ),
+            PolicyAction::FailJob(
+                "Pod default/j-abc has condition DisruptionTarget matching FailJob rule at index 0"
+                    .into()
+            )
+        );
+    }
 
     #[test]
     fn completed_indexes_round_trip() {

@@ -7,6 +7,7 @@ pub mod cron;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 mod events;
 pub mod feed;
@@ -89,6 +90,7 @@ pub fn start(
     });
     let reconcilers: Vec<Arc<dyn runner::Reconciler>> = vec![
         Arc::new(deployment::DeploymentController),
+        Arc::new(disruption::DisruptionController),
         Arc::new(endpoints::EndpointsController::new(
             ctx.store.clone(),
             &ctx.feed,

@@ -24,9 +24,14 @@
 //! the pod's kubelet finishes them). The pod's fixed name makes this hold even on a stale read:
 //! the create is refused while an object of that name exists.
 //!
-//! Not done: `persistentVolumeClaimRetentionPolicy: Delete` (claims are always retained;
-//! there is no garbage collector yet to act on owner references either), `maxUnavailable`
-//! (updates go one pod at a time), and adopting or releasing pods by selector.
+//! `persistentVolumeClaimRetentionPolicy` works as kube's (stateful_set_utils.go
+//! `updateClaimOwnerRefForSetAndPod`): with `whenDeleted: Delete` a claim carries an owner
+//! reference to the set; with `whenScaled: Delete` the claim of an ordinal above the replicas
+//! is handed to its pod (the set's reference removed) before that pod is deleted; the garbage
+//! collector then deletes the claims whose owners are gone. `Retain` removes those references.
+//!
+//! Not done: `maxUnavailable` (updates go one pod at a time), and adopting or releasing pods
+//! by selector.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -286,6 +291,73 @@ fn claim_from_template(set: &Value, claim: &Value, ordinal: i64) -> Value {
     })
 }
 
+/// `persistentVolumeClaimRetentionPolicy` as (whenDeleted is Delete, whenScaled is Delete).
+fn retention(set: &Value) -> (bool, bool) {
+    let policy = |k: &str| {
+        str_at(
+            set,
+            &format!("/spec/persistentVolumeClaimRetentionPolicy/{k}"),
+        ) == "Delete"
+    };
+    (policy("whenDeleted"), policy("whenScaled"))
+}
+
+fn owner_ref_to(api_version: &str, kind: &str, obj: &Value) -> Value {
+    json!({
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": str_at(obj, "/metadata/name"),
+        "uid": str_at(obj, "/metadata/uid"),
+    })
+}
+
+/// The owner references a claim should carry for the retention policy, the set and the
+/// ordinal's pod (`in_range`: the ordinal is below the replicas); `None` when it already does.
+/// The set owns it while `whenDeleted: Delete` unless it was scaled away under
+/// `whenScaled: Delete`, when its pod owns it instead (so it goes with the pod).
+fn claim_owner_refs(
+    claim: &Value,
+    set: &Value,
+    pod: Option<&Value>,
+    in_range: bool,
+) -> Option<Value> {
+    let (when_deleted, when_scaled) = retention(set);
+    let want_set = when_deleted && (in_range || !when_scaled);
+    let want_pod = when_scaled && !in_range;
+    let set_uid = str_at(set, "/metadata/uid");
+    let old: Vec<Value> = claim
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let pod_name = pod.map(|p| str_at(p, "/metadata/name")).unwrap_or("");
+    let pod_uid = pod.map(|p| str_at(p, "/metadata/uid")).unwrap_or("");
+    let is_set = |r: &Value| str_at(r, "/uid") == set_uid;
+    // Any reference to a pod of this ordinal's name: an older pod's would otherwise delete
+    // the claim of an ordinal that was scaled back up.
+    let is_pod = |r: &Value| str_at(r, "/kind") == "Pod" && str_at(r, "/name") == pod_name;
+    let mut refs: Vec<Value> = old
+        .iter()
+        .filter(|r| !is_set(r) && !(is_pod(r) && !(want_pod && str_at(r, "/uid") == pod_uid)))
+        .cloned()
+        .collect();
+    if want_set {
+        refs.push(owner_ref_to("apps/v1", "StatefulSet", set));
+    }
+    if want_pod
+        && !pod_uid.is_empty()
+        && !refs.iter().any(|r| str_at(r, "/uid") == pod_uid)
+        && let Some(p) = pod
+    {
+        refs.push(owner_ref_to("v1", "Pod", p));
+    }
+    let same = refs.len() == old.len()
+        && refs
+            .iter()
+            .all(|r| old.iter().any(|o| str_at(o, "/uid") == str_at(r, "/uid")));
+    (!same).then(|| json!(refs))
+}
+
 fn view(pod: &Value) -> PodView {
     PodView {
         deleting: is_deleting(pod),
@@ -354,6 +426,16 @@ impl StatefulSetController {
             current_revision: current_name.clone(),
             update_revision: update_name.clone(),
         };
+        if !claim_templates(&set).is_empty() {
+            // Before a scaled-away pod is deleted its claims must already name it as owner.
+            if !self
+                .claim_retention(ctx, &set, &pods, plan.start, plan.replicas, &fence)
+                .await?
+            {
+                // A claim changed under us: no pod is deleted before its claims are right.
+                return Ok(Some(Duration::from_millis(100)));
+            }
+        }
         let views: BTreeMap<i64, PodView> = pods.iter().map(|(o, p)| (*o, view(p))).collect();
         for action in plan.actions(&views) {
             match action {
@@ -481,6 +563,58 @@ impl StatefulSetController {
         }
     }
 
+    /// Brings the owner references of the existing pods' claims in line with the retention
+    /// policy (each write compares the claim's resourceVersion and the fence); false when a
+    /// write lost to a concurrent change.
+    async fn claim_retention(
+        &self,
+        ctx: &Ctx,
+        set: &Value,
+        pods: &BTreeMap<i64, Value>,
+        start: i64,
+        replicas: i64,
+        fence: &Fence,
+    ) -> Result<bool, ApiError> {
+        let ns = str_at(set, "/metadata/namespace");
+        let set_name = str_at(set, "/metadata/name");
+        let claims: BTreeMap<String, Value> = ctx
+            .list(&format!("/registry/core/persistentvolumeclaims/{ns}/"))
+            .await?
+            .into_iter()
+            .map(|c| (str_at(&c, "/metadata/name").to_owned(), c))
+            .collect();
+        for (ordinal, pod) in pods {
+            let in_range = *ordinal >= start && *ordinal < start + replicas;
+            for template in claim_templates(set) {
+                let name = claim_name(str_at(&template, "/metadata/name"), set_name, *ordinal);
+                let Some(claim) = claims.get(&name).filter(|c| !is_deleting(c)) else {
+                    continue;
+                };
+                let Some(refs) = claim_owner_refs(claim, set, Some(pod), in_range) else {
+                    continue;
+                };
+                let mut updated = claim.clone();
+                updated["metadata"]["ownerReferences"] = refs;
+                if internal::replace(
+                    &ctx.store,
+                    PVCS,
+                    Some(ns),
+                    &name,
+                    updated,
+                    false,
+                    MANAGER,
+                    fence.clone(),
+                )
+                .await?
+                .is_none()
+                {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// Creates the ordinal's missing claims, then its pod; false when it must wait (a claim
     /// is being deleted) or the create failed (recorded as an event).
     async fn create_pod(
@@ -496,7 +630,11 @@ impl StatefulSetController {
         let set_name = str_at(set, "/metadata/name");
         let name = pod_name(set_name, ordinal);
         for claim in claim_templates(set) {
-            let pvc = claim_from_template(set, &claim, ordinal);
+            let mut pvc = claim_from_template(set, &claim, ordinal);
+            // A claim made for an ordinal in range is owned by the set under whenDeleted=Delete.
+            if let Some(refs) = claim_owner_refs(&pvc, set, None, true) {
+                pvc["metadata"]["ownerReferences"] = refs;
+            }
             let pvc_name = str_at(&pvc, "/metadata/name").to_owned();
             let existing = ctx
                 .get(&format!(
@@ -759,6 +897,59 @@ mod tests {
             current_revision: "web-a".into(),
             update_revision: "web-b".into(),
         }
+    }
+
+    #[test]
+    fn claim_owners_follow_the_retention_policy() {
+        let set = |deleted: &str, scaled: &str| {
+            json!({"metadata": {"name": "web", "uid": "set-uid"},
+                "spec": {"persistentVolumeClaimRetentionPolicy": {"whenDeleted": deleted, "whenScaled": scaled}}})
+        };
+        let pod = json!({"metadata": {"name": "web-2", "uid": "pod-uid"}});
+        let claim = json!({"metadata": {"name": "data-web-2"}});
+        let uids = |refs: Option<Value>| -> Option<Vec<String>> {
+            refs.map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|o| str_at(o, "/uid").to_owned())
+                    .collect()
+            })
+        };
+        // Retain/Retain: nothing to add.
+        assert_eq!(
+            claim_owner_refs(&claim, &set("Retain", "Retain"), Some(&pod), false),
+            None
+        );
+        // whenDeleted=Delete: the set owns it while in range.
+        let owned = claim_owner_refs(&claim, &set("Delete", "Retain"), Some(&pod), true);
+        assert_eq!(uids(owned.clone()), Some(vec!["set-uid".to_owned()]));
+        let mut by_set = claim.clone();
+        by_set["metadata"]["ownerReferences"] = owned.unwrap();
+        assert_eq!(
+            claim_owner_refs(&by_set, &set("Delete", "Retain"), Some(&pod), true),
+            None
+        );
+        // Both Delete and scaled away: handed from the set to the pod.
+        assert_eq!(
+            uids(claim_owner_refs(
+                &by_set,
+                &set("Delete", "Delete"),
+                Some(&pod),
+                false
+            )),
+            Some(vec!["pod-uid".to_owned()])
+        );
+        // Back to Retain: the set's reference goes.
+        assert_eq!(
+            uids(claim_owner_refs(
+                &by_set,
+                &set("Retain", "Retain"),
+                Some(&pod),
+                true
+            )),
+            Some(vec![])
+        );
     }
 
     #[test]
