@@ -1,6 +1,7 @@
 //! The Kubernetes REST endpoints: version, discovery (aggregated and legacy) and the generic
 //! create/get/list/update/delete of stored objects, with `Table` responses for kubectl.
 
+use crate::At;
 use std::sync::Arc;
 
 use axum::Router;
@@ -719,7 +720,7 @@ pub(crate) fn field_matches(r: &Resource, obj: &Value, selector: &str) -> Result
         let pointer = selectable_field(r, field)
             .ok_or_else(|| ApiError::bad_request(format!("field label not supported: {field}")))?;
         // Unset fields compare as their zero value, as in the apiserver.
-        let actual = match obj.pointer(pointer) {
+        let actual = match obj.at(pointer) {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Bool(b)) => b.to_string(),
             Some(Value::Number(n)) => n.to_string(),
@@ -983,7 +984,7 @@ fn validate_envelope(
         ));
     }
     if r.namespaced
-        && let Some(ns) = obj.pointer("/metadata/namespace").and_then(Value::as_str)
+        && let Some(ns) = obj.at("/metadata/namespace").and_then(Value::as_str)
         && Some(ns) != path_ns
     {
         return Err(ApiError::bad_request(
@@ -1129,7 +1130,7 @@ fn admit(
     causes.extend(crate::validate::validate(&api_version, r.kind, obj, old));
     if !causes.is_empty() {
         let name = obj
-            .pointer("/metadata/name")
+            .at("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
@@ -1172,14 +1173,14 @@ fn initial_status(r: &Resource, obj: &mut Value) {
 fn qos_class(pod: &Value) -> &'static str {
     let containers: Vec<&Value> = ["containers", "initContainers"]
         .iter()
-        .filter_map(|k| pod.pointer(&format!("/spec/{k}")).and_then(Value::as_array))
+        .filter_map(|k| pod.at(&format!("/spec/{k}")).and_then(Value::as_array))
         .flatten()
         .collect();
     let mut any = false;
     let mut guaranteed = true;
     for c in containers {
-        let requests = c.pointer("/resources/requests").and_then(Value::as_object);
-        let limits = c.pointer("/resources/limits").and_then(Value::as_object);
+        let requests = c.at("/resources/requests").and_then(Value::as_object);
+        let limits = c.at("/resources/limits").and_then(Value::as_object);
         if requests.is_some_and(|m| !m.is_empty()) || limits.is_some_and(|m| !m.is_empty()) {
             any = true;
         }
@@ -1270,12 +1271,12 @@ async fn create_object(
     let r = t.resource;
     let ns = t.namespace.clone();
     let given = obj
-        .pointer("/metadata/name")
+        .at("/metadata/name")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .map(str::to_owned);
     let prefix = obj
-        .pointer("/metadata/generateName")
+        .at("/metadata/generateName")
         .and_then(Value::as_str)
         .map(str::to_owned);
     let mut name = match (&given, &prefix) {
@@ -1418,7 +1419,7 @@ async fn update(
     let r = t.resource;
     let obj = parse_body(headers, body)?;
     let body_name = obj
-        .pointer("/metadata/name")
+        .at("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or("");
     if body_name != name {
@@ -1429,9 +1430,7 @@ async fn update(
     let current = read_current(api, t, name).await?;
     let old = served(r, &current)?;
     // A stale resourceVersion in the body is a conflict, whatever part is written.
-    if let Some(rv) = obj
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
+    if let Some(rv) = obj.at("/metadata/resourceVersion").and_then(Value::as_str)
         && !rv.is_empty()
         && rv != current.mod_revision.to_string()
     {
@@ -1480,7 +1479,7 @@ fn scoped(
         }
         Some(Sub::Scale) => {
             let replicas = new
-                .pointer("/spec/replicas")
+                .at("/spec/replicas")
                 .and_then(Value::as_i64)
                 .filter(|n| *n >= 0 && *n <= i64::from(i32::MAX))
                 .ok_or_else(|| {
@@ -1500,8 +1499,8 @@ fn scoped(
 /// The autoscaling/v1 `Scale` view of a scalable object.
 fn scale_view(obj: &Value) -> Value {
     let selector = obj
-        .pointer("/spec/selector/matchLabels")
-        .or_else(|| obj.pointer("/spec/selector"))
+        .at("/spec/selector/matchLabels")
+        .or_else(|| obj.at("/spec/selector"))
         .and_then(Value::as_object)
         .map(|m| {
             m.iter()
@@ -1518,9 +1517,9 @@ fn scale_view(obj: &Value) -> Value {
             "name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
             "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"],
         },
-        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
+        "spec": {"replicas": obj.at("/spec/replicas").cloned().unwrap_or(json!(1))},
         "status": {
-            "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "replicas": obj.at("/status/replicas").cloned().unwrap_or(json!(0)),
             "selector": selector,
         },
     })
@@ -1555,7 +1554,7 @@ async fn replace_object(
 ) -> Result<Option<(Value, Vec<String>)>, ApiError> {
     let r = t.resource;
     let envelope = validate_envelope(r, &obj, t.namespace.as_deref(), name)?;
-    if obj.pointer("/metadata/name").and_then(Value::as_str) != Some(name) {
+    if obj.at("/metadata/name").and_then(Value::as_str) != Some(name) {
         return Err(ApiError::invalid(
             r,
             name,
@@ -1564,9 +1563,7 @@ async fn replace_object(
     }
     let old = served(r, current)?;
     // An update that names a resourceVersion must be based on the current one.
-    if let Some(rv) = obj
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
+    if let Some(rv) = obj.at("/metadata/resourceVersion").and_then(Value::as_str)
         && !rv.is_empty()
         && rv != current.mod_revision.to_string()
     {
@@ -1609,7 +1606,7 @@ async fn replace_object(
     // A server-side apply (no `manager` here) has recorded its own ownership.
     if let Some(manager) = manager {
         // Ownership records are the server's; what the client sent is replaced.
-        if let Some(mf) = old.pointer("/metadata/managedFields") {
+        if let Some(mf) = old.at("/metadata/managedFields") {
             obj["metadata"]["managedFields"] = mf.clone();
         } else if let Some(m) = obj["metadata"].as_object_mut() {
             m.remove("managedFields");
@@ -1627,7 +1624,7 @@ async fn replace_object(
     }
     if tracks_generation(r) {
         let generation = old
-            .pointer("/metadata/generation")
+            .at("/metadata/generation")
             .and_then(Value::as_i64)
             .unwrap_or(1);
         let spec_changed = obj.get("spec") != old.get("spec");
@@ -1727,7 +1724,7 @@ async fn patch(
     };
     let patch: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
-    let pinned = patch.pointer("/metadata/resourceVersion").is_some();
+    let pinned = patch.at("/metadata/resourceVersion").is_some();
     let manager = manager_name(opts, headers);
     for _ in 0..8 {
         let current = read_current(api, t, name).await?;
@@ -1739,9 +1736,7 @@ async fn patch(
         };
         apply(&mut view, &patch)
             .map_err(|e| ApiError::invalid(r, name, vec![cause("patch", e)]))?;
-        if let Some(rv) = view
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
+        if let Some(rv) = view.at("/metadata/resourceVersion").and_then(Value::as_str)
             && pinned
             && rv != current.mod_revision.to_string()
         {
@@ -1808,7 +1803,7 @@ async fn server_side_apply(
             });
         }
     }
-    if let Some(n) = config.pointer("/metadata/name").and_then(Value::as_str)
+    if let Some(n) = config.at("/metadata/name").and_then(Value::as_str)
         && n != name
     {
         causes.push(cause(
@@ -1847,7 +1842,7 @@ async fn server_side_apply(
         };
         let old = served(r, &current)?;
         if let Some(rv) = config
-            .pointer("/metadata/resourceVersion")
+            .at("/metadata/resourceVersion")
             .and_then(Value::as_str)
             && rv != current.mod_revision.to_string()
         {
@@ -1931,7 +1926,7 @@ async fn delete_with(
     // Like the apiserver, a delete that pins no resourceVersion is retried when the object
     // changed under it (controllers write status all the time).
     let pinned = options
-        .and_then(|o| o.pointer("/preconditions/resourceVersion"))
+        .and_then(|o| o.at("/preconditions/resourceVersion"))
         .is_some();
     let mut tries = 0;
     loop {
@@ -1967,12 +1962,9 @@ async fn delete_once(
             orphan_dependents = Some(o);
         }
         let stored = served(r, &current)?;
-        if let Some(uid) = options
-            .pointer("/preconditions/uid")
-            .and_then(Value::as_str)
-        {
+        if let Some(uid) = options.at("/preconditions/uid").and_then(Value::as_str) {
             let actual = stored
-                .pointer("/metadata/uid")
+                .at("/metadata/uid")
                 .and_then(Value::as_str)
                 .unwrap_or("");
             if uid != actual {
@@ -1986,7 +1978,7 @@ async fn delete_once(
             }
         }
         if let Some(rv) = options
-            .pointer("/preconditions/resourceVersion")
+            .at("/preconditions/resourceVersion")
             .and_then(Value::as_str)
             && rv != current.mod_revision.to_string()
         {
@@ -2073,7 +2065,7 @@ async fn evict(
             "expected an Eviction, got a {kind}"
         )));
     }
-    if let Some(named) = eviction.pointer("/metadata/name").and_then(Value::as_str)
+    if let Some(named) = eviction.at("/metadata/name").and_then(Value::as_str)
         && !named.is_empty()
         && named != name
     {
@@ -2102,7 +2094,7 @@ async fn evict(
         // Finished, unstarted and already deleted pods are not counted by any budget.
         if deleting
             || matches!(
-                pod.pointer("/status/phase").and_then(Value::as_str),
+                pod.at("/status/phase").and_then(Value::as_str),
                 Some("Succeeded" | "Failed" | "Pending")
             )
         {
@@ -2122,13 +2114,13 @@ async fn evict(
         let ready = pod_is_ready(&pod);
         let status = |k: &str| {
             budget
-                .pointer(&format!("/status/{k}"))
+                .at(&format!("/status/{k}"))
                 .and_then(Value::as_i64)
                 .unwrap_or(0)
         };
         if !ready {
             let policy = budget
-                .pointer("/spec/unhealthyPodEvictionPolicy")
+                .at("/spec/unhealthyPodEvictionPolicy")
                 .and_then(Value::as_str)
                 .unwrap_or("IfHealthyBudget");
             // An unready pod does not count as healthy: evicting it costs the budget nothing
@@ -2160,7 +2152,7 @@ async fn evict(
         let budgets_r = resources::find("policy", "v1", "poddisruptionbudgets")
             .ok_or_else(ApiError::path_not_found)?;
         let budget_name = budget
-            .pointer("/metadata/name")
+            .at("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
@@ -2219,7 +2211,7 @@ async fn evict(
 }
 
 fn pod_is_ready(pod: &Value) -> bool {
-    pod.pointer("/status/conditions")
+    pod.at("/status/conditions")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -2249,7 +2241,7 @@ async fn matching_budgets(
     let mut out = Vec::new();
     for kv in range.kvs {
         let budget = served(r, &kv)?;
-        let selector = budget.pointer("/spec/selector").unwrap_or(&Value::Null);
+        let selector = budget.at("/spec/selector").unwrap_or(&Value::Null);
         if crate::validate::label_selector_selects(selector, &labels) {
             out.push((kv, budget));
         }
@@ -2262,11 +2254,11 @@ async fn matching_budgets(
 fn check_and_decrement(budget: &mut Value, pod: &str) -> Result<(), ApiError> {
     const MAX_DISRUPTED_PODS: usize = 2000;
     let name = budget
-        .pointer("/metadata/name")
+        .at("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
-    let at = |b: &Value, p: &str| b.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+    let at = |b: &Value, p: &str| b.at(p).and_then(Value::as_i64).unwrap_or(0);
     let cause = |message: String| StatusCause {
         reason: "DisruptionBudget".into(),
         message,
@@ -2293,7 +2285,7 @@ fn check_and_decrement(budget: &mut Value, pod: &str) -> Result<(), ApiError> {
         ));
     }
     let disrupted = budget
-        .pointer("/status/disruptedPods")
+        .at("/status/disruptedPods")
         .and_then(Value::as_object)
         .map_or(0, |m| m.len());
     if disrupted > MAX_DISRUPTED_PODS {
@@ -2335,11 +2327,11 @@ fn set_disruption_allowed(budget: &mut Value, allowed: bool, now: &str) {
         ("False", "InsufficientPods")
     };
     let generation = budget
-        .pointer("/status/observedGeneration")
+        .at("/status/observedGeneration")
         .cloned()
         .unwrap_or(json!(0));
     let mut conditions: Vec<Value> = budget
-        .pointer("/status/conditions")
+        .at("/status/conditions")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
@@ -2402,14 +2394,14 @@ async fn delete_collection(
         let item = Target {
             resource: r,
             namespace: obj
-                .pointer("/metadata/namespace")
+                .at("/metadata/namespace")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
             name: None,
             sub: None,
         };
         let name = obj
-            .pointer("/metadata/name")
+            .at("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or("");
         match delete_with(api, &item, name, options.as_ref(), q).await {
@@ -2627,18 +2619,18 @@ pub mod internal {
         {
             let mut pod = stored.clone();
             let ns = pod
-                .pointer("/metadata/namespace")
+                .at("/metadata/namespace")
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_owned();
             let name = pod
-                .pointer("/metadata/name")
+                .at("/metadata/name")
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_owned();
             pod["spec"]["nodeName"] = json!(node);
             let mut conditions: Vec<Value> = pod
-                .pointer("/status/conditions")
+                .at("/status/conditions")
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
@@ -2665,7 +2657,7 @@ pub mod internal {
                 "kind": "Event",
                 "metadata": {"name": event_name, "namespace": ns, "uid": uid, "creationTimestamp": now},
                 "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": ns,
-                    "uid": pod.pointer("/metadata/uid").cloned().unwrap_or(Value::Null)},
+                    "uid": pod.at("/metadata/uid").cloned().unwrap_or(Value::Null)},
                 "reason": "Scheduled",
                 "message": format!("Successfully assigned {ns}/{name} to {node}"),
                 "type": "Normal",
@@ -2715,7 +2707,7 @@ pub mod internal {
         }
         let mut pod = served(t.resource, &current)?;
         if pod
-            .pointer("/spec/nodeName")
+            .at("/spec/nodeName")
             .and_then(Value::as_str)
             .is_some_and(|n| !n.is_empty())
         {
@@ -2725,7 +2717,7 @@ pub mod internal {
         let now = meta::rfc3339(meta::now_secs());
         let scheduled = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
         let mut conditions: Vec<Value> = pod
-            .pointer("/status/conditions")
+            .at("/status/conditions")
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
@@ -2794,7 +2786,7 @@ pub mod internal {
             return Ok(false);
         };
         let stored = served(r, &current)?;
-        if uid.is_some_and(|u| stored.pointer("/metadata/uid").and_then(Value::as_str) != Some(u)) {
+        if uid.is_some_and(|u| stored.at("/metadata/uid").and_then(Value::as_str) != Some(u)) {
             return Ok(false);
         }
         let finalizers = crate::lifecycle::deletion_finalizers(&stored, policy);
@@ -2864,7 +2856,7 @@ pub mod internal {
         let current = read_current(&api, &t, name).await?;
         let old = served(t.resource, &current)?;
         if obj
-            .pointer("/metadata/resourceVersion")
+            .at("/metadata/resourceVersion")
             .and_then(Value::as_str)
             .is_some_and(|rv| rv != current.mod_revision.to_string())
         {

@@ -3,6 +3,7 @@
 //! The main kinds get the columns of the apiserver's built-in printers (priority-1 columns show
 //! with `-o wide`); other kinds get `Name` and `Age`, like the apiserver's default.
 
+use crate::At;
 use serde_json::{Value, json};
 
 use crate::meta;
@@ -28,14 +29,11 @@ const fn col(name: &'static str, priority: u8, cell: Cell) -> Column {
 }
 
 fn str_at(o: &Value, ptr: &str) -> String {
-    o.pointer(ptr)
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned()
+    o.at(ptr).and_then(Value::as_str).unwrap_or("").to_owned()
 }
 
 fn int_at(o: &Value, ptr: &str) -> i64 {
-    o.pointer(ptr).and_then(Value::as_i64).unwrap_or(0)
+    o.at(ptr).and_then(Value::as_i64).unwrap_or(0)
 }
 
 fn or_none(s: String) -> Value {
@@ -43,14 +41,12 @@ fn or_none(s: String) -> Value {
 }
 
 fn count(o: &Value, ptr: &str) -> usize {
-    o.pointer(ptr)
-        .and_then(Value::as_object)
-        .map_or(0, |m| m.len())
+    o.at(ptr).and_then(Value::as_object).map_or(0, |m| m.len())
 }
 
 fn containers(o: &Value, ptr: &str, field: &str) -> Value {
     let names: Vec<String> = o
-        .pointer(ptr)
+        .at(ptr)
         .and_then(Value::as_array)
         .map(|cs| cs.iter().map(|c| str_at(c, &format!("/{field}"))).collect())
         .unwrap_or_default();
@@ -59,7 +55,7 @@ fn containers(o: &Value, ptr: &str, field: &str) -> Value {
 
 fn selector(o: &Value, ptr: &str) -> Value {
     let labels: Vec<String> = o
-        .pointer(ptr)
+        .at(ptr)
         .and_then(Value::as_object)
         .map(|m| {
             m.iter()
@@ -72,25 +68,19 @@ fn selector(o: &Value, ptr: &str) -> Value {
 
 /// Pod STATUS as kubectl shows it: a container's waiting/terminated reason wins over the phase.
 fn pod_status(o: &Value) -> Value {
-    if o.pointer("/metadata/deletionTimestamp").is_some() {
+    if o.at("/metadata/deletionTimestamp").is_some() {
         return json!("Terminating");
     }
     let mut reason = o
-        .pointer("/status/reason")
+        .at("/status/reason")
         .and_then(Value::as_str)
         .map(str::to_owned)
         .unwrap_or_else(|| str_at(o, "/status/phase"));
-    if let Some(statuses) = o
-        .pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-    {
+    if let Some(statuses) = o.at("/status/containerStatuses").and_then(Value::as_array) {
         for s in statuses {
-            if let Some(r) = s.pointer("/state/waiting/reason").and_then(Value::as_str) {
+            if let Some(r) = s.at("/state/waiting/reason").and_then(Value::as_str) {
                 reason = r.to_owned();
-            } else if let Some(r) = s
-                .pointer("/state/terminated/reason")
-                .and_then(Value::as_str)
-            {
+            } else if let Some(r) = s.at("/state/terminated/reason").and_then(Value::as_str) {
                 reason = r.to_owned();
             }
         }
@@ -104,11 +94,11 @@ fn pod_status(o: &Value) -> Value {
 
 fn pod_ready(o: &Value) -> Value {
     let total = o
-        .pointer("/spec/containers")
+        .at("/spec/containers")
         .and_then(Value::as_array)
         .map_or(0, Vec::len);
     let ready = o
-        .pointer("/status/containerStatuses")
+        .at("/status/containerStatuses")
         .and_then(Value::as_array)
         .map_or(0, |s| {
             s.iter()
@@ -120,7 +110,7 @@ fn pod_ready(o: &Value) -> Value {
 
 fn pod_restarts(o: &Value) -> Value {
     let n: i64 = o
-        .pointer("/status/containerStatuses")
+        .at("/status/containerStatuses")
         .and_then(Value::as_array)
         .map_or(0, |s| s.iter().map(|c| int_at(c, "/restartCount")).sum());
     json!(n)
@@ -128,7 +118,7 @@ fn pod_restarts(o: &Value) -> Value {
 
 fn node_status(o: &Value) -> Value {
     let ready = o
-        .pointer("/status/conditions")
+        .at("/status/conditions")
         .and_then(Value::as_array)
         .and_then(|cs| cs.iter().find(|c| c.get("type") == Some(&json!("Ready"))))
         .map(|c| str_at(c, "/status"));
@@ -139,7 +129,7 @@ fn node_status(o: &Value) -> Value {
         Some(_) => "NotReady".to_owned(),
         None => "Unknown".to_owned(),
     };
-    if o.pointer("/spec/unschedulable") == Some(&json!(true)) {
+    if o.at("/spec/unschedulable") == Some(&json!(true)) {
         s.push_str(",SchedulingDisabled");
     }
     json!(s)
@@ -147,7 +137,7 @@ fn node_status(o: &Value) -> Value {
 
 fn node_roles(o: &Value) -> Value {
     let roles: Vec<String> = o
-        .pointer("/metadata/labels")
+        .at("/metadata/labels")
         .and_then(Value::as_object)
         .map(|m| {
             m.keys()
@@ -163,7 +153,7 @@ fn node_roles(o: &Value) -> Value {
 
 fn node_address(o: &Value, kind: &str) -> Value {
     let addr = o
-        .pointer("/status/addresses")
+        .at("/status/addresses")
         .and_then(Value::as_array)
         .and_then(|a| a.iter().find(|x| x.get("type") == Some(&json!(kind))))
         .map(|x| str_at(x, "/address"))
@@ -173,7 +163,7 @@ fn node_address(o: &Value, kind: &str) -> Value {
 
 fn service_ports(o: &Value) -> Value {
     let ports: Vec<String> = o
-        .pointer("/spec/ports")
+        .at("/spec/ports")
         .and_then(Value::as_array)
         .map(|ps| {
             ps.iter()
@@ -322,7 +312,7 @@ fn printer(r: &Resource) -> (Vec<Column>, Vec<Column>) {
             vec![
                 col("Type", 0, |o| {
                     json!(
-                        o.pointer("/spec/type")
+                        o.at("/spec/type")
                             .and_then(Value::as_str)
                             .unwrap_or("ClusterIP")
                     )
@@ -330,7 +320,7 @@ fn printer(r: &Resource) -> (Vec<Column>, Vec<Column>) {
                 col("Cluster-IP", 0, |o| or_none(str_at(o, "/spec/clusterIP"))),
                 col("External-IP", 0, |o| {
                     let ips: Vec<String> = o
-                        .pointer("/spec/externalIPs")
+                        .at("/spec/externalIPs")
                         .and_then(Value::as_array)
                         .map(|a| {
                             a.iter()
@@ -429,7 +419,7 @@ fn printer(r: &Resource) -> (Vec<Column>, Vec<Column>) {
         ("batch", "jobs") => (
             vec![col("Completions", 0, |o| {
                 let want = o
-                    .pointer("/spec/completions")
+                    .at("/spec/completions")
                     .and_then(Value::as_i64)
                     .unwrap_or(1);
                 json!(format!("{}/{want}", int_at(o, "/status/succeeded")))
@@ -456,7 +446,7 @@ fn printer(r: &Resource) -> (Vec<Column>, Vec<Column>) {
 
 /// An IntOrString as the apiserver's printer shows it, `N/A` when unset.
 fn int_or_string(o: &Value, ptr: &str) -> Value {
-    match o.pointer(ptr) {
+    match o.at(ptr) {
         Some(Value::String(s)) => json!(s),
         Some(Value::Number(n)) => json!(n.to_string()),
         _ => json!("N/A"),
@@ -475,12 +465,12 @@ pub fn table(r: &Resource, items: &[Value], resource_version: &str) -> Value {
         .iter()
         .map(|o| {
             let age = o
-                .pointer("/metadata/creationTimestamp")
+                .at("/metadata/creationTimestamp")
                 .and_then(Value::as_str)
                 .and_then(meta::parse_rfc3339)
                 .map(|t| meta::human_age(now.saturating_sub(t)))
                 .unwrap_or_else(|| "<unknown>".into());
-            let mut cells = vec![o.pointer("/metadata/name").cloned().unwrap_or(json!(""))];
+            let mut cells = vec![o.at("/metadata/name").cloned().unwrap_or(json!(""))];
             cells.extend(before.iter().map(|c| (c.cell)(o)));
             cells.push(json!(age));
             cells.extend(after.iter().map(|c| (c.cell)(o)));

@@ -5,6 +5,7 @@
 //! is being deleted or is gone, and forgets an entry whose pod was not deleted within two
 //! minutes (the eviction's delete must have failed).
 
+use flotilla_api::At;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -63,7 +64,7 @@ impl DisruptionController {
         pod: &Value,
     ) -> Result<Option<(String, i64)>, ApiError> {
         let Some(owner) = pod
-            .pointer("/metadata/ownerReferences")
+            .at("/metadata/ownerReferences")
             .and_then(Value::as_array)
             .and_then(|refs| {
                 refs.iter()
@@ -155,19 +156,13 @@ impl DisruptionController {
         let ns = str_at(&pdb, "/metadata/namespace").to_owned();
         let name = str_at(&pdb, "/metadata/name").to_owned();
         // policy/v1: a null selector selects nothing, an empty one every pod.
-        let selector = pdb
-            .pointer("/spec/selector")
-            .cloned()
-            .unwrap_or(Value::Null);
+        let selector = pdb.at("/spec/selector").cloned().unwrap_or(Value::Null);
         let pods: Vec<Value> = if selector.is_object() {
             ctx.list(&format!("/registry/core/pods/{ns}/"))
                 .await?
                 .into_iter()
                 .filter(|p| {
-                    selector_matches(
-                        &selector,
-                        p.pointer("/metadata/labels").unwrap_or(&json!({})),
-                    )
+                    selector_matches(&selector, p.at("/metadata/labels").unwrap_or(&json!({})))
                 })
                 .collect()
         } else {
@@ -177,10 +172,7 @@ impl DisruptionController {
         // `buildDisruptedPodMap`: entries of pods not yet marked deleted, until they time out.
         let mut disrupted = Map::new();
         let mut recheck: Option<u64> = None;
-        if let Some(old) = pdb
-            .pointer("/status/disruptedPods")
-            .and_then(Value::as_object)
-        {
+        if let Some(old) = pdb.at("/status/disruptedPods").and_then(Value::as_object) {
             for pod in &pods {
                 let pname = str_at(pod, "/metadata/name");
                 let Some(at) = old.get(pname) else { continue };
@@ -208,7 +200,7 @@ impl DisruptionController {
             })
             .count() as i64;
         let generation = pdb
-            .pointer("/metadata/generation")
+            .at("/metadata/generation")
             .and_then(Value::as_i64)
             .unwrap_or(0);
         let mut status = pdb.get("status").cloned().unwrap_or(json!({}));
@@ -287,7 +279,7 @@ impl DisruptionController {
 }
 
 fn replicas(obj: &Value) -> i64 {
-    obj.pointer("/spec/replicas")
+    obj.at("/spec/replicas")
         .and_then(Value::as_i64)
         .unwrap_or(1)
 }

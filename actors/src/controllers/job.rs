@@ -14,6 +14,7 @@
 //! `succeeded` and `failed` never go down, and `completedIndexes` is kept in the status, so
 //! pods deleted after they were counted do not undo progress.
 
+use flotilla_api::At;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -38,11 +39,11 @@ const MAX_FAILURE_BACKOFF_SECS: u64 = 360;
 pub struct JobController;
 
 fn u64_at(v: &Value, p: &str) -> Option<u64> {
-    v.pointer(p).and_then(Value::as_u64)
+    v.at(p).and_then(Value::as_u64)
 }
 
 fn index_of(pod: &Value) -> Option<u64> {
-    pod.pointer("/metadata/annotations")
+    pod.at("/metadata/annotations")
         .and_then(|a| a.get(INDEX_KEY))
         .and_then(Value::as_str)
         .and_then(|s| s.parse().ok())
@@ -51,11 +52,11 @@ fn index_of(pod: &Value) -> Option<u64> {
 /// When a terminal pod finished: its last container's finish, else its creation.
 fn finished_at(pod: &Value) -> u64 {
     let latest = pod
-        .pointer("/status/containerStatuses")
+        .at("/status/containerStatuses")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|c| c.pointer("/state/terminated/finishedAt"))
+        .filter_map(|c| c.at("/state/terminated/finishedAt"))
         .filter_map(Value::as_str)
         .filter_map(flotilla_api::parse_rfc3339)
         .max();
@@ -182,14 +183,9 @@ fn exit_code_match(req: &Value, pod: &Value) -> Option<(String, i64)> {
     let operator = str_at(req, "/operator");
     ["/status/containerStatuses", "/status/initContainerStatuses"]
         .iter()
-        .flat_map(|p| {
-            pod.pointer(p)
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-        })
+        .flat_map(|p| pod.at(p).and_then(Value::as_array).into_iter().flatten())
         .find_map(|c| {
-            let code = c.pointer("/state/terminated/exitCode")?.as_i64()?;
+            let code = c.at("/state/terminated/exitCode")?.as_i64()?;
             let name = str_at(c, "/name");
             if code == 0 || only.is_some_and(|o| o != name) {
                 return None;
@@ -206,7 +202,7 @@ fn exit_code_match(req: &Value, pod: &Value) -> Option<(String, i64)> {
 
 /// The first pod condition a pattern (`type`, `status` defaulting to True) matches.
 fn condition_match(patterns: &[Value], pod: &Value) -> Option<String> {
-    pod.pointer("/status/conditions")
+    pod.at("/status/conditions")
         .and_then(Value::as_array)?
         .iter()
         .find(|c| {
@@ -302,7 +298,7 @@ impl JobController {
             active
                 .iter()
                 .flat_map(|p| {
-                    p.pointer("/status/containerStatuses")
+                    p.at("/status/containerStatuses")
                         .and_then(Value::as_array)
                         .into_iter()
                         .flatten()
@@ -704,7 +700,7 @@ fn now_string(secs: u64) -> String {
 
 /// When the Job finished (its `Complete` or `Failed` condition), if it did.
 fn finish_time(job: &Value) -> Option<u64> {
-    job.pointer("/status/conditions")
+    job.at("/status/conditions")
         .and_then(Value::as_array)?
         .iter()
         .filter(|c| {
@@ -721,14 +717,14 @@ fn finish_time(job: &Value) -> Option<u64> {
 /// A pod from the Job's template; Indexed pods carry their index.
 fn pod_for(job: &Value, index: Option<u64>) -> Value {
     let name = str_at(job, "/metadata/name");
-    let template = job.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    let template = job.at("/spec/template").cloned().unwrap_or(json!({}));
     let mut labels = template
-        .pointer("/metadata/labels")
+        .at("/metadata/labels")
         .cloned()
         .filter(Value::is_object)
         .unwrap_or(json!({}));
     let mut annotations = template
-        .pointer("/metadata/annotations")
+        .at("/metadata/annotations")
         .cloned()
         .filter(Value::is_object)
         .unwrap_or(json!({}));

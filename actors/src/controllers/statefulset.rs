@@ -33,6 +33,7 @@
 //! Not done: `maxUnavailable` (updates go one pod at a time), and adopting or releasing pods
 //! by selector.
 
+use flotilla_api::At;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -184,7 +185,7 @@ impl Plan {
 }
 
 fn int_at(v: &Value, p: &str) -> Option<i64> {
-    v.pointer(p).and_then(Value::as_i64)
+    v.at(p).and_then(Value::as_i64)
 }
 
 /// A template without null fields, so equal templates compare and hash equal however they
@@ -210,7 +211,7 @@ pub fn pod_from_template(set: &Value, template: &Value, revision: &str, ordinal:
     let set_name = str_at(set, "/metadata/name");
     let name = pod_name(set_name, ordinal);
     let mut labels = template
-        .pointer("/metadata/labels")
+        .at("/metadata/labels")
         .cloned()
         .filter(Value::is_object)
         .unwrap_or(json!({}));
@@ -223,7 +224,7 @@ pub fn pod_from_template(set: &Value, template: &Value, revision: &str, ordinal:
         "labels": labels,
         "ownerReferences": [owner_ref(set, "apps/v1", "StatefulSet")],
     });
-    if let Some(a) = template.pointer("/metadata/annotations") {
+    if let Some(a) = template.at("/metadata/annotations") {
         meta["annotations"] = a.clone();
     }
     let mut spec = template.get("spec").cloned().unwrap_or(json!({}));
@@ -253,7 +254,7 @@ pub fn pod_from_template(set: &Value, template: &Value, revision: &str, ordinal:
 }
 
 fn claim_templates(set: &Value) -> Vec<Value> {
-    set.pointer("/spec/volumeClaimTemplates")
+    set.at("/spec/volumeClaimTemplates")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default()
@@ -263,12 +264,12 @@ fn claim_templates(set: &Value) -> Vec<Value> {
 fn claim_from_template(set: &Value, claim: &Value, ordinal: i64) -> Value {
     let set_name = str_at(set, "/metadata/name");
     let mut labels = claim
-        .pointer("/metadata/labels")
+        .at("/metadata/labels")
         .cloned()
         .filter(Value::is_object)
         .unwrap_or(json!({}));
     if let Some(ml) = set
-        .pointer("/spec/selector/matchLabels")
+        .at("/spec/selector/matchLabels")
         .and_then(Value::as_object)
     {
         for (k, v) in ml {
@@ -280,7 +281,7 @@ fn claim_from_template(set: &Value, claim: &Value, ordinal: i64) -> Value {
         "namespace": str_at(set, "/metadata/namespace"),
         "labels": labels,
     });
-    if let Some(a) = claim.pointer("/metadata/annotations") {
+    if let Some(a) = claim.at("/metadata/annotations") {
         meta["annotations"] = a.clone();
     }
     json!({
@@ -326,7 +327,7 @@ fn claim_owner_refs(
     let want_pod = when_scaled && !in_range;
     let set_uid = str_at(set, "/metadata/uid");
     let old: Vec<Value> = claim
-        .pointer("/metadata/ownerReferences")
+        .at("/metadata/ownerReferences")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
@@ -364,7 +365,7 @@ fn view(pod: &Value) -> PodView {
         healthy: str_at(pod, "/status/phase") == "Running" && is_ready(pod),
         finished: matches!(str_at(pod, "/status/phase"), "Succeeded" | "Failed"),
         revision: pod
-            .pointer("/metadata/labels")
+            .at("/metadata/labels")
             .and_then(|l| l.get(REVISION_LABEL))
             .and_then(Value::as_str)
             .unwrap_or("")
@@ -449,7 +450,7 @@ impl StatefulSetController {
                         _ => (&update, update_name.clone()),
                     };
                     let template = source
-                        .pointer("/data/spec/template")
+                        .at("/data/spec/template")
                         .map(normalized)
                         .unwrap_or(json!({}));
                     if !self
@@ -507,10 +508,10 @@ impl StatefulSetController {
         revisions: &[Value],
         fence: &Fence,
     ) -> Result<Value, ApiError> {
-        let template = normalized(set.pointer("/spec/template").unwrap_or(&Value::Null));
+        let template = normalized(set.at("/spec/template").unwrap_or(&Value::Null));
         if let Some(r) = revisions
             .iter()
-            .find(|r| r.pointer("/data/spec/template").map(normalized).as_ref() == Some(&template))
+            .find(|r| r.at("/data/spec/template").map(normalized).as_ref() == Some(&template))
         {
             return Ok(r.clone());
         }
@@ -526,7 +527,7 @@ impl StatefulSetController {
         loop {
             let hash = template_hash(&template, collisions);
             let mut labels = set
-                .pointer("/spec/selector/matchLabels")
+                .at("/spec/selector/matchLabels")
                 .cloned()
                 .filter(Value::is_object)
                 .unwrap_or(json!({}));
@@ -780,7 +781,7 @@ impl StatefulSetController {
         fence: &Fence,
     ) -> Result<Option<Duration>, ApiError> {
         let min_ready = set
-            .pointer("/spec/minReadySeconds")
+            .at("/spec/minReadySeconds")
             .and_then(Value::as_u64)
             .unwrap_or(0);
         let now = now_secs();
@@ -815,10 +816,7 @@ impl StatefulSetController {
         status["currentRevision"] = json!(current);
         status["updateRevision"] = json!(update);
         status["collisionCount"] = json!(int_at(set, "/status/collisionCount").unwrap_or(0));
-        status["observedGeneration"] = set
-            .pointer("/metadata/generation")
-            .cloned()
-            .unwrap_or(json!(1));
+        status["observedGeneration"] = set.at("/metadata/generation").cloned().unwrap_or(json!(1));
         let again = (ready > available && min_ready > 0).then(|| Duration::from_secs(1));
         if set.get("status") == Some(&status) {
             return Ok(again);
@@ -1090,12 +1088,12 @@ mod tests {
         assert_eq!(str_at(&pod, "/metadata/name"), "web-2");
         assert_eq!(str_at(&pod, "/metadata/labels/app"), "web");
         assert_eq!(
-            pod.pointer("/metadata/labels")
+            pod.at("/metadata/labels")
                 .and_then(|l| l.get(POD_NAME_LABEL)),
             Some(&json!("web-2"))
         );
         assert_eq!(
-            pod.pointer("/metadata/labels")
+            pod.at("/metadata/labels")
                 .and_then(|l| l.get(POD_INDEX_LABEL)),
             Some(&json!("2"))
         );
