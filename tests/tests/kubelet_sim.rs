@@ -23,12 +23,10 @@ spec:
     image: busybox
 ";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubelet_runs_pods_bound_to_its_node_and_reports_status() {
+/// A 3-node cluster with `args`, once its default namespace is there.
+async fn start(name: &str, args: &[&str]) -> (TestCluster, Kubectl) {
     let binary = tokio::task::spawn_blocking(kubectl_binary).await.unwrap();
-    let cluster = TestCluster::start("kubelet-sim", 3, 3, &["--runtime", "sim"])
-        .await
-        .unwrap();
+    let cluster = TestCluster::start(name, 3, 3, args).await.unwrap();
     let k = Kubectl {
         binary,
         kubeconfig: cluster.kubeconfig_path(),
@@ -40,6 +38,12 @@ async fn kubelet_runs_pods_bound_to_its_node_and_reports_status() {
     })
     .await
     .unwrap();
+    (cluster, k)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_runs_pods_bound_to_its_node_and_reports_status() {
+    let (_cluster, k) = start("kubelet-sim", &["--runtime", "sim"]).await;
 
     k.ok(0, &["apply", "-f", "-"], Some(POD)).await;
     // Running on node-2 with both containers ready, an IP, seen through every node.
@@ -133,26 +137,11 @@ spec:
 /// `--event-ttl`): the pod's `Started` event is listed, then gone while the pod runs on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_expire_after_the_ttl() {
-    let binary = tokio::task::spawn_blocking(kubectl_binary).await.unwrap();
-    let cluster = TestCluster::start(
+    let (_cluster, k) = start(
         "event-ttl",
-        3,
-        3,
         &["--runtime", "sim", "--event-ttl-seconds", "5"],
     )
-    .await
-    .unwrap();
-    let k = Kubectl {
-        binary,
-        kubeconfig: cluster.kubeconfig_path(),
-    };
-    eventually(CONVERGE, "the default namespace", || async {
-        let (ok, out, err) = k.run(0, &["get", "ns", "default"], None).await;
-        anyhow::ensure!(ok && out.contains("Active"), "{out}{err}");
-        Ok(())
-    })
-    .await
-    .unwrap();
+    .await;
     k.ok(0, &["apply", "-f", "-"], Some(POD)).await;
     let started_events = || async {
         let (_, out, _) = k.run(1, &["get", "events", "-o", "json"], None).await;

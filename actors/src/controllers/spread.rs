@@ -233,6 +233,32 @@ mod tests {
         p
     }
 
+    /// The state for pod `p` over `nodes` (with `pods` on them); `unselected`: a node the
+    /// pod's node selection rules out.
+    fn prepared<'c>(
+        p: &Value,
+        cs: &'c [Constraint],
+        nodes: &[Value],
+        pods: &[PodsOnNode],
+        unselected: Option<usize>,
+    ) -> SpreadState<'c> {
+        SpreadState::prepare(
+            &CountedPod::of(p),
+            cs,
+            nodes
+                .iter()
+                .zip(pods)
+                .enumerate()
+                .map(|(i, (node, pods))| SpreadNode {
+                    node,
+                    pods,
+                    selected: Some(i) != unselected,
+                    tolerated: true,
+                }),
+        )
+        .unwrap()
+    }
+
     fn on(pods: &[&str]) -> PodsOnNode {
         let mut on = PodsOnNode::default();
         for app in pods {
@@ -254,17 +280,7 @@ mod tests {
             node("x", None),
         ];
         let pods = [on(&["web", "other"]), on(&["web"]), on(&["web"]), on(&[])];
-        let state = SpreadState::prepare(
-            &CountedPod::of(&p),
-            &cs,
-            nodes.iter().zip(&pods).map(|(node, pods)| SpreadNode {
-                node,
-                pods,
-                selected: true,
-                tolerated: true,
-            }),
-        )
-        .unwrap();
+        let state = prepared(&p, &cs, &nodes, &pods, None);
         assert_eq!(
             state.keys(),
             std::collections::HashSet::from(["topology.kubernetes.io/zone"])
@@ -283,17 +299,7 @@ mod tests {
         let cs = constraints_of(&p);
         let nodes = [node("n1", None), node("n2", None)];
         let pods = [on(&["web"]), on(&["web"])];
-        let state = SpreadState::prepare(
-            &CountedPod::of(&p),
-            &cs,
-            nodes.iter().zip(&pods).map(|(node, pods)| SpreadNode {
-                node,
-                pods,
-                selected: true,
-                tolerated: true,
-            }),
-        )
-        .unwrap();
+        let state = prepared(&p, &cs, &nodes, &pods, None);
         // Two domains, fewer than minDomains: the minimum is 0, so 1 + 1 - 0 > 1 everywhere.
         assert_eq!(state.unfit(&nodes[0]), Some(SPREAD_REASON));
         assert_eq!(state.unfit(&nodes[1]), Some(SPREAD_REASON));
@@ -304,21 +310,7 @@ mod tests {
         let cs = constraints_of(&p);
         let nodes = [node("n1", None), node("n2", None), node("n3", None)];
         let pods = [on(&["web"]), on(&[]), on(&["web", "web"])];
-        let state = SpreadState::prepare(
-            &CountedPod::of(&p),
-            &cs,
-            nodes
-                .iter()
-                .zip(&pods)
-                .enumerate()
-                .map(|(i, (node, pods))| SpreadNode {
-                    node,
-                    pods,
-                    selected: i != 1,
-                    tolerated: true,
-                }),
-        )
-        .unwrap();
+        let state = prepared(&p, &cs, &nodes, &pods, Some(1));
         // Minimum over n1 and n3 is 1: n1 (1 + 1 - 1) fits, n3 (2 + 1 - 1) does not.
         assert_eq!(state.unfit(&nodes[0]), None);
         assert_eq!(state.unfit(&nodes[2]), Some(SPREAD_REASON));
@@ -339,17 +331,7 @@ mod tests {
         // Pods of another revision do not count.
         let other_rev = on(&["web", "web"]);
         let pods = [busy, other_rev];
-        let state = SpreadState::prepare(
-            &CountedPod::of(&p),
-            &cs,
-            nodes.iter().zip(&pods).map(|(node, pods)| SpreadNode {
-                node,
-                pods,
-                selected: true,
-                tolerated: true,
-            }),
-        )
-        .unwrap();
+        let state = prepared(&p, &cs, &nodes, &pods, None);
         assert_eq!(state.unfit(&nodes[0]), None);
         assert!(state.score(&nodes[0]).unwrap() > state.score(&nodes[1]).unwrap());
         assert!(
