@@ -139,7 +139,7 @@ spec:
 async fn events_expire_after_the_ttl() {
     let (_cluster, k) = start(
         "event-ttl",
-        &["--runtime", "sim", "--event-ttl-seconds", "5"],
+        &["--runtime", "sim", "--event-ttl-seconds", "10"],
     )
     .await;
     k.ok(0, &["apply", "-f", "-"], Some(POD)).await;
