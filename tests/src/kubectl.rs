@@ -87,6 +87,20 @@ impl Kubectl {
         out
     }
 
+    /// Starts `kubectl ARGS` (a `-w` watch, say) against the first node, its stdout piped;
+    /// killed when the child is dropped.
+    pub fn spawn(&self, args: &[&str]) -> tokio::process::Child {
+        tokio::process::Command::new(&self.binary)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .env("HOME", self.kubeconfig.parent().unwrap())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting kubectl")
+    }
+
     pub async fn fails(&self, node: usize, args: &[&str], stdin: Option<&str>) -> String {
         let (ok, out, err) = self.run(node, args, stdin).await;
         assert!(

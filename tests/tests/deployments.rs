@@ -129,21 +129,14 @@ async fn deployments_spread_scale_roll_out_without_unavailability_and_undo() {
     assert!(ok, "{out}{err}");
 
     // A new image, watched: availability never drops below 3.
-    let mut watch = tokio::process::Command::new(&k.binary);
-    watch
-        .arg("--kubeconfig")
-        .arg(&k.kubeconfig)
-        .args([
-            "get",
-            "deployment",
-            "web",
-            "-w",
-            "-o",
-            "jsonpath={.status.availableReplicas} {.status.updatedReplicas}{\"\\n\"}",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let watcher = watch.spawn().unwrap();
+    let watcher = k.spawn(&[
+        "get",
+        "deployment",
+        "web",
+        "-w",
+        "-o",
+        "jsonpath={.status.availableReplicas} {.status.updatedReplicas}{\"\\n\"}",
+    ]);
     tokio::time::sleep(Duration::from_secs(1)).await;
     k.ok(
         0,

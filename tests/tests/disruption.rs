@@ -174,23 +174,15 @@ async fn disruption_budgets_limit_drains_and_evictions() {
     // Drain the node of one pod while a watch records every pod change.
     let pods = all_ready(&k).await.unwrap();
     let node = pods[0][1].clone();
-    let mut watch = tokio::process::Command::new(&k.binary)
-        .arg("--kubeconfig")
-        .arg(&k.kubeconfig)
-        .args([
-            "get",
-            "pods",
-            "-l",
-            "app=web",
-            "-w",
-            "-o",
-            "jsonpath={.metadata.name} {.status.phase} {.status.conditions[?(@.type==\"Ready\")].status} {.metadata.deletionTimestamp}{\"\\n\"}",
-        ])
-        .env("HOME", k.kubeconfig.parent().unwrap())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut watch = k.spawn(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-w",
+        "-o",
+        "jsonpath={.metadata.name} {.status.phase} {.status.conditions[?(@.type==\"Ready\")].status} {.metadata.deletionTimestamp}{\"\\n\"}",
+    ]);
     let (ok, out, err) = k
         .run(
             0,

@@ -332,22 +332,14 @@ spec:
     k.ok(0, &["delete", "deployment", "hello"], None).await;
 
     // Watch: `kubectl get -w` sees a create, a change and a delete made through other nodes.
-    let mut watcher = tokio::process::Command::new(&k.binary)
-        .args(["--kubeconfig"])
-        .arg(&k.kubeconfig)
-        .args([
-            "get",
-            "cm",
-            "-w",
-            "--output-watch-events",
-            "-o",
-            "jsonpath={.type} {.object.metadata.name} {.object.data.v}{\"\\n\"}",
-        ])
-        .env("HOME", k.kubeconfig.parent().unwrap())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut watcher = k.spawn(&[
+        "get",
+        "cm",
+        "-w",
+        "--output-watch-events",
+        "-o",
+        "jsonpath={.type} {.object.metadata.name} {.object.data.v}{\"\\n\"}",
+    ]);
     let start_rv: u64 = k
         .ok(
             1,

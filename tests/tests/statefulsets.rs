@@ -75,23 +75,15 @@ async fn jsonpath(k: &Kubectl, node: usize, what: &[&str], path: &str) -> String
 
 /// Starts `kubectl get pods -w` printing `name phase ready deleting` per event.
 fn watch_pods(k: &Kubectl) -> tokio::process::Child {
-    tokio::process::Command::new(&k.binary)
-        .arg("--kubeconfig")
-        .arg(&k.kubeconfig)
-        .args([
-            "get",
-            "pods",
-            "-l",
-            "app=web",
-            "-w",
-            "-o",
-            "jsonpath={.metadata.name} {.status.phase} {.status.conditions[?(@.type==\"Ready\")].status} {.metadata.deletionTimestamp}{\"\\n\"}",
-        ])
-        .env("HOME", k.kubeconfig.parent().unwrap())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+    k.spawn(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-w",
+        "-o",
+        "jsonpath={.metadata.name} {.status.phase} {.status.conditions[?(@.type==\"Ready\")].status} {.metadata.deletionTimestamp}{\"\\n\"}",
+    ])
 }
 
 async fn stop_watch(mut w: tokio::process::Child) -> Vec<String> {
